@@ -1,0 +1,159 @@
+"""Every registered LoRA-equivalent impl matches the float64 oracle, forward and gradients."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from lora_kernels import (
+    IMPLS,
+    LoRAWeights,
+    reference_forward,
+    reference_grads,
+    rel_error,
+    tolerance,
+)
+
+LORA_IMPLS = [name for name, impl in IMPLS.items() if impl.lora_equivalent]
+TRAIN_IMPLS = [name for name in LORA_IMPLS if "train" in IMPLS[name].modes]
+HALF = [torch.float16, torch.bfloat16]
+
+
+@dataclass(frozen=True)
+class Shape:
+    lead: tuple[int, ...]
+    in_f: int
+    out_f: int
+    rank: int
+    bias: bool
+
+    def __str__(self) -> str:
+        return f"{self.lead}x{self.in_f}->{self.out_f} r={self.rank} bias={self.bias}"
+
+
+def _sweep(n: int, seed: int) -> list[Shape]:
+    """Edge cases (r=1, r=min(in,out), one token, 3-D input) then seeded random shapes."""
+    rnd = random.Random(seed)
+    shapes = [
+        Shape((1,), 16, 8, 1, True),
+        Shape((5,), 24, 40, 24, False),  # r = min(in, out)
+        Shape((2, 3), 33, 17, 17, True),  # r = min(in, out), odd sizes
+        Shape((4, 1, 3), 8, 64, 2, False),
+    ]
+    while len(shapes) < n:
+        in_f, out_f = rnd.randint(1, 96), rnd.randint(1, 96)
+        lead = tuple(rnd.randint(1, 9) for _ in range(rnd.randint(1, 3)))
+        rank = rnd.randint(1, min(in_f, out_f))
+        shapes.append(Shape(lead, in_f, out_f, rank, rnd.random() < 0.5))
+    return shapes
+
+
+SHAPES = _sweep(16, seed=0)
+FEW_SHAPES = SHAPES[:2]  # for impls whose build compiles: each new shape costs seconds
+
+
+def shapes_for(name: str) -> list[Shape]:
+    return FEW_SHAPES if IMPLS[name].compiles else SHAPES
+
+
+@contextmanager
+def poisoned_memory() -> Iterator[None]:
+    """Fill memory from torch.empty & co. with NaN, so an output element never written shows."""
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+
+
+def make_case(shape: Shape, dtype: torch.dtype, seed: int) -> tuple[LoRAWeights, torch.Tensor]:
+    w = LoRAWeights.random(
+        shape.in_f, shape.out_f, shape.rank, bias=shape.bias, seed=seed, dtype=dtype
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(*shape.lead, shape.in_f, generator=gen).to(dtype)
+    return w, x
+
+
+def test_poisoning_is_visible() -> None:
+    with poisoned_memory():
+        assert torch.isnan(torch.empty(8)).all()
+    assert rel_error(torch.full((2,), float("nan")), torch.ones(2)) == float("inf")
+
+
+@pytest.mark.parametrize("name", LORA_IMPLS)
+def test_forward_matches_oracle_fp32(name: str) -> None:
+    for i, shape in enumerate(shapes_for(name)):
+        w, x = make_case(shape, torch.float32, seed=100 + i)
+        ref = reference_forward(w, x)
+        assert float(ref.abs().max()) > 0, "never compare on zeros"
+        with poisoned_memory():
+            y = IMPLS[name].build(w)(x)
+        assert y.shape == (*shape.lead, shape.out_f)
+        assert y.dtype == torch.float32
+        err = rel_error(y, ref)
+        assert err <= tolerance(torch.float32, "cpu"), f"{name} {shape}: rel error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", LORA_IMPLS)
+def test_forward_matches_oracle_half(name: str, dtype: torch.dtype) -> None:
+    """Tiny shapes only: this CPU has no native half-precision matmul."""
+    for i, shape in enumerate(shapes_for(name)[:4]):
+        w, x = make_case(shape, dtype, seed=200 + i)
+        with poisoned_memory():
+            y = IMPLS[name].build(w)(x)
+        assert y.dtype == dtype
+        err = rel_error(y, reference_forward(w, x))
+        assert err <= tolerance(dtype, "cpu"), f"{name} {shape} {dtype}: rel error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", TRAIN_IMPLS)
+def test_gradients_match_oracle(name: str) -> None:
+    for i, shape in enumerate(shapes_for(name)[:1] if IMPLS[name].compiles else SHAPES):
+        w, x = make_case(shape, torch.float32, seed=300 + i)
+        w.requires_grad_()
+        x.requires_grad_()
+        gen = torch.Generator().manual_seed(i)
+        grad_out = torch.randn(*shape.lead, shape.out_f, generator=gen)
+        IMPLS[name].build(w, mode="train")(x).backward(grad_out)
+        ref = reference_grads(w, x, grad_out)
+        tol = tolerance(torch.float32, "cpu")
+        for label, got, want in (
+            ("x", x.grad, ref.x),
+            ("A", w.A.grad, ref.A),
+            ("B", w.B.grad, ref.B),
+        ):
+            assert got is not None, f"{name}: no gradient for {label}"
+            err = rel_error(got, want)
+            assert err <= tol, f"{name} {shape}: grad {label} rel error {err:.3g}"
+
+
+def test_base_is_not_lora() -> None:
+    """base drops the adapter: its error against the oracle is far above tolerance."""
+    w, x = make_case(SHAPES[4], torch.float32, seed=7)
+    assert rel_error(IMPLS["base"].build(w)(x), reference_forward(w, x)) > 0.1
+
+
+def test_oracle_gradients_match_float64_autograd() -> None:
+    """The closed-form oracle agrees with autograd run in float64."""
+    w, x = make_case(SHAPES[5], torch.float32, seed=9)
+    x64, A, B = (t.double().requires_grad_() for t in (x, w.A, w.B))
+    W, b = w.W.double(), w.b
+    y = x64 @ W.T + w.scale * (x64 @ A.T) @ B.T
+    y = y if b is None else y + b.double()
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref = reference_grads(w, x, g)
+    for got, want in ((x64.grad, ref.x), (A.grad, ref.A), (B.grad, ref.B)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
