@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,3 +74,56 @@ def reference_grads(weights: LoRAWeights, x: Tensor, grad_out: Tensor) -> Grads:
     gB = g @ B  # (T, r)
     dx = g @ W + s * (gB @ A)  # (T, in)
     return Grads(x=dx.reshape(x.shape), A=s * (gB.T @ x2), B=s * (g.T @ xa))
+
+
+@contextmanager
+def poisoned_memory() -> Iterator[None]:
+    """Fill fresh memory from torch.empty & co. with NaN, so an unwritten output shows.
+
+    Uses torch's deterministic mode (warn-only) with fill_uninitialized_memory; restores both.
+    """
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        with warnings.catch_warnings():
+            # warn-only mode reports ops without a deterministic kernel; we want the fill only
+            warnings.filterwarnings("ignore", message=".*determinis", category=UserWarning)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+
+
+def forward_error(op: Callable[[Tensor], Tensor], weights: LoRAWeights, x: Tensor) -> float:
+    """Relative error of op(x), run on poisoned memory, against the float64 oracle."""
+    with poisoned_memory():
+        y = op(x)
+    if y.shape != (*x.shape[:-1], weights.out_features) or y.dtype != weights.dtype:
+        raise ValueError(
+            f"op returned {tuple(y.shape)} {y.dtype}; expected "
+            f"{(*x.shape[:-1], weights.out_features)} {weights.dtype}"
+        )
+    return rel_error(y, reference_forward(weights, x))
+
+
+def gradient_errors(
+    op: Callable[[Tensor], Tensor], weights: LoRAWeights, x: Tensor, grad_out: Tensor
+) -> dict[str, float]:
+    """Relative errors of dx, dA and dB from op(x).backward(grad_out) against the oracle.
+
+    op must be built on `weights`; x, A and B must require grad. Their .grad is reset first.
+    A missing gradient counts as inf.
+    """
+    for name, t in (("x", x), ("A", weights.A), ("B", weights.B)):
+        if not t.requires_grad:
+            raise ValueError(f"{name} must require grad to check its gradient")
+        t.grad = None
+    with poisoned_memory():
+        op(x).backward(grad_out)
+    ref = reference_grads(weights, x, grad_out)
+    got = {"x": x.grad, "A": weights.A.grad, "B": weights.B.grad}
+    want = {"x": ref.x, "A": ref.A, "B": ref.B}
+    return {k: float("inf") if got[k] is None else rel_error(got[k], want[k]) for k in got}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +16,7 @@ from lora_kernels import (
     rel_error,
     tolerance,
 )
+from lora_kernels.reference import forward_error, gradient_errors, poisoned_memory
 
 LORA_IMPLS = [name for name, impl in IMPLS.items() if impl.lora_equivalent]
 TRAIN_IMPLS = [name for name in LORA_IMPLS if "train" in IMPLS[name].modes]
@@ -61,21 +60,6 @@ def shapes_for(name: str) -> list[Shape]:
     return FEW_SHAPES if IMPLS[name].compiles else SHAPES
 
 
-@contextmanager
-def poisoned_memory() -> Iterator[None]:
-    """Fill memory from torch.empty & co. with NaN, so an output element never written shows."""
-    was_on = torch.are_deterministic_algorithms_enabled()
-    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    was_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
-        torch.utils.deterministic.fill_uninitialized_memory = was_fill
-
-
 def make_case(shape: Shape, dtype: torch.dtype, seed: int) -> tuple[LoRAWeights, torch.Tensor]:
     w = LoRAWeights.random(
         shape.in_f, shape.out_f, shape.rank, bias=shape.bias, seed=seed, dtype=dtype
@@ -95,13 +79,8 @@ def test_poisoning_is_visible() -> None:
 def test_forward_matches_oracle_fp32(name: str) -> None:
     for i, shape in enumerate(shapes_for(name)):
         w, x = make_case(shape, torch.float32, seed=100 + i)
-        ref = reference_forward(w, x)
-        assert float(ref.abs().max()) > 0, "never compare on zeros"
-        with poisoned_memory():
-            y = IMPLS[name].build(w)(x)
-        assert y.shape == (*shape.lead, shape.out_f)
-        assert y.dtype == torch.float32
-        err = rel_error(y, ref)
+        assert float(reference_forward(w, x).abs().max()) > 0, "never compare on zeros"
+        err = forward_error(IMPLS[name].build(w), w, x)
         assert err <= tolerance(torch.float32, "cpu"), f"{name} {shape}: rel error {err:.3g}"
 
 
@@ -111,10 +90,7 @@ def test_forward_matches_oracle_half(name: str, dtype: torch.dtype) -> None:
     """Tiny shapes only: this CPU has no native half-precision matmul."""
     for i, shape in enumerate(shapes_for(name)[:4]):
         w, x = make_case(shape, dtype, seed=200 + i)
-        with poisoned_memory():
-            y = IMPLS[name].build(w)(x)
-        assert y.dtype == dtype
-        err = rel_error(y, reference_forward(w, x))
+        err = forward_error(IMPLS[name].build(w), w, x)
         assert err <= tolerance(dtype, "cpu"), f"{name} {shape} {dtype}: rel error {err:.3g}"
 
 
@@ -126,17 +102,9 @@ def test_gradients_match_oracle(name: str) -> None:
         x.requires_grad_()
         gen = torch.Generator().manual_seed(i)
         grad_out = torch.randn(*shape.lead, shape.out_f, generator=gen)
-        IMPLS[name].build(w, mode="train")(x).backward(grad_out)
-        ref = reference_grads(w, x, grad_out)
+        errors = gradient_errors(IMPLS[name].build(w, mode="train"), w, x, grad_out)
         tol = tolerance(torch.float32, "cpu")
-        for label, got, want in (
-            ("x", x.grad, ref.x),
-            ("A", w.A.grad, ref.A),
-            ("B", w.B.grad, ref.B),
-        ):
-            assert got is not None, f"{name}: no gradient for {label}"
-            err = rel_error(got, want)
-            assert err <= tol, f"{name} {shape}: grad {label} rel error {err:.3g}"
+        assert max(errors.values()) <= tol, f"{name} {shape}: gradient rel errors {errors}"
 
 
 def test_base_is_not_lora() -> None:
@@ -157,3 +125,25 @@ def test_oracle_gradients_match_float64_autograd() -> None:
     ref = reference_grads(w, x, g)
     for got, want in ((x64.grad, ref.x), (A.grad, ref.A), (B.grad, ref.B)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_error_rejects_wrong_shape_and_unwritten_output() -> None:
+    w, x = make_case(SHAPES[6], torch.float32, seed=11)
+
+    def half_written(x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(*x.shape[:-1], w.out_features)
+        y[..., : w.out_features // 2] = reference_forward(w, x)[..., : w.out_features // 2].float()
+        return y
+
+    assert forward_error(half_written, w, x) == float("inf")
+    with pytest.raises(ValueError, match="op returned"):
+        forward_error(lambda x: x, w, x)
+
+
+def test_missing_gradient_counts_as_inf() -> None:
+    w, x = make_case(SHAPES[6], torch.float32, seed=12)
+    w.requires_grad_()
+    x.requires_grad_()
+    base = IMPLS["base"].build(w, mode="train")
+    errors = gradient_errors(base, w, x, torch.randn(*x.shape[:-1], w.out_features))
+    assert errors["A"] == errors["B"] == float("inf")

@@ -1,0 +1,191 @@
+"""What the bench measures: layer shapes (with their origin), ranks, token counts, profiles,
+and the Case record whose str is the test id."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import product
+
+import torch
+
+from lora_kernels import LoRAWeights
+from lora_kernels.weights import DTYPE_NAMES
+
+DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A linear layer: in_features -> out_features, with or without bias."""
+
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+SHAPES: dict[str, Shape] = {
+    "toy": Shape(64, 10, True),  # the seed example
+    "gpt2.c_attn": Shape(768, 2304, True),  # GPT-2 small, fused QKV projection
+    "gpt2-medium.c_proj": Shape(1024, 1024, True),  # GPT-2 medium, attention output
+    "bert-base.ffn_up": Shape(768, 3072, True),  # BERT-base intermediate dense
+    "llama3-8b.q_proj": Shape(4096, 4096, False),  # Llama 3 8B attention query
+    "llama3-8b.k_proj": Shape(4096, 1024, False),  # Llama 3 8B key, GQA: 8 KV heads x 128
+    "llama3-8b.down_proj": Shape(14336, 4096, False),  # Llama 3 8B MLP down projection
+}
+RANKS = (1, 4, 8, 16, 64, 256)
+TOKENS = (1, 16, 512, 2048)  # decode: 1 and 16 sequences; prefill: 512 and 2048 tokens
+
+# Half precision on the CPU is timed only up to this many forward FLOPs: CPUs without native
+# bf16/fp16 matmul run them about 100x slower than fp32.
+CPU_HALF_MAX_FLOPS = 2e7
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration; str(case) is its test id and its key across runs."""
+
+    shape: str
+    tokens: int
+    rank: int
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}; known: {', '.join(SHAPES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.tokens < 1:
+            raise ValueError(f"tokens must be >= 1, got {self.tokens}")
+        limit = min(self.in_features, self.out_features)
+        if not 1 <= self.rank <= limit:
+            raise ValueError(f"rank must be in [1, {limit}] for {self.shape}, got {self.rank}")
+
+    def __str__(self) -> str:
+        return f"{self.shape} T={self.tokens} r={self.rank} {self.dtype} {self.device}"
+
+    @property
+    def key(self) -> str:
+        """The id without the device: matches the same case across CPU and GPU runs."""
+        return f"{self.shape} T={self.tokens} r={self.rank} {self.dtype}"
+
+    @property
+    def in_features(self) -> int:
+        return SHAPES[self.shape].in_features
+
+    @property
+    def out_features(self) -> int:
+        return SHAPES[self.shape].out_features
+
+    @property
+    def bias(self) -> bool:
+        return SHAPES[self.shape].bias
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def flops(self, mode: str = "infer", adapter: bool = True) -> int:
+        """Useful FLOPs. infer: 2T(in·out + r(in+out)); train adds dx, dA and dB:
+        2T(2·in·out + 3r(in+out)). adapter=False counts the base layer alone (r = 0).
+        Bias adds and scaling are not counted."""
+        io = self.in_features * self.out_features
+        r_io = self.rank * (self.in_features + self.out_features) if adapter else 0
+        if mode == "train":
+            return 2 * self.tokens * (2 * io + 3 * r_io)
+        return 2 * self.tokens * (io + r_io)
+
+    def min_bytes(self, mode: str = "infer", adapter: bool = True) -> int:
+        """Fewest bytes moved: each input read once, each output written once.
+        infer: x, W, b, A, B in, y out. train also reads dy and writes dx, dA, dB.
+        adapter=False leaves A, B, dA and dB out."""
+        t, i, o = self.tokens, self.in_features, self.out_features
+        r = self.rank if adapter else 0
+        weights = i * o + (o if self.bias else 0) + r * (i + o)
+        elems = t * i + weights + t * o
+        if mode == "train":
+            elems += t * o + t * i + r * (i + o)
+        return elems * DTYPES[self.dtype].itemsize
+
+    def weights(self, seed: int = 0) -> LoRAWeights:
+        return LoRAWeights.random(
+            self.in_features,
+            self.out_features,
+            self.rank,
+            bias=self.bias,
+            seed=seed,
+            dtype=self.torch_dtype,
+            device=self.device,
+        )
+
+    def input(self, seed: int = 1) -> torch.Tensor:
+        """x: (T, in), standard normal, on the case's device and dtype."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.tokens, self.in_features, generator=gen)
+        return x.to(device=self.device, dtype=self.torch_dtype)
+
+    def skip_reason(self) -> str | None:
+        """Why this case is not run, or None."""
+        if self.device == "cpu" and self.dtype != "fp32" and self.flops() > CPU_HALF_MAX_FLOPS:
+            return (
+                f"{self.dtype} on the CPU is timed for tiny shapes only "
+                f"(<= {CPU_HALF_MAX_FLOPS:.0e} FLOPs): without native half-precision matmul "
+                "it runs about 100x slower than fp32"
+            )
+        return None
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "in": self.in_features, "out": self.out_features}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A sweep: (shape, tokens, rank) triples plus the timing budget of each benchmark."""
+
+    name: str
+    grid: tuple[tuple[str, int, int], ...]
+    seconds_per_benchmark: float  # paired rounds stop after about this long
+    min_rounds: int
+    max_rounds: int
+    memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
+    params_ranks: tuple[int, ...] = RANKS
+
+    def cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
+        """Every valid case of the grid for each device and that device's dtypes."""
+        return _expand(self.grid, devices, dtypes)
+
+    def memory_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
+        return _expand(self.memory_grid or self.grid, devices, dtypes)
+
+
+def _expand(
+    grid: tuple[tuple[str, int, int], ...], devices: list[str], dtypes: dict[str, list[str]]
+) -> list[Case]:
+    out = []
+    for device in devices:
+        for dtype, (shape, tokens, rank) in product(dtypes[device], grid):
+            if rank <= min(SHAPES[shape].in_features, SHAPES[shape].out_features):
+                out.append(Case(shape, tokens, rank, dtype, device))
+    return out
+
+
+QUICK_GRID = (
+    ("toy", 512, 4),
+    ("gpt2.c_attn", 512, 16),
+    ("gpt2-medium.c_proj", 2048, 8),
+    ("llama3-8b.q_proj", 1, 16),
+    ("llama3-8b.q_proj", 16, 16),
+)
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile("tiny", (("toy", 16, 4), ("toy", 512, 8)), 0.05, 3, 5),
+    "quick": Profile("quick", QUICK_GRID, 1.5, 15, 61),
+    "full": Profile(
+        "full",
+        tuple(product(SHAPES, TOKENS, RANKS)),
+        1.0,
+        9,
+        101,
+        memory_grid=tuple(product(SHAPES, TOKENS, (16,))),
+    ),
+}

@@ -1,0 +1,147 @@
+"""pytest options, fixtures and parametrization of the bench, machine info, and the
+session-end writer of results/<device>-<profile>.json and .md."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from bench.cases import DTYPES, PROFILES
+from bench.memory import CpuProbe
+from bench.results import SCHEMA, dump_json, write_atomic
+from bench.session import Settings, configure_torch, physical_cores
+from bench.tables import run_markdown
+
+SETTINGS = pytest.StashKey[Settings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lora-bench")
+    group.addoption(
+        "--lora-profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="sweep to run: tiny (seconds), quick (default, minutes), full (hours on a CPU)",
+    )
+    group.addoption(
+        "--lora-device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="devices to measure; default every device present",
+    )
+    group.addoption(
+        "--lora-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads, set and recorded; default the physical cores",
+    )
+    group.addoption(
+        "--lora-dtype",
+        default=None,
+        help=f"comma list of {', '.join(DTYPES)}; default fp32 on cpu, bf16,fp32 on cuda",
+    )
+    group.addoption(
+        "--lora-results",
+        default="results",
+        help="folder for <device>-<profile>.json and .md (default results/)",
+    )
+    group.addoption(
+        "--lora-only",
+        action="append",
+        default=None,
+        metavar="CASE_ID",
+        help="run only this case id, e.g. 'toy T=512 r=4 fp32 cpu'; repeatable",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings = Settings.from_config(config)
+    config.stash[SETTINGS] = settings
+    configure_torch(settings.threads)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    settings = metafunc.config.stash[SETTINGS]
+    if "case" in metafunc.fixturenames:
+        metafunc.parametrize("case", settings.cases(), ids=str)
+    if "memory_case" in metafunc.fixturenames:
+        metafunc.parametrize("memory_case", settings.memory_cases(), ids=str)
+
+
+@pytest.fixture(scope="session")
+def settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def memory_probe(settings: Settings) -> Iterator[CpuProbe]:
+    probe = CpuProbe(settings.threads)
+    yield probe
+    probe.close()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    settings = config.stash[SETTINGS]
+    info = {
+        "torch": torch.__version__,
+        "cpu_model": _cpu_model(),
+        "physical_cores": physical_cores(),
+        **settings.describe(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            cuda=torch.version.cuda, gpu=props.name, gpu_memory_gib=props.total_memory / 2**30
+        )
+    machine_info["lora_bench"] = info
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write one results JSON (complete pytest-benchmark JSON) and .md per device measured."""
+    config = session.config
+    bs = getattr(config, "_benchmarksession", None)
+    settings = config.stash.get(SETTINGS, None)
+    if bs is None or settings is None or bs.disabled:
+        return
+    benches = [b for b in bs.benchmarks if not b.has_error and b.extra_info.get("kind")]
+    devices = sorted({b.extra_info["device"] for b in benches} - {"any"})
+    if not devices:
+        return
+    settings.recalibrate()
+    machine_info = bs.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    for device in devices:
+        mine = [b for b in benches if b.extra_info["device"] in (device, "any")]
+        run = config.hook.pytest_benchmark_generate_json(
+            config=config,
+            benchmarks=mine,
+            include_data=True,
+            machine_info={
+                **machine_info,
+                "lora_bench": {**machine_info["lora_bench"], "device_name": _device_name(device)},
+            },
+            commit_info=commit_info,
+        )
+        run["lora_bench"] = {"schema": SCHEMA, "device": device, **settings.describe()}
+        stem = settings.results_dir / f"{device}-{settings.profile.name}"
+        write_atomic(stem.with_suffix(".json"), dump_json(run))
+        write_atomic(stem.with_suffix(".md"), run_markdown(run))
+        session.config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

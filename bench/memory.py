@@ -1,0 +1,135 @@
+"""Peak memory of building and running one impl on one case.
+
+CUDA: allocator statistics in-process: max_memory_allocated after a reset, minus what the
+inputs already held. CPU: growth of the peak RSS (VmHWM) over the RSS before the build, in a
+child process that serves every CPU measurement of a session. The child routes large
+allocations through mmap and trims the heap before each measurement, so memory freed by an
+earlier measurement cannot hide a later peak. It measures resident pages, not bytes asked for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.cases import Case
+from lora_kernels import IMPLS, LoRAWeights
+
+CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
+CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
+
+
+Inputs = tuple[LoRAWeights, torch.Tensor, torch.Tensor | None]
+
+
+def _inputs(case: Case, mode: str) -> Inputs:
+    """Weights, x and (in train mode) the upstream gradient; x, A and B require grad."""
+    w, x = case.weights(), case.input()
+    if mode != "train":
+        return w, x, None
+    w.requires_grad_()
+    x.requires_grad_()
+    return w, x, torch.randn(case.tokens, case.out_features).to(x)
+
+
+def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
+    """Build the op and run it once (forward, plus backward in train mode); returns y."""
+    w, x, grad_out = inputs
+    y = IMPLS[impl].build(w, mode)(x)
+    if grad_out is not None:
+        y.backward(grad_out)
+    return y
+
+
+def measure_cuda(impl: str, case: Case, mode: str) -> int:
+    """Peak bytes allocated above the inputs while building and running the op once."""
+    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, cuBLAS workspaces
+    inputs = _inputs(case, mode)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    _build_and_run(impl, inputs, mode)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+
+
+def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
+    """In this process: peak RSS growth while building and running the op once (bytes)."""
+    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, thread pools
+    inputs = _inputs(case, mode)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    _build_and_run(impl, inputs, mode)
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+@dataclass
+class CpuProbe:
+    """A child process that answers one JSON line per measurement request."""
+
+    threads: int
+    proc: subprocess.Popen | None = None
+
+    def measure(self, impl: str, case: Case, mode: str) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.memory", str(self.threads)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+        request = {"impl": impl, "case": case.as_dict(), "mode": mode}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"memory probe exited with code {self.proc.wait()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"memory probe failed on {impl} {case} {mode}: {reply['error']}")
+        return int(reply["peak_bytes"])
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+            self.proc.stdout.close()
+            self.proc = None
+
+
+def _serve(threads: int) -> None:
+    from bench.session import configure_torch
+
+    configure_torch(threads)
+    fields = ("shape", "tokens", "rank", "dtype", "device")
+    for line in sys.stdin:
+        request = json.loads(line)
+        case = Case(**{k: request["case"][k] for k in fields})
+        try:
+            reply = {"peak_bytes": measure_cpu_here(request["impl"], case, request["mode"])}
+        except Exception as err:  # reported to the parent, which fails the test with it
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

@@ -1,0 +1,125 @@
+"""Bench-wide settings read from the command line, and the calibrated peaks of the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from bench.cases import DTYPES, PROFILES, Case, Profile
+from bench.timing import Peaks, calibrate
+
+DEFAULT_DTYPES = {"cpu": ["fp32"], "cuda": ["bf16", "fp32"]}
+
+
+def configure_torch(threads: int) -> None:
+    """Fix the thread count, and make dynamo fail loudly instead of falling back to eager
+    once its recompile limit is reached (each case is a new static shape for `compiled`):
+    a silent fallback would time the wrong thing."""
+    torch.set_num_threads(threads)
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = dynamo.accumulated_recompile_limit = 4096
+    if hasattr(dynamo, "fail_on_recompile_limit_hit"):
+        dynamo.fail_on_recompile_limit_hit = True
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def _devices(choice: str) -> list[str]:
+    has_cuda = torch.cuda.is_available()
+    if choice == "cuda" and not has_cuda:
+        raise pytest.UsageError("--lora-device cuda: CUDA is not available on this machine")
+    if choice == "all":
+        return ["cpu", "cuda"] if has_cuda else ["cpu"]
+    return [choice]
+
+
+def _dtypes(choice: str | None, devices: list[str]) -> dict[str, list[str]]:
+    if choice is None:
+        return {d: DEFAULT_DTYPES[d] for d in devices}
+    names = [n.strip() for n in choice.split(",") if n.strip()]
+    bad = [n for n in names if n not in DTYPES]
+    if bad or not names:
+        raise pytest.UsageError(
+            f"--lora-dtype: {','.join(bad) or choice!r} not allowed; use a comma list of "
+            f"{', '.join(DTYPES)}"
+        )
+    return {d: names for d in devices}
+
+
+@dataclass
+class Settings:
+    """What this run measures and how; one per pytest session."""
+
+    profile: Profile
+    devices: list[str]
+    dtypes: dict[str, list[str]]
+    threads: int
+    results_dir: Path
+    only: list[str]
+    peaks_start: dict[str, Peaks] = field(default_factory=dict)
+    peaks_end: dict[str, Peaks] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        devices = _devices(config.getoption("lora_device"))
+        threads = config.getoption("lora_threads") or physical_cores()
+        if threads < 1:
+            raise pytest.UsageError(f"--lora-threads must be >= 1, got {threads}")
+        results = Path(config.getoption("lora_results"))
+        if not results.is_absolute():
+            results = config.rootpath / results
+        return cls(
+            profile=PROFILES[config.getoption("lora_profile")],
+            devices=devices,
+            dtypes=_dtypes(config.getoption("lora_dtype"), devices),
+            threads=threads,
+            results_dir=results,
+            only=config.getoption("lora_only") or [],
+        )
+
+    def _select(self, cases: list[Case]) -> list[Case]:
+        if not self.only:
+            return cases
+        return [c for c in cases if any(part == str(c) for part in self.only)]
+
+    def cases(self) -> list[Case]:
+        return self._select(self.profile.cases(self.devices, self.dtypes))
+
+    def memory_cases(self) -> list[Case]:
+        return self._select(self.profile.memory_cases(self.devices, self.dtypes))
+
+    def peaks(self, device: str, dtype: str) -> Peaks:
+        """Peaks of (device, dtype), calibrated on first use: the run's start reading."""
+        key = f"{device}/{dtype}"
+        if key not in self.peaks_start:
+            self.peaks_start[key] = calibrate(device, DTYPES[dtype])
+        return self.peaks_start[key]
+
+    def recalibrate(self) -> None:
+        """The end-of-run reading of every (device, dtype) calibrated at the start."""
+        for key in self.peaks_start:
+            device, dtype = key.split("/")
+            self.peaks_end[key] = calibrate(device, DTYPES[dtype])
+
+    def tf32(self) -> bool:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+
+    def describe(self) -> dict[str, object]:
+        """Machine-independent facts of the run, stored in the results JSON."""
+        return {
+            "profile": self.profile.name,
+            "threads": self.threads,
+            "interop_threads": torch.get_num_interop_threads(),
+            "tf32": self.tf32(),
+            "devices": self.devices,
+            "dtypes": self.dtypes,
+            "only": self.only,
+            "peaks_start": {k: p.as_dict() for k, p in self.peaks_start.items()},
+            "peaks_end": {k: p.as_dict() for k, p in self.peaks_end.items()},
+        }
