@@ -14,8 +14,8 @@ class ResultError(ValueError):
     """A results file is missing, corrupt or not from lora-bench."""
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and os.replace, so a
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and os.replace, so a
     reader never sees a half-written file and a failed write leaves the old one intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,8 +24,8 @@ def write_atomic(path: Path, text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -38,32 +38,32 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**10:.0f} KiB"
 
 
-def _order(impl: str) -> tuple[int, str]:
+def impl_order(impl: str) -> tuple[int, str]:
     names = list(IMPLS)
     return (names.index(impl) if impl in names else len(names), impl)
 
 
-def _entries(run: dict, kind: str, mode: str | None = None) -> list[dict]:
+def entries(run: dict, kind: str, mode: str | None = None) -> list[dict]:
     out = []
     for bench in run["benchmarks"]:
         info = bench["extra_info"]
         if info["kind"] == kind and (mode is None or info.get("mode") == mode):
-            out.append({**info, "stats": bench.get("stats") or {}})
+            out.append({**info, "stats": bench.get("stats") or {}, "fullname": bench["fullname"]})
     return out
 
 
-def _cases_in_order(entries: list[dict]) -> list[str]:
+def _cases_in_order(items: list[dict]) -> list[str]:
     seen: dict[str, None] = {}
-    for e in entries:
+    for e in items:
         seen.setdefault(e["case"], None)
     return list(seen)
 
 
 def throughput_table(run: dict, mode: str) -> Table:
-    entries = _entries(run, "time", mode)
-    cases = _cases_in_order(entries)
+    items = entries(run, "time", mode)
+    cases = _cases_in_order(items)
     rows = []
-    for e in sorted(entries, key=lambda e: (cases.index(e["case"]), _order(e["impl"]))):
+    for e in sorted(items, key=lambda e: (cases.index(e["case"]), impl_order(e["impl"]))):
         st = e["stats"]
         rows.append(
             [
@@ -88,11 +88,11 @@ def throughput_table(run: dict, mode: str) -> Table:
 
 
 def ratio_table(run: dict, mode: str) -> Table:
-    entries = _entries(run, "time", mode)
-    impls = sorted({e["impl"] for e in entries}, key=_order)
-    cells = {(e["case"], e["impl"]): e for e in entries}
+    items = entries(run, "time", mode)
+    impls = sorted({e["impl"] for e in items}, key=impl_order)
+    cells = {(e["case"], e["impl"]): e for e in items}
     rows = []
-    for case in _cases_in_order(entries):
+    for case in _cases_in_order(items):
         row: list[object] = [case]
         for impl in impls:
             e = cells.get((case, impl))
@@ -108,16 +108,16 @@ def ratio_table(run: dict, mode: str) -> Table:
 
 
 def memory_table(run: dict) -> Table:
-    entries = _entries(run, "memory")
-    impls = sorted({e["impl"] for e in entries}, key=_order)
-    cells = {(e["case"], e["mode"], e["impl"]): e["peak_bytes"] for e in entries}
-    keys = list(dict.fromkeys((e["case"], e["mode"]) for e in entries))
+    items = entries(run, "memory")
+    impls = sorted({e["impl"] for e in items}, key=impl_order)
+    cells = {(e["case"], e["mode"], e["impl"]): e["peak_bytes"] for e in items}
+    keys = list(dict.fromkeys((e["case"], e["mode"]) for e in items))
     rows = [
         [case, mode]
         + ["" if (case, mode, i) not in cells else fmt_bytes(cells[(case, mode, i)]) for i in impls]
         for case, mode in keys
     ]
-    method = entries[0]["method"] if entries else ""
+    method = items[0]["method"] if items else ""
     note = (
         f"{method}: the build (merged's weight copy, compile) and run of one op, forward "
         "(infer) or forward and backward (train), above the inputs and weights"
@@ -127,8 +127,8 @@ def memory_table(run: dict) -> Table:
 
 def params_table(run: dict) -> Table:
     shapes = list(SHAPES)
-    entries = sorted(
-        _entries(run, "params"),
+    items = sorted(
+        entries(run, "params"),
         key=lambda e: (shapes.index(e["shape"]) if e["shape"] in shapes else 99, e["rank"]),
     )
     rows = [
@@ -141,7 +141,7 @@ def params_table(run: dict) -> Table:
             f"{e['total']:,}",
             f"{100 * e['fraction']:.3f}%",
         ]
-        for e in entries
+        for e in items
     ]
     headers = ["shape", "in", "out", "r", "trainable", "total", "trainable %"]
     return Table("Trainable parameters", headers, rows, "trainable = r·(in + out)")

@@ -1,0 +1,134 @@
+"""Regression gate: compare each case's ratio to base between a baseline and a current run.
+
+A case regresses only when its ratio grew by more than the threshold AND by more than the
+runs' own spread: the median moved past the half-IQRs of both runs added together.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench.results import ResultError, load_run
+from bench.tables import entries
+
+COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One (case, impl, mode) in both runs."""
+
+    case: str
+    impl: str
+    mode: str
+    base_ratio: float
+    base_iqr: float
+    cur_ratio: float
+    cur_iqr: float
+    fullname: str
+
+    @property
+    def change(self) -> float:
+        """Relative growth of the ratio to base: +0.10 is 10% slower against base."""
+        return self.cur_ratio / self.base_ratio - 1
+
+    @property
+    def noise(self) -> float:
+        return (self.base_iqr + self.cur_iqr) / 2
+
+    def status(self, threshold: float) -> str:
+        diff = self.cur_ratio - self.base_ratio
+        if self.change > threshold and diff > self.noise:
+            return "regression"
+        if -self.change > threshold and -diff > self.noise:
+            return "improvement"
+        return "same"
+
+
+def parse_threshold(text: str) -> float:
+    """'10%' or '0.1' -> 0.1; must be in (0, 10]."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ResultError(f"--max-slowdown must look like 10% or 0.1, got {text!r}") from None
+    if not 0 < value <= 10:
+        raise ResultError(f"--max-slowdown must be in (0%, 1000%], got {text!r}")
+    return value
+
+
+def _by_id(run: dict) -> dict[tuple[str, str, str], dict]:
+    return {
+        (e["key"], e["impl"], e["mode"]): e for e in entries(run, "time") if e["impl"] != "base"
+    }
+
+
+def verdicts(baseline: dict, current: dict) -> list[Verdict]:
+    """Every timed (case, impl, mode) present in both runs, except base against itself."""
+    old, new = _by_id(baseline), _by_id(current)
+    out = []
+    for ident in old.keys() & new.keys():
+        b, c = old[ident], new[ident]
+        out.append(
+            Verdict(
+                c["case"], c["impl"], c["mode"], b["ratio_to_base"], b["ratio_iqr"],
+                c["ratio_to_base"], c["ratio_iqr"], c.get("fullname", ""),
+            )
+        )  # fmt: skip
+    return sorted(out, key=lambda v: (v.case, v.impl, v.mode))
+
+
+def copy_drift(baseline: dict, current: dict) -> list[str]:
+    """Warnings for calibrated copy bandwidths that differ by more than COPY_DRIFT."""
+    old = baseline["lora_bench"].get("peaks_start", {})
+    new = current["lora_bench"].get("peaks_start", {})
+    warnings = []
+    for key in sorted(old.keys() & new.keys()):
+        a, b = old[key]["copy_gbs"], new[key]["copy_gbs"]
+        if abs(b / a - 1) > COPY_DRIFT:
+            warnings.append(
+                f"warning: copy bandwidth {key} was {a:.1f} GB/s in the baseline and {b:.1f} "
+                f"GB/s now ({100 * (b / a - 1):+.0f}%): not the same machine, or a loaded one; "
+                "memory-bound ratios move with it"
+            )
+    return warnings
+
+
+def check_devices(baseline: dict, current: dict) -> None:
+    a, b = baseline["lora_bench"]["device"], current["lora_bench"]["device"]
+    if a != b:
+        raise ResultError(f"the baseline is a {a} run and the current one a {b} run; use compare")
+
+
+def recheck(flagged: list[Verdict], current: dict, root: Path) -> dict[str, dict]:
+    """Measure each flagged benchmark again with pytest; returns the new entries by fullname."""
+    meta = current["lora_bench"]
+    if not (root / "bench" / "conftest.py").is_file():
+        raise ResultError(
+            f"--recheck runs pytest bench and needs a source checkout; none at {root}"
+        )
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [
+            sys.executable, "-m", "pytest", *sorted({v.fullname for v in flagged}),
+            "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-results", out,
+            "--lora-profile", meta["profile"], "--lora-device", meta["device"],
+            "--lora-threads", str(meta["threads"]),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        path = Path(out) / f"{meta['device']}-{meta['profile']}.json"
+        if proc.returncode != 0 or not path.exists():
+            tail = (proc.stdout + proc.stderr)[-2000:]
+            raise ResultError(f"the recheck run failed (exit {proc.returncode}):\n{tail}")
+        rerun = load_run(path)
+    return {b["fullname"]: b["extra_info"] for b in rerun["benchmarks"]}
+
+
+def better_of(v: Verdict, rerun: dict[str, dict]) -> Verdict:
+    """Keep the lower of the two measured ratios of a flagged case, with its own IQR."""
+    info = rerun.get(v.fullname)
+    if info is None or info["ratio_to_base"] >= v.cur_ratio:
+        return v
+    return replace(v, cur_ratio=info["ratio_to_base"], cur_iqr=info["ratio_iqr"])

@@ -1,0 +1,80 @@
+"""Compare two runs case by case, e.g. CPU against CUDA: times and the speed-up of B over A."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bench.results import ResultError
+from bench.tables import Table, entries, fmt_seconds, impl_order
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str
+    impl: str
+    mode: str
+    a_s: float
+    b_s: float
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster B is than A."""
+        return self.a_s / self.b_s
+
+
+def _index(run: dict) -> dict[tuple[str, str, str], float]:
+    return {(e["key"], e["impl"], e["mode"]): e["stats"]["median"] for e in entries(run, "time")}
+
+
+def pair_runs(a: dict, b: dict) -> tuple[list[Pair], list[str], list[str]]:
+    """(pairs, ids only in A, ids only in B); ResultError when nothing can be matched."""
+    ia, ib = _index(a), _index(b)
+    common = ia.keys() & ib.keys()
+    if not common:
+        pa, pb = a["lora_bench"]["profile"], b["lora_bench"]["profile"]
+        raise ResultError(
+            f"no case is in both runs (profiles {pa!r} and {pb!r}); compare runs of one "
+            "profile with a dtype in common"
+        )
+    pairs = [Pair(*k, ia[k], ib[k]) for k in common]
+    pairs.sort(key=lambda p: (p.mode, p.key, impl_order(p.impl)))
+
+    def label(ids: set) -> list[str]:
+        return sorted(f"{key} {impl} {mode}" for key, impl, mode in ids)
+
+    return pairs, label(ia.keys() - ib.keys()), label(ib.keys() - ia.keys())
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def compare_tables(a: dict, b: dict) -> tuple[list[Table], list[str], list[str]]:
+    """Per-case table, geometric-mean table per impl, and the one-sided ids."""
+    pairs, only_a, only_b = pair_runs(a, b)
+    da, db = a["lora_bench"]["device"], b["lora_bench"]["device"]
+    rows = [
+        [p.key, p.impl, p.mode, fmt_seconds(p.a_s), fmt_seconds(p.b_s), f"{p.speedup:.2f}x"]
+        for p in pairs
+    ]
+    per_case = Table(
+        f"{da} (A) against {db} (B)",
+        ["case", "impl", "mode", f"A: {da}", f"B: {db}", "speed-up B over A"],
+        rows,
+        "median seconds per op; speed-up = A / B",
+    )
+    groups: dict[tuple[str, str], list[float]] = {}
+    for p in pairs:
+        groups.setdefault((p.impl, p.mode), []).append(p.speedup)
+    summary = Table(
+        "Geometric mean speed-up per implementation",
+        ["impl", "mode", "cases", "speed-up B over A"],
+        [
+            [impl, mode, len(v), f"{geomean(v):.2f}x"]
+            for (impl, mode), v in sorted(
+                groups.items(), key=lambda kv: (kv[0][1], impl_order(kv[0][0]))
+            )
+        ],
+    )
+    return [per_case, summary], only_a, only_b

@@ -1,0 +1,126 @@
+"""PNG charts of one or more runs (needs matplotlib: pip install 'lora-bench[plot]')."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.compare import pair_runs
+from bench.results import ResultError, write_atomic
+from bench.tables import entries, impl_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ResultError("plot needs matplotlib: pip install 'lora-bench[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Render to bytes first, then write atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def throughput_vs_rank(run: dict, out: Path) -> Path | None:
+    """tokens/s against rank, one line per impl, one panel per (shape, T, dtype) with ranks."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for e in entries(run, "time", "infer"):
+        groups[(e["shape"], e["tokens"], e["dtype"])].append(e)
+    groups = {k: v for k, v in groups.items() if len({e["rank"] for e in v}) > 1}
+    if not groups:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, ((shape, tokens, dtype), items) in zip(axes[0], sorted(groups.items()), strict=True):
+        by_impl: dict[str, list[dict]] = defaultdict(list)
+        for e in items:
+            by_impl[e["impl"]].append(e)
+        for impl in sorted(by_impl, key=impl_order):
+            pts = sorted(by_impl[impl], key=lambda e: e["rank"])
+            ax.plot([e["rank"] for e in pts], [e["tokens_per_s"] for e in pts], "o-", label=impl)
+        ax.set(
+            xscale="log", xlabel="rank r", ylabel="tokens/s", title=f"{shape} T={tokens} {dtype}"
+        )
+        ax.set_xticks(sorted({e["rank"] for e in items}), labels=sorted({e["rank"] for e in items}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Forward throughput against rank ({run['lora_bench']['device']})")
+    path = _save(fig, out / f"throughput-vs-rank-{run['lora_bench']['device']}.png")
+    plt.close(fig)
+    return path
+
+
+def ratio_vs_tokens(run: dict, out: Path) -> Path | None:
+    """Ratio to base against tokens per impl (forward); labels name the shape and rank."""
+    items = [e for e in entries(run, "time", "infer") if e["impl"] != "base"]
+    if not items:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    impls = sorted({e["impl"] for e in items}, key=impl_order)
+    cases = sorted({(e["tokens"], e["shape"], e["rank"], e["dtype"]) for e in items})
+    for n, impl in enumerate(impls):
+        pts = {
+            (e["tokens"], e["shape"], e["rank"], e["dtype"]): e for e in items if e["impl"] == impl
+        }
+        xs = [i + (n - len(impls) / 2) * 0.1 for i, c in enumerate(cases) if c in pts]
+        ys = [pts[c]["ratio_to_base"] for c in cases if c in pts]
+        err = [pts[c]["ratio_iqr"] / 2 for c in cases if c in pts]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=impl)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(cases)), [f"T={t}\n{s}\nr={r}" for t, s, r, _ in cases], fontsize=7)
+    ax.set(yscale="log", ylabel="time / base GEMM (median of pairs, ±IQR/2)")
+    ax.set_title(f"Ratio to base against tokens ({run['lora_bench']['device']}, forward)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=2)
+    path = _save(fig, out / f"ratio-vs-tokens-{run['lora_bench']['device']}.png")
+    plt.close(fig)
+    return path
+
+
+def device_bars(a: dict, b: dict, out: Path) -> Path:
+    """Speed-up of run B over run A per case and impl (forward), as grouped bars."""
+    pairs = [p for p in pair_runs(a, b)[0] if p.mode == "infer"]
+    plt = _pyplot()
+    keys = list(dict.fromkeys(p.key for p in pairs))
+    impls = sorted({p.impl for p in pairs}, key=impl_order)
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(keys)), 4.8))
+    for n, impl in enumerate(impls):
+        vals = {p.key: p.speedup for p in pairs if p.impl == impl}
+        xs = [i + n * width for i, k in enumerate(keys) if k in vals]
+        ax.bar(xs, [vals[k] for k in keys if k in vals], width, label=impl)
+    da, db = a["lora_bench"]["device"], b["lora_bench"]["device"]
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, rotation=20, ha="right")
+    ax.set(yscale="log", ylabel=f"speed-up of {db} over {da} (x)")
+    ax.set_title(f"{db} against {da}, forward, same cases")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.legend(fontsize=8, ncol=2)
+    path = _save(fig, out / f"{da}-vs-{db}.png")
+    plt.close(fig)
+    return path
+
+
+def plot_runs(runs: list[dict], out: Path) -> list[Path]:
+    """Every chart the runs support; the device comparison needs two runs of two devices."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for run in runs:
+        paths += [p for p in (throughput_vs_rank(run, out), ratio_vs_tokens(run, out)) if p]
+    devices = {r["lora_bench"]["device"] for r in runs}
+    if len(runs) == 2 and len(devices) == 2:
+        paths.append(device_bars(runs[0], runs[1], out))
+    return paths

@@ -1,0 +1,158 @@
+"""The `lora-bench` command: report, compare, check, plot and baseline on results JSONs.
+
+Exit codes: 0 fine, 1 regressions found by `check`, 2 unusable input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from bench import check as gate
+from bench.compare import compare_tables
+from bench.results import ResultError, load_run, write_atomic
+from bench.tables import Table, render, run_header, run_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP_KEYS = {"impl": 1, "shape": 0, "rank": 0}
+
+
+def _group(tables: list[Table], by: str) -> list[Table]:
+    """Sort the per-case tables' rows by impl, shape or rank (case ids lead with the shape)."""
+
+    def key(row: list[object]) -> tuple:
+        case = str(row[0]).split()
+        rank = next((int(p[2:]) for p in case if p.startswith("r=")), 0)
+        if by == "impl" and len(row) > 1:
+            return (str(row[1]), str(row[0]))
+        return (rank, str(row[0])) if by == "rank" else (str(row[0]),)
+
+    return [Table(t.title, t.headers, sorted(t.rows, key=key), t.note) for t in tables]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = load_run(args.result)
+    tables = run_tables(run)
+    if args.group_by:
+        tables = _group(tables, args.group_by)
+    head = run_header(run) + "\n" if args.format != "csv" else ""
+    sys.stdout.write(head + render(tables, args.format))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = load_run(args.a), load_run(args.b)
+    tables, only_a, only_b = compare_tables(a, b)
+    text = render(tables, args.format)
+    for side, ids in (("A", only_a), ("B", only_b)):
+        if ids:
+            text += f"\nOnly in {side} ({len(ids)}): " + "; ".join(ids) + "\n"
+    if args.output:
+        write_atomic(Path(args.output), text)
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    threshold = gate.parse_threshold(args.max_slowdown)
+    baseline, current = load_run(args.baseline), load_run(args.current)
+    gate.check_devices(baseline, current)
+    verdicts = gate.verdicts(baseline, current)
+    if not verdicts:
+        raise ResultError("no timed case is in both runs: nothing to check")
+    for warning in gate.copy_drift(baseline, current):
+        print(warning, file=sys.stderr)
+    flagged = [v for v in verdicts if v.status(threshold) == "regression"]
+    if flagged and args.recheck:
+        print(f"rechecking {len(flagged)} flagged case(s)...", file=sys.stderr)
+        rerun = gate.recheck(flagged, current, ROOT)
+        verdicts = [gate.better_of(v, rerun) if v in flagged else v for v in verdicts]
+    rows = {"regression": [], "improvement": []}
+    for v in verdicts:
+        status = v.status(threshold)
+        if status in rows:
+            rows[status].append(
+                [v.case, v.impl, v.mode, f"{v.base_ratio:.3f} ±{v.base_iqr:.3f}",
+                 f"{v.cur_ratio:.3f} ±{v.cur_iqr:.3f}", f"{100 * v.change:+.1f}%"]
+            )  # fmt: skip
+    headers = ["case", "impl", "mode", "baseline ratio", "current ratio", "change"]
+    tables = [Table(f"{k.capitalize()}s", headers, r) for k, r in rows.items() if r]
+    if tables:
+        sys.stdout.write(render(tables, "github"))
+    n_reg = len(rows["regression"])
+    print(
+        f"{len(verdicts)} cases checked, threshold {100 * threshold:g}% and beyond the IQRs: "
+        f"{n_reg} regression(s), {len(rows['improvement'])} improvement(s)"
+    )
+    return 1 if n_reg else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bench.plot import plot_runs
+
+    paths = plot_runs([load_run(p) for p in args.results], Path(args.output))
+    for p in paths:
+        print(f"wrote {p}")
+    if not paths:
+        print("nothing to plot: no timed cases in these runs", file=sys.stderr)
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    run = load_run(args.result)
+    folder = Path(args.dir) if args.dir else Path(args.result).parent
+    target = folder / f"baseline-{run['lora_bench']['device']}.json"
+    if target.exists() and not args.force:
+        raise ResultError(f"{target} exists; pass --force to replace it")
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(args.result, tmp)
+    tmp.replace(target)
+    print(f"wrote {target}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lora-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="print the tables of one run")
+    r.add_argument("result")
+    r.add_argument("--format", choices=["github", "plain", "csv"], default="github")
+    r.add_argument("--group-by", choices=list(GROUP_KEYS))
+    r.set_defaults(func=cmd_report)
+    c = sub.add_parser("compare", help="A against B, case by case (e.g. CPU against CUDA)")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--format", choices=["github", "plain", "csv"], default="github")
+    c.add_argument("-o", "--output", help="also write the tables to this file")
+    c.set_defaults(func=cmd_compare)
+    k = sub.add_parser("check", help="fail on ratio-to-base regressions against a baseline")
+    k.add_argument("baseline")
+    k.add_argument("current")
+    k.add_argument("--max-slowdown", default="10%")
+    k.add_argument("--recheck", action="store_true", help="measure flagged cases again first")
+    k.set_defaults(func=cmd_check)
+    g = sub.add_parser("plot", help="PNG charts of one or two runs")
+    g.add_argument("results", nargs="+")
+    g.add_argument("-o", "--output", required=True, help="folder for the PNGs")
+    g.set_defaults(func=cmd_plot)
+    b = sub.add_parser("baseline", help="copy a run to baseline-<device>.json")
+    b.add_argument("result")
+    b.add_argument("--dir", help="folder of the baseline (default: the run's folder)")
+    b.add_argument("--force", action="store_true", help="replace an existing baseline")
+    b.set_defaults(func=cmd_baseline)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ResultError, OSError) as err:
+        print(f"lora-bench {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

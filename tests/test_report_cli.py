@@ -1,0 +1,211 @@
+"""The lora-bench CLI: report, compare, check, plot and baseline on small runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from runs import CASES, make_run
+
+from bench import check as gate
+from bench.report import main
+from bench.results import dump_json
+
+KEY = CASES[1]
+
+
+def write(path: Path, run: dict) -> Path:
+    path.write_text(dump_json(run))
+    return path
+
+
+def digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+@pytest.fixture
+def cpu_run(tmp_path: Path) -> Path:
+    return write(tmp_path / "cpu-quick.json", make_run())
+
+
+def test_report_formats(cpu_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = digest(cpu_run)
+    assert main(["report", str(cpu_run)]) == 0
+    out = capsys.readouterr().out
+    assert "### Ratio to base (infer)" in out
+    assert "gpt2.c_attn T=512 r=16 fp32 cpu" in out
+    assert main(["report", str(cpu_run), "--format", "csv", "--group-by", "impl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("table,case,impl")
+    impls = [line.split(",")[2] for line in lines[1:10]]
+    assert impls == sorted(impls)
+    assert main(["report", str(cpu_run), "--format", "plain", "--group-by", "rank"]) == 0
+    assert digest(cpu_run) == before
+
+
+def test_compare_matches_cases_and_lists_one_sided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write(tmp_path / "cpu.json", make_run("cpu", seconds=1e-2))
+    gpu = make_run("cuda", seconds=1e-3)
+    gpu["benchmarks"] = [b for b in gpu["benchmarks"] if b["extra_info"].get("key") != CASES[2]]
+    b = write(tmp_path / "cuda.json", gpu)
+    out_md = tmp_path / "cpu-vs-cuda.md"
+    assert main(["compare", str(a), str(b), "-o", str(out_md)]) == 0
+    out = capsys.readouterr().out
+    assert "10.00x" in out
+    assert "Geometric mean speed-up per implementation" in out
+    assert f"Only in A (3): {CASES[2]} addmm infer" in out
+    assert out_md.read_text() == out
+
+
+def test_compare_refuses_runs_without_common_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = make_run(profile="quick")
+    b = make_run(profile="full")
+    for bench in b["benchmarks"]:
+        if "key" in bench["extra_info"]:
+            bench["extra_info"]["key"] = bench["extra_info"]["key"].replace("fp32", "bf16")
+    code = main(["compare", str(write(tmp_path / "a.json", a)), str(write(tmp_path / "b.json", b))])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no case is in both runs (profiles 'quick' and 'full')" in err
+    assert "Traceback" not in err
+
+
+def test_check_passes_on_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(tmp_path / "base.json", make_run())
+    noisy = make_run(ratios={(KEY, "two_step"): 1.12, (KEY, "addmm"): 0.99})
+    for bench in noisy["benchmarks"]:
+        bench["extra_info"]["ratio_iqr"] = 0.15  # a noisy run: the move is within its spread
+    cur = write(tmp_path / "cur.json", noisy)
+    before = digest(base, cur)
+    assert main(["check", str(base), str(cur), "--max-slowdown", "5%"]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
+    assert digest(base, cur) == before
+
+
+def test_check_fails_on_a_real_2x_slowdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write(tmp_path / "base.json", make_run())
+    cur = write(tmp_path / "cur.json", make_run(ratios={(KEY, "two_step"): 2.1}))
+    assert main(["check", str(base), str(cur), "--max-slowdown", "25%"]) == 1
+    out = capsys.readouterr().out
+    assert "### Regressions" in out
+    assert f"| {KEY} cpu | two_step" in out
+    assert "+100.0%" in out
+
+
+def test_check_reports_improvements(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(tmp_path / "base.json", make_run(ratios={(KEY, "addmm"): 1.6}))
+    cur = write(tmp_path / "cur.json", make_run())
+    assert main(["check", str(base), str(cur)]) == 0
+    assert "### Improvements" in capsys.readouterr().out
+
+
+def test_check_warns_when_the_machine_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write(tmp_path / "base.json", make_run(copy_gbs=20.0))
+    cur = write(tmp_path / "cur.json", make_run(copy_gbs=12.0))
+    assert main(["check", str(base), str(cur)]) == 0
+    assert (
+        "copy bandwidth cpu/fp32 was 20.0 GB/s in the baseline and 12.0 GB/s"
+        in capsys.readouterr().err
+    )
+
+
+def test_noise_guard_needs_both_conditions() -> None:
+    v = gate.Verdict("c", "i", "infer", 1.0, 0.02, 1.2, 0.02, "")
+    assert v.status(0.10) == "regression"
+    assert v.status(0.25) == "same"  # below the threshold
+    wide = gate.Verdict("c", "i", "infer", 1.0, 0.3, 1.2, 0.3, "")
+    assert wide.status(0.10) == "same"  # beyond the threshold but inside the spread
+
+
+def test_recheck_keeps_the_better_measurement() -> None:
+    v = gate.Verdict("c", "two_step", "infer", 1.0, 0.01, 1.5, 0.01, "bench/x.py::t[c-two_step]")
+    rerun = {v.fullname: {"ratio_to_base": 1.02, "ratio_iqr": 0.01}}
+    assert gate.better_of(v, rerun).cur_ratio == 1.02
+    worse = {v.fullname: {"ratio_to_base": 1.9, "ratio_iqr": 0.01}}
+    assert gate.better_of(v, worse).cur_ratio == 1.5
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "no such results file"),
+        ("corrupt", "not valid JSON"),
+        ("foreign", "not written by lora-bench"),
+        ("other-device", "use compare"),
+        ("empty", "nothing to check"),
+    ],
+)
+def test_check_unusable_input_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, message: str
+) -> None:
+    base = write(tmp_path / "base.json", make_run())
+    cur = tmp_path / "cur.json"
+    if setup == "corrupt":
+        cur.write_text('{"benchmarks": [')
+    elif setup == "foreign":
+        cur.write_text(json.dumps({"benchmarks": [], "machine_info": {}}))
+    elif setup == "other-device":
+        write(cur, make_run("cuda"))
+    elif setup == "empty":
+        run = make_run()
+        run["benchmarks"] = [b for b in run["benchmarks"] if b["extra_info"]["kind"] != "time"]
+        write(cur, run)
+    assert main(["check", str(base), str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_bad_threshold_exits_2(cpu_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(cpu_run), str(cpu_run), "--max-slowdown", "fast"]) == 2
+    assert "--max-slowdown must look like 10% or 0.1" in capsys.readouterr().err
+
+
+def test_baseline_refuses_to_overwrite(
+    cpu_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = digest(cpu_run)
+    assert main(["baseline", str(cpu_run)]) == 0
+    target = tmp_path / "baseline-cpu.json"
+    assert target.read_bytes() == cpu_run.read_bytes()
+    target.write_text("{}")
+    assert main(["baseline", str(cpu_run)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert target.read_text() == "{}"
+    assert main(["baseline", str(cpu_run), "--force"]) == 0
+    assert target.read_bytes() == cpu_run.read_bytes()
+    assert digest(cpu_run) == before
+
+
+def test_plot_writes_readable_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib", reason="plot needs the 'plot' extra (matplotlib)")
+    cpu = make_run("cpu", seconds=1e-2)
+    extra = [b for b in cpu["benchmarks"] if b["extra_info"].get("key") == CASES[1]]
+    for bench in json.loads(json.dumps(extra)):  # the same case at another rank
+        bench["extra_info"].update(rank=64, key=KEY.replace("r=16", "r=64"))
+        bench["extra_info"]["case"] = bench["extra_info"]["key"] + " cpu"
+        cpu["benchmarks"].append(bench)
+    a = write(tmp_path / "cpu.json", cpu)
+    b = write(tmp_path / "cuda.json", make_run("cuda", seconds=1e-3))
+    out = tmp_path / "plots"
+    assert main(["plot", str(a), str(b), "-o", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "cpu-vs-cuda.png",
+        "ratio-vs-tokens-cpu.png",
+        "ratio-vs-tokens-cuda.png",
+        "throughput-vs-rank-cpu.png",
+    ]
+    for p in out.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
