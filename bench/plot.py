@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from pathlib import Path
+from statistics import median
 from typing import TYPE_CHECKING
 
 from bench.compare import pair_runs
@@ -34,10 +35,27 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def paired_tokens_per_s(items: list[dict]) -> dict[tuple[str, str], float]:
+    """tokens/s per (case, impl) from the paired ratio times the case's median base time.
+
+    Benchmarks timed minutes apart drift on a shared machine; within a case, every impl's
+    base rounds give one reference time, and the paired ratio carries the impl against it.
+    """
+    base_s: dict[str, list[float]] = defaultdict(list)
+    for e in items:
+        base_s[e["case"]].append(e["base_median_s"])
+    return {
+        (e["case"], e["impl"]): e["tokens"] / (e["ratio_to_base"] * median(base_s[e["case"]]))
+        for e in items
+    }
+
+
 def throughput_vs_rank(run: dict, out: Path) -> Path | None:
     """tokens/s against rank, one line per impl, one panel per (shape, T, dtype) with ranks."""
+    items = entries(run, "time", "infer")
+    rate = paired_tokens_per_s(items)
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for e in entries(run, "time", "infer"):
+    for e in items:
         groups[(e["shape"], e["tokens"], e["dtype"])].append(e)
     groups = {k: v for k, v in groups.items() if len({e["rank"] for e in v}) > 1}
     if not groups:
@@ -50,10 +68,10 @@ def throughput_vs_rank(run: dict, out: Path) -> Path | None:
             by_impl[e["impl"]].append(e)
         for impl in sorted(by_impl, key=impl_order):
             pts = sorted(by_impl[impl], key=lambda e: e["rank"])
-            ax.plot([e["rank"] for e in pts], [e["tokens_per_s"] for e in pts], "o-", label=impl)
-        ax.set(
-            xscale="log", xlabel="rank r", ylabel="tokens/s", title=f"{shape} T={tokens} {dtype}"
-        )
+            ys = [rate[(e["case"], e["impl"])] for e in pts]
+            ax.plot([e["rank"] for e in pts], ys, "o-", label=impl)
+        ax.set(xscale="log", xlabel="rank r", title=f"{shape} T={tokens} {dtype}")
+        ax.set_ylabel("tokens/s (paired ratio x the case's median base time)")
         ax.set_xticks(sorted({e["rank"] for e in items}), labels=sorted({e["rank"] for e in items}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
