@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from bench.cases import Case
-from lora_kernels import IMPLS, LoRAWeights
+from bench.peers import lookup
+from lora_kernels import LoRAWeights
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
 CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
@@ -44,7 +45,7 @@ def _inputs(case: Case, mode: str) -> Inputs:
 def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
     """Build the op and run it once (forward, plus backward in train mode); returns y."""
     w, x, grad_out = inputs
-    y = IMPLS[impl].build(w, mode)(x)
+    y = lookup(impl).build(w, mode)(x)
     if grad_out is not None:
         y.backward(grad_out)
     return y

@@ -14,6 +14,7 @@ from bench import check as gate
 from bench.compare import compare_tables
 from bench.results import ResultError, load_run, write_atomic
 from bench.tables import Table, render, run_header, run_tables
+from lora_kernels.registry import impls_table
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_KEYS = {"impl": 1, "shape": 0, "rank": 0}
@@ -113,6 +114,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_impls(args: argparse.Namespace) -> int:
+    print(impls_table())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lora-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--dir", help="folder of the baseline (default: the run's folder)")
     b.add_argument("--force", action="store_true", help="replace an existing baseline")
     b.set_defaults(func=cmd_baseline)
+    i = sub.add_parser("impls", help="the registry of implementations, as a markdown table")
+    i.set_defaults(func=cmd_impls)
     return p
 
 

@@ -11,7 +11,9 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
+from bench.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
 from bench.metrics import paired_info, throughput
+from bench.peers import lookup
 from bench.session import Settings
 from bench.timing import Work, run_paired, synchronize
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, tolerance
@@ -20,7 +22,7 @@ from lora_kernels.reference import forward_error, gradient_errors
 
 def runnable(impl_name: str, case: Case, mode: str) -> Impl:
     """The impl, or a pytest.skip that says why it cannot run this case."""
-    impl = IMPLS[impl_name]
+    impl = lookup(impl_name)
     reason = case.skip_reason() or impl.unavailable_reason(case.device, case.torch_dtype, mode)
     if reason:
         pytest.skip(reason)
@@ -101,7 +103,23 @@ def measure(
         return
     peaks = settings.peaks(case.device, case.dtype)
     paired = run_paired(benchmark, fn, base_fn, case.device, settings.profile)
-    adapter = IMPLS[impl_name].lora_equivalent
+    adapter = lookup(impl_name).lora_equivalent
     info.update(throughput(case, mode, paired.impl_median_s, peaks, adapter))
     info.update(paired_info(paired))
     info["kind"] = "time"  # last: the results writer keeps only complete entries
+
+
+def measure_memory(
+    benchmark: BenchmarkFixture, probe: CpuProbe, case: Case, impl_name: str, mode: str
+) -> None:
+    """Peak memory of building and running the impl once: CUDA in-process, CPU in the probe."""
+    runnable(impl_name, case, mode)
+    benchmark.group = "memory"
+    cuda = torch.device(case.device).type == "cuda"
+    peak = benchmark.pedantic(
+        measure_cuda if cuda else probe.measure, args=(impl_name, case, mode), rounds=1
+    )
+    info = benchmark.extra_info
+    info.update(case=str(case), key=case.key, impl=impl_name, mode=mode, **case.as_dict())
+    info.update(method=CUDA_METHOD if cuda else CPU_METHOD, peak_bytes=peak)
+    info["kind"] = "memory"  # last: the results writer keeps only complete entries

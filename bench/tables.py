@@ -107,6 +107,29 @@ def ratio_table(run: dict, mode: str) -> Table:
     )
 
 
+def roofline_table(run: dict, mode: str) -> Table:
+    """Per case: the floor from the calibrated peaks, and each impl's time over that floor."""
+    items = entries(run, "time", mode)
+    impls = sorted({e["impl"] for e in items}, key=impl_order)
+    cells = {(e["case"], e["impl"]): e for e in items}
+    rows = []
+    for case in _cases_in_order(items):
+        lora = [cells[(case, i)] for i in impls if (case, i) in cells and i != "base"]
+        floor = lora[0]["floor_s"] if lora else cells[(case, "base")]["floor_s"]
+        row: list[object] = [case, fmt_seconds(floor)]
+        for impl in impls:
+            e = cells.get((case, impl))
+            row.append("" if e is None else f"{e['median_s'] / floor:.2f}")
+        rows.append(row)
+    return Table(
+        f"Roofline ({mode})",
+        ["case", "floor", *impls],
+        rows,
+        "floor = max(useful FLOPs / peak GEMM, fewest bytes / peak copy) of the LoRA layer; "
+        "cells = median time / floor (below 1: the machine ran faster than at calibration)",
+    )
+
+
 def memory_table(run: dict) -> Table:
     items = entries(run, "memory")
     impls = sorted({e["impl"] for e in items}, key=impl_order)
@@ -152,8 +175,10 @@ def run_tables(run: dict) -> list[Table]:
     tables = [
         throughput_table(run, "infer"),
         ratio_table(run, "infer"),
+        roofline_table(run, "infer"),
         throughput_table(run, "train"),
         ratio_table(run, "train"),
+        roofline_table(run, "train"),
         memory_table(run),
         params_table(run),
     ]

@@ -160,7 +160,7 @@ def _best_time(fn: Callable[[], object], device: str, reps: int) -> float:
 def _gemm_flops_per_s(device: str, dtype: torch.dtype, n: int) -> float:
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / _best_time(lambda: torch.mm(a, b), device, reps=5)
+    return 2 * n**3 / _best_time(lambda: torch.mm(a, b), device, reps=10)
 
 
 def _copy_bytes_per_s(device: str, nbytes: int) -> float:
@@ -171,7 +171,7 @@ def _copy_bytes_per_s(device: str, nbytes: int) -> float:
 
 def calibrate(device: str, dtype: torch.dtype) -> Peaks:
     """Measure the peak GEMM rate (n x n @ n x n) and copy bandwidth (read + write bytes),
-    each the best of 5 runs.
+    the best of 10 and of 5 runs.
 
     Sizes: CUDA 8192 and 1 GiB; CPU fp32 2048 and 256 MiB; CPU half precision 256, since
     CPUs without native half matmul are about 100x slower there.

@@ -80,6 +80,7 @@ def test_tables_are_well_formed() -> None:
     assert [t.title for t in tables] == [
         "Throughput (infer)",
         "Ratio to base (infer)",
+        "Roofline (infer)",
         "Peak memory",
         "Trainable parameters",
     ]

@@ -15,6 +15,12 @@ LORA_IMPLS = [name for name, impl in IMPLS.items() if impl.lora_equivalent]
 CHEAP_LORA_IMPLS = [name for name in LORA_IMPLS if not IMPLS[name].compiles]
 
 
+def skip_unless_cpu_supports(name: str) -> None:
+    reason = IMPLS[name].unavailable_reason("cpu", torch.float32, "infer")
+    if reason:
+        pytest.skip(reason)
+
+
 def trained_layer(gen: torch.Generator, **kwargs: object) -> LoRALinear:
     """A layer whose B is non-zero, as after some training."""
     layer = LoRALinear(IN, OUT, RANK, alpha=8.0, **kwargs)
@@ -25,6 +31,7 @@ def trained_layer(gen: torch.Generator, **kwargs: object) -> LoRALinear:
 
 @pytest.mark.parametrize("name", LORA_IMPLS)
 def test_output_equals_base_at_init(name: str, gen: torch.Generator) -> None:
+    skip_unless_cpu_supports(name)
     layer = LoRALinear(IN, OUT, RANK, impl=name)
     x = torch.randn(2, 5, IN, generator=gen)
     with torch.no_grad():
@@ -52,6 +59,7 @@ def test_scaling() -> None:
 
 @pytest.mark.parametrize("name", CHEAP_LORA_IMPLS)
 def test_forward_matches_oracle(name: str, gen: torch.Generator) -> None:
+    skip_unless_cpu_supports(name)
     layer = trained_layer(gen, impl=name)
     x = torch.randn(3, IN, generator=gen)
     with torch.no_grad():

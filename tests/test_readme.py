@@ -15,5 +15,5 @@ def test_readme_impls_table_matches_registry() -> None:
     assert start in text and end in text, "README lost its impls markers"
     block = text.split(start, 1)[1].split(end, 1)[0]
     assert block.strip() == impls_table().strip(), (
-        "README's table is stale; regenerate it with lora_kernels.registry.impls_table()"
+        "README's table is stale; regenerate it with `lora-bench impls`"
     )

@@ -1,0 +1,98 @@
+"""Other projects' LoRA layers, built on the same weights as ours and timed side by side:
+Hugging Face PEFT's LoRA Linear (unmerged, and merged as merge_and_unload leaves it) and
+loralib's Linear. They need the `peers` extra; without it their benchmarks skip."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lora_kernels import IMPLS, Impl, LoRAWeights, Op
+
+
+def _missing(module: str) -> Callable[[], str | None]:
+    def reason() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"peer {module!r} is not installed: pip install 'lora-bench[peers]'"
+        return None
+
+    return reason
+
+
+def _use(module: nn.Module, name: str, tensor: Tensor | None) -> None:
+    """Make module.<name> our tensor itself (not a copy), so gradients land on it."""
+    delattr(module, name)
+    setattr(module, name, tensor)
+
+
+def _base_linear(w: LoRAWeights) -> nn.Linear:
+    base = nn.Linear(w.in_features, w.out_features, bias=w.b is not None, device="meta")
+    _use(base, "weight", w.W)
+    _use(base, "bias", w.b)
+    return base
+
+
+def _peft_layer(w: LoRAWeights) -> nn.Module:
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear
+
+    alpha = w.scale * w.rank
+    config = LoraConfig(r=w.rank, lora_alpha=alpha)
+    layer = Linear(_base_linear(w), "default", config=config, r=w.rank, lora_alpha=alpha)
+    layer.scaling["default"] = w.scale  # exact, whatever rounding alpha / r brought
+    _use(layer.lora_A["default"], "weight", w.A)
+    _use(layer.lora_B["default"], "weight", w.B)
+    return layer
+
+
+def build_peft(w: LoRAWeights) -> Op:
+    return _peft_layer(w)
+
+
+def build_peft_merged(w: LoRAWeights) -> Op:
+    own = LoRAWeights(w.W.detach().clone(), w.b, w.A.detach(), w.B.detach(), w.scale)
+    layer = _peft_layer(own)
+    with torch.no_grad():
+        layer.merge()  # W += s·B A in place: on the copy, never on the caller's W
+    return layer.get_base_layer()
+
+
+def build_loralib(w: LoRAWeights) -> Op:
+    import loralib
+
+    layer = loralib.Linear(
+        w.in_features, w.out_features, r=w.rank, lora_alpha=1,
+        bias=w.b is not None, merge_weights=False, device="meta",
+    )  # fmt: skip
+    layer.scaling = w.scale
+    for name, t in (("weight", w.W), ("bias", w.b), ("lora_A", w.A), ("lora_B", w.B)):
+        _use(layer, name, t)
+    return layer
+
+
+PEERS: dict[str, Impl] = {
+    impl.name: impl
+    for impl in (
+        Impl("peft", "HF PEFT lora.Linear, unmerged", build_peft, requires=_missing("peft")),
+        Impl(
+            "peft_merged",
+            "HF PEFT lora.Linear after merge(), the base layer merge_and_unload returns",
+            build_peft_merged,
+            modes=frozenset({"infer"}),
+            requires=_missing("peft"),
+        ),
+        Impl("loralib", "loralib.Linear, unmerged", build_loralib, requires=_missing("loralib")),
+    )
+}
+
+
+def lookup(name: str) -> Impl:
+    """An implementation of ours (IMPLS) or a peer (PEERS), by name."""
+    if name in IMPLS:
+        return IMPLS[name]
+    if name in PEERS:
+        return PEERS[name]
+    raise ValueError(f"unknown impl or peer {name!r}; known: {', '.join([*IMPLS, *PEERS])}")

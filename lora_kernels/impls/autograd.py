@@ -1,0 +1,66 @@
+"""Memory-lean training: a custom autograd.Function that saves only x and x Aᵀ and computes
+dx, dA and dB with in-place addmm, with no output-sized temporaries beyond y and dx."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lora_kernels.registry import Impl, Op, register
+from lora_kernels.weights import LoRAWeights
+
+
+class LoRAFunction(torch.autograd.Function):
+    """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ for x (T, in); W and b are frozen (no gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        W: Tensor,
+        b: Tensor | None,
+        A: Tensor,
+        B: Tensor,
+        scale: float,
+    ) -> Tensor:
+        xa = x @ A.t()  # (T, r)
+        y = x @ W.t() if b is None else torch.addmm(b, x, W.t())  # (T, out)
+        y.addmm_(xa, B.t(), alpha=scale)
+        ctx.save_for_backward(x, xa, W, A, B)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple:
+        x, xa, W, A, B = ctx.saved_tensors
+        s = ctx.scale
+        need_x, _, _, need_A, need_B, _ = ctx.needs_input_grad
+        gB = g @ B if (need_x or need_A) else None  # (T, r)
+        dx = dA = dB = None
+        if need_x:
+            dx = (g @ W).addmm_(gB, A, alpha=s)  # (T, in)
+        if need_A:
+            dA = (gB.t() @ x).mul_(s)  # (r, in)
+        if need_B:
+            dB = (g.t() @ xa).mul_(s)  # (out, r)
+        return dx, None, None, dA, dB, None
+
+
+def build_autograd(w: LoRAWeights) -> Op:
+    if w.W.requires_grad or (w.b is not None and w.b.requires_grad):
+        raise ValueError("impl 'autograd' trains A and B only; W and b must not require grad")
+
+    def op(x: Tensor) -> Tensor:
+        y = LoRAFunction.apply(x.reshape(-1, w.in_features), w.W, w.b, w.A, w.B, w.scale)
+        return y.view(*x.shape[:-1], w.out_features)
+
+    return op
+
+
+register(
+    Impl(
+        "autograd",
+        "custom autograd.Function: saves x and x Aᵀ only; dx, dA, dB by in-place addmm",
+        build_autograd,
+    )
+)
