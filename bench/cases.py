@@ -182,7 +182,18 @@ QUICK_GRID = (
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", (("toy", 16, 4), ("toy", 512, 8)), 0.05, 3, 5),
-    "quick": Profile("quick", QUICK_GRID, 1.5, 15, 61),
+    "quick": Profile(
+        "quick",
+        QUICK_GRID,
+        1.2,
+        11,
+        61,
+        memory_grid=(
+            ("gpt2.c_attn", 512, 16),
+            ("gpt2-medium.c_proj", 2048, 8),
+            ("llama3-8b.q_proj", 16, 16),
+        ),
+    ),
     "full": Profile(
         "full",
         tuple(product(SHAPES, TOKENS, RANKS)),

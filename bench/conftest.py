@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="folder for <device>-<profile>.json and .md (default results/)",
     )
     group.addoption(
+        "--lora-seconds",
+        type=float,
+        default=None,
+        help="time budget of each benchmark's paired rounds (default: the profile's)",
+    )
+    group.addoption(
         "--lora-only",
         action="append",
         default=None,

@@ -67,9 +67,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     flagged = [v for v in verdicts if v.status(threshold) == "regression"]
     if flagged and args.recheck:
-        print(f"rechecking {len(flagged)} flagged case(s)...", file=sys.stderr)
+        print(f"rechecking {len(flagged)} flagged case(s):", file=sys.stderr)
         rerun = gate.recheck(flagged, current, ROOT)
-        verdicts = [gate.better_of(v, rerun) if v in flagged else v for v in verdicts]
+        kept = {v: gate.better_of(v, rerun) for v in flagged}
+        for v, k in kept.items():
+            print(
+                f"  {v.case} {v.impl} {v.mode}: {v.cur_ratio:.3f} first, kept {k.cur_ratio:.3f} "
+                f"(baseline {v.base_ratio:.3f})",
+                file=sys.stderr,
+            )
+        verdicts = [kept.get(v, v) for v in verdicts]
     rows = {"regression": [], "improvement": []}
     for v in verdicts:
         status = v.status(threshold)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -71,11 +71,17 @@ class Settings:
         threads = config.getoption("lora_threads") or physical_cores()
         if threads < 1:
             raise pytest.UsageError(f"--lora-threads must be >= 1, got {threads}")
+        profile = PROFILES[config.getoption("lora_profile")]
+        seconds = config.getoption("lora_seconds")
+        if seconds is not None:
+            if not seconds > 0:
+                raise pytest.UsageError(f"--lora-seconds must be > 0, got {seconds}")
+            profile = replace(profile, seconds_per_benchmark=seconds, max_rounds=10_000)
         results = Path(config.getoption("lora_results"))
         if not results.is_absolute():
             results = config.rootpath / results
         return cls(
-            profile=PROFILES[config.getoption("lora_profile")],
+            profile=profile,
             devices=devices,
             dtypes=_dtypes(config.getoption("lora_dtype"), devices),
             threads=threads,

@@ -1,5 +1,6 @@
 """Memory-lean training: a custom autograd.Function that saves only x and x Aᵀ and computes
-dx, dA and dB with in-place addmm, with no output-sized temporaries beyond y and dx."""
+dx, dA and dB with in-place addmm, with no output-sized temporaries beyond y and dx, and each
+product in the operand order BLAS runs fastest (see bench/NOTES.md)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class LoRAFunction(torch.autograd.Function):
         if need_A:
             dA = (gB.t() @ x).mul_(s)  # (r, in)
         if need_B:
-            dB = (g.t() @ xa).mul_(s)  # (out, r)
+            # (xaᵀ g)ᵀ, not gᵀ xa: BLAS is several times slower on the transposed, skinny form
+            dB = (xa.t() @ g).mul_(s).t()  # (out, r)
         return dx, None, None, dA, dB, None
 
 

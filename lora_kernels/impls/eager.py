@@ -3,6 +3,7 @@ anti-pattern. Each builder closes over the weights and returns op(x): (..., in) 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -43,6 +44,22 @@ def build_addmm(w: LoRAWeights) -> Op:
     return op
 
 
+def build_expand_first(w: LoRAWeights) -> Op:
+    Bt, Wt = w.B.t(), w.W.t()  # (r, out), (in, out)
+
+    def op(x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, w.in_features)  # (T, in)
+        xa = F.linear(x2, w.A)  # (T, r)
+        if w.b is None:
+            y = torch.mm(xa, Bt).mul_(w.scale)  # (T, out)
+        else:
+            y = torch.addmm(w.b, xa, Bt, alpha=w.scale)
+        y.addmm_(x2, Wt)  # the base GEMM accumulates into y (beta = 1)
+        return y.view(*x.shape[:-1], w.out_features)
+
+    return op
+
+
 def build_delta_weight(w: LoRAWeights) -> Op:
     def op(x: Tensor) -> Tensor:
         return F.linear(x, w.W + w.scale * (w.B @ w.A), w.b)
@@ -64,6 +81,13 @@ register(
 register(
     Impl(
         "addmm", "base GEMM, then the expand added into its output by addmm_(alpha=s)", build_addmm
+    )
+)
+register(
+    Impl(
+        "expand_first",
+        "s·(x Aᵀ) Bᵀ + b first, then the base GEMM accumulates into it (beta=1): y written once",
+        build_expand_first,
     )
 )
 register(
