@@ -46,6 +46,23 @@ def pair_runs(a: dict, b: dict) -> tuple[list[Pair], list[str], list[str]]:
     return pairs, label(ia.keys() - ib.keys()), label(ib.keys() - ia.keys())
 
 
+def run_label(run: dict) -> str:
+    """'cuda' or 'cpu, 2 threads': enough to tell the two sides of a comparison apart."""
+    meta = run["lora_bench"]
+    return meta["device"] if meta["device"] == "cuda" else f"cpu, {meta.get('threads')} threads"
+
+
+def one_sided(ids: list[str]) -> str:
+    """The ids, or when there are many, how many cases each (impl, mode) is missing."""
+    if len(ids) <= 10:
+        return "; ".join(ids)
+    groups: dict[str, int] = {}
+    for ident in ids:
+        impl_mode = " ".join(ident.split()[-2:])
+        groups[impl_mode] = groups.get(impl_mode, 0) + 1
+    return "; ".join(f"{k} ({n} cases)" for k, n in sorted(groups.items()))
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -53,7 +70,7 @@ def geomean(values: list[float]) -> float:
 def compare_tables(a: dict, b: dict) -> tuple[list[Table], list[str], list[str]]:
     """Per-case table, geometric-mean table per impl, and the one-sided ids."""
     pairs, only_a, only_b = pair_runs(a, b)
-    da, db = a["lora_bench"]["device"], b["lora_bench"]["device"]
+    da, db = run_label(a), run_label(b)
     rows = [
         [p.key, p.impl, p.mode, fmt_seconds(p.a_s), fmt_seconds(p.b_s), f"{p.speedup:.2f}x"]
         for p in pairs

@@ -87,23 +87,30 @@ def ratio_vs_tokens(run: dict, out: Path) -> Path | None:
     if not items:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
     impls = sorted({e["impl"] for e in items}, key=impl_order)
     cases = sorted({(e["tokens"], e["shape"], e["rank"], e["dtype"]) for e in items})
+    fig, ax = plt.subplots(figsize=(max(8, 1.7 * len(cases)), 5.2))
+    colors = plt.get_cmap("tab20").colors
+    width = 0.8 / len(impls)
     for n, impl in enumerate(impls):
         pts = {
             (e["tokens"], e["shape"], e["rank"], e["dtype"]): e for e in items if e["impl"] == impl
         }
-        xs = [i + (n - len(impls) / 2) * 0.1 for i, c in enumerate(cases) if c in pts]
+        xs = [i - 0.4 + (n + 0.5) * width for i, c in enumerate(cases) if c in pts]
         ys = [pts[c]["ratio_to_base"] for c in cases if c in pts]
         err = [pts[c]["ratio_iqr"] / 2 for c in cases if c in pts]
-        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=impl)
+        ax.errorbar(
+            xs, ys, yerr=err, fmt="os^vD<>ph*"[n % 10], ms=5, capsize=2, color=colors[n % 20],
+            label=impl,
+        )  # fmt: skip
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(range(len(cases)), [f"T={t}\n{s}\nr={r}" for t, s, r, _ in cases], fontsize=7)
+    ax.set_xticks(range(len(cases)), [f"T={t}\n{s}\nr={r}" for t, s, r, _ in cases], fontsize=8)
+    for i in range(1, len(cases)):
+        ax.axvline(i - 0.5, color="0.85", lw=0.6)
     ax.set(yscale="log", ylabel="time / base GEMM (median of pairs, ±IQR/2)")
     ax.set_title(f"Ratio to base against tokens ({run['lora_bench']['device']}, forward)")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path = _save(fig, out / f"ratio-vs-tokens-{run['lora_bench']['device']}.png")
     plt.close(fig)
     return path

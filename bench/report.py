@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench import check as gate
-from bench.compare import compare_tables
+from bench.compare import compare_tables, one_sided
 from bench.results import ResultError, load_run, write_atomic
 from bench.tables import Table, render, run_header, run_tables
 from lora_kernels.registry import impls_table
@@ -49,7 +49,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text = render(tables, args.format)
     for side, ids in (("A", only_a), ("B", only_b)):
         if ids:
-            text += f"\nOnly in {side} ({len(ids)}): " + "; ".join(ids) + "\n"
+            text += f"\nOnly in {side} ({len(ids)}): {one_sided(ids)}\n"
     if args.output:
         write_atomic(Path(args.output), text)
     sys.stdout.write(text)
