@@ -17,20 +17,32 @@ from bench.tables import Table, render, run_header, run_tables
 from lora_kernels.registry import impls_table
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUP_KEYS = {"impl": 1, "shape": 0, "rank": 0}
+GROUP_BY = ("impl", "shape", "rank")
 
 
 def _group(tables: list[Table], by: str) -> list[Table]:
-    """Sort the per-case tables' rows by impl, shape or rank (case ids lead with the shape)."""
+    """Sort each table's rows by impl, shape or rank, where the table has that column; the
+    case id's first word is its shape and its 'r=' word its rank. Sorting is stable."""
 
-    def key(row: list[object]) -> tuple:
-        case = str(row[0]).split()
-        rank = next((int(p[2:]) for p in case if p.startswith("r=")), 0)
-        if by == "impl" and len(row) > 1:
-            return (str(row[1]), str(row[0]))
-        return (rank, str(row[0])) if by == "rank" else (str(row[0]),)
+    def sort_key(headers: list[str]) -> object:
+        first = headers[0]
+        if by == "impl" and "impl" in headers:
+            col = headers.index("impl")
+            return lambda row: str(row[col])
+        if by == "rank" and "r" in headers:
+            col = headers.index("r")
+            return lambda row: int(row[col])
+        if by == "rank" and first == "case":
+            return lambda row: int(next(p[2:] for p in str(row[0]).split() if p.startswith("r=")))
+        if by == "shape" and first in ("case", "shape"):
+            return lambda row: str(row[0]).split()[0]
+        return None
 
-    return [Table(t.title, t.headers, sorted(t.rows, key=key), t.note) for t in tables]
+    out = []
+    for t in tables:
+        key = sort_key(t.headers)
+        out.append(t if key is None else Table(t.title, t.headers, sorted(t.rows, key=key), t.note))
+    return out
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -132,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the tables of one run")
     r.add_argument("result")
     r.add_argument("--format", choices=["github", "plain", "csv"], default="github")
-    r.add_argument("--group-by", choices=list(GROUP_KEYS))
+    r.add_argument("--group-by", choices=GROUP_BY)
     r.set_defaults(func=cmd_report)
     c = sub.add_parser("compare", help="A against B, case by case (e.g. CPU against CUDA)")
     c.add_argument("a")
