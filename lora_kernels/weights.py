@@ -33,6 +33,15 @@ def scaling(alpha: float, rank: int, use_rslora: bool = False) -> float:
     return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
+def all_finite(t: Tensor) -> bool:
+    """True when t holds no NaN or inf. min and max propagate NaN and show ±inf, and unlike
+    isfinite(t).all() they need no tensor-sized temporaries."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Short name of a supported dtype: fp32, fp16 or bf16."""
     return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
@@ -128,7 +137,7 @@ class LoRAWeights:
     def check_finite(self) -> None:
         """Raise ValueError naming the first of W, b, A, B that holds NaN or inf."""
         for name, t in (("W", self.W), ("b", self.b), ("A", self.A), ("B", self.B)):
-            if t is not None and not bool(torch.isfinite(t).all()):
+            if t is not None and not all_finite(t):
                 raise ValueError(f"{name} holds non-finite values (NaN or inf); all must be finite")
 
     def merged_weight(self, sign: float = 1.0) -> Tensor:
@@ -137,9 +146,11 @@ class LoRAWeights:
         Raises ValueError when the result is not finite, so a caller can check before writing.
         """
         with torch.no_grad():
-            delta = (self.B.float() @ self.A.float()).mul_(sign * self.scale)
-            merged = (self.W.float() + delta).to(self.W.dtype)
-            if not bool(torch.isfinite(merged).all()):
+            merged = torch.addmm(
+                self.W.float(), self.B.float(), self.A.float(), alpha=sign * self.scale
+            )
+            merged = merged.to(self.W.dtype)
+            if not all_finite(merged):
                 raise ValueError(
                     "merging gives non-finite weights (NaN or inf in A, B or W, or overflow in "
                     f"{self.W.dtype}); W, A and B must be finite and the sum representable"
