@@ -16,6 +16,7 @@ from bench.results import ResultError, load_run
 from bench.tables import entries
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
+RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def check_devices(baseline: dict, current: dict) -> None:
 
 
 def recheck(flagged: list[Verdict], current: dict, root: Path) -> dict[str, dict]:
-    """Measure each flagged benchmark again with pytest; returns the new entries by fullname."""
+    """Measure each flagged benchmark again with pytest, with more rounds than the run had;
+    returns the new entries by fullname."""
     meta = current["lora_bench"]
     if not (root / "bench" / "conftest.py").is_file():
         raise ResultError(
@@ -116,6 +118,7 @@ def recheck(flagged: list[Verdict], current: dict, root: Path) -> dict[str, dict
             "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-results", out,
             "--lora-profile", meta["profile"], "--lora-device", meta["device"],
             "--lora-threads", str(meta["threads"]),
+            "--lora-seconds", str(RECHECK_SECONDS),
         ]  # fmt: skip
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         path = Path(out) / f"{meta['device']}-{meta['profile']}.json"

@@ -64,3 +64,20 @@ def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
     for title in ("Throughput (infer)", "Ratio to base (infer)", "Throughput (train)",
                   "Ratio to base (train)", "Peak memory", "Trainable parameters"):  # fmt: skip
         assert f"### {title}" in md
+
+
+def test_recheck_measures_a_flagged_case_again(tiny_run: tuple[Path, str]) -> None:
+    from bench import check as gate
+
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    verdicts = gate.verdicts(run, run)
+    flagged = [v for v in verdicts if v.impl == "addmm" and v.mode == "infer"][:1]
+    rerun = gate.recheck(flagged, run, ROOT)
+    info = rerun[flagged[0].fullname]
+    assert info["impl"] == "addmm"
+    assert info["ratio_to_base"] > 0
+    assert info["rounds"] > run_rounds(run, flagged[0].fullname), "a recheck runs more rounds"
+
+
+def run_rounds(run: dict, fullname: str) -> int:
+    return next(b["extra_info"]["rounds"] for b in run["benchmarks"] if b["fullname"] == fullname)
