@@ -72,7 +72,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     threshold = gate.parse_threshold(args.max_slowdown)
     baseline, current = load_run(args.baseline), load_run(args.current)
     gate.check_devices(baseline, current)
-    verdicts = gate.verdicts(baseline, current)
+    verdicts = [v for v in gate.verdicts(baseline, current) if v.impl not in (args.ignore or [])]
     if not verdicts:
         raise ResultError("no timed case is in both runs: nothing to check")
     for warning in gate.copy_drift(baseline, current):
@@ -157,6 +157,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("current")
     k.add_argument("--max-slowdown", default="10%")
     k.add_argument("--recheck", action="store_true", help="measure flagged cases again first")
+    k.add_argument(
+        "--ignore",
+        action="append",
+        metavar="IMPL",
+        help="leave this impl out of the gate; repeatable",
+    )
     k.set_defaults(func=cmd_check)
     g = sub.add_parser("plot", help="PNG charts of one or two runs")
     g.add_argument("results", nargs="+")

@@ -209,3 +209,10 @@ def test_plot_writes_readable_pngs(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     for p in out.iterdir():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_can_leave_an_impl_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(tmp_path / "base.json", make_run())
+    cur = write(tmp_path / "cur.json", make_run(ratios={(KEY, "two_step"): 2.1}))
+    assert main(["check", str(base), str(cur), "--ignore", "two_step"]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
