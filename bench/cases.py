@@ -148,7 +148,6 @@ class Profile:
     min_rounds: int
     max_rounds: int
     memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
-    params_ranks: tuple[int, ...] = RANKS
 
     def cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         """Every valid case of the grid for each device and that device's dtypes."""
