@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.results import ResultError, load_run
-from bench.tables import entries
+from bench.tables import time_index
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
 RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
@@ -61,17 +61,11 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def _by_id(run: dict) -> dict[tuple[str, str, str], dict]:
-    return {
-        (e["key"], e["impl"], e["mode"]): e for e in entries(run, "time") if e["impl"] != "base"
-    }
-
-
 def verdicts(baseline: dict, current: dict) -> list[Verdict]:
     """Every timed (case, impl, mode) present in both runs, except base against itself."""
-    old, new = _by_id(baseline), _by_id(current)
+    old, new = time_index(baseline), time_index(current)
     out = []
-    for ident in old.keys() & new.keys():
+    for ident in (i for i in old.keys() & new.keys() if i[1] != "base"):
         b, c = old[ident], new[ident]
         out.append(
             Verdict(

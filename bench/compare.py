@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from bench.results import ResultError
-from bench.tables import Table, entries, fmt_seconds, impl_order
+from bench.tables import Table, fmt_seconds, impl_order, time_index
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,9 @@ class Pair:
         return self.a_s / self.b_s
 
 
-def _index(run: dict) -> dict[tuple[str, str, str], float]:
-    return {(e["key"], e["impl"], e["mode"]): e["stats"]["median"] for e in entries(run, "time")}
-
-
 def pair_runs(a: dict, b: dict) -> tuple[list[Pair], list[str], list[str]]:
     """(pairs, ids only in A, ids only in B); ResultError when nothing can be matched."""
-    ia, ib = _index(a), _index(b)
+    ia, ib = time_index(a), time_index(b)
     common = ia.keys() & ib.keys()
     if not common:
         pa, pb = a["lora_bench"]["profile"], b["lora_bench"]["profile"]
@@ -37,7 +33,7 @@ def pair_runs(a: dict, b: dict) -> tuple[list[Pair], list[str], list[str]]:
             f"no case is in both runs (profiles {pa!r} and {pb!r}); compare runs of one "
             "profile with a dtype in common"
         )
-    pairs = [Pair(*k, ia[k], ib[k]) for k in common]
+    pairs = [Pair(*k, ia[k]["stats"]["median"], ib[k]["stats"]["median"]) for k in common]
     pairs.sort(key=lambda p: (p.mode, p.key, impl_order(p.impl)))
 
     def label(ids: set) -> list[str]:

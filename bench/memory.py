@@ -23,6 +23,7 @@ import torch
 
 from bench.cases import Case
 from bench.peers import lookup
+from bench.session import configure_torch
 from lora_kernels import LoRAWeights
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
@@ -118,8 +119,6 @@ class CpuProbe:
 
 
 def _serve(threads: int) -> None:
-    from bench.session import configure_torch
-
     configure_torch(threads)
     fields = ("shape", "tokens", "rank", "dtype", "device")
     for line in sys.stdin:

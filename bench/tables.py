@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tabulate import tabulate
 
@@ -18,7 +18,6 @@ class Table:
     headers: list[str]
     rows: list[list[object]]
     note: str = ""
-    meta: dict[str, object] = field(default_factory=dict)
 
 
 def fmt_seconds(s: float) -> str:
@@ -50,6 +49,18 @@ def entries(run: dict, kind: str, mode: str | None = None) -> list[dict]:
         if info["kind"] == kind and (mode is None or info.get("mode") == mode):
             out.append({**info, "stats": bench.get("stats") or {}, "fullname": bench["fullname"]})
     return out
+
+
+def time_index(run: dict) -> dict[tuple[str, str, str], dict]:
+    """Timed entries by (case key without device, impl, mode): how runs are matched."""
+    return {(e["key"], e["impl"], e["mode"]): e for e in entries(run, "time")}
+
+
+def _pivot(run: dict, mode: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(cases in run order, impls in registry order, entry by (case, impl)) of timed entries."""
+    items = entries(run, "time", mode)
+    impls = sorted({e["impl"] for e in items}, key=impl_order)
+    return _cases_in_order(items), impls, {(e["case"], e["impl"]): e for e in items}
 
 
 def _cases_in_order(items: list[dict]) -> list[str]:
@@ -88,11 +99,9 @@ def throughput_table(run: dict, mode: str) -> Table:
 
 
 def ratio_table(run: dict, mode: str) -> Table:
-    items = entries(run, "time", mode)
-    impls = sorted({e["impl"] for e in items}, key=impl_order)
-    cells = {(e["case"], e["impl"]): e for e in items}
+    cases, impls, cells = _pivot(run, mode)
     rows = []
-    for case in _cases_in_order(items):
+    for case in cases:
         row: list[object] = [case]
         for impl in impls:
             e = cells.get((case, impl))
@@ -109,11 +118,9 @@ def ratio_table(run: dict, mode: str) -> Table:
 
 def roofline_table(run: dict, mode: str) -> Table:
     """Per case: the floor from the calibrated peaks, and each impl's time over that floor."""
-    items = entries(run, "time", mode)
-    impls = sorted({e["impl"] for e in items}, key=impl_order)
-    cells = {(e["case"], e["impl"]): e for e in items}
+    cases, impls, cells = _pivot(run, mode)
     rows = []
-    for case in _cases_in_order(items):
+    for case in cases:
         lora = [cells[(case, i)] for i in impls if (case, i) in cells and i != "base"]
         floor = lora[0]["floor_s"] if lora else cells[(case, "base")]["floor_s"]
         row: list[object] = [case, fmt_seconds(floor)]

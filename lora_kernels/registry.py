@@ -59,6 +59,15 @@ class Impl:
         return self.builder(weights)
 
 
+def rows_op(w: LoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
+    """An op that runs fn on x flattened to (T, in) rows and gives y back as (..., out)."""
+
+    def op(x: Tensor) -> Tensor:
+        return fn(x.reshape(-1, w.in_features)).view(*x.shape[:-1], w.out_features)
+
+    return op
+
+
 IMPLS: dict[str, Impl] = {}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lora_kernels.registry import Impl, Op, register
+from lora_kernels.registry import Impl, Op, register, rows_op
 from lora_kernels.weights import LoRAWeights
 
 
@@ -52,11 +52,7 @@ def build_autograd(w: LoRAWeights) -> Op:
     if w.W.requires_grad or (w.b is not None and w.b.requires_grad):
         raise ValueError("impl 'autograd' trains A and B only; W and b must not require grad")
 
-    def op(x: Tensor) -> Tensor:
-        y = LoRAFunction.apply(x.reshape(-1, w.in_features), w.W, w.b, w.A, w.B, w.scale)
-        return y.view(*x.shape[:-1], w.out_features)
-
-    return op
+    return rows_op(w, lambda x2: LoRAFunction.apply(x2, w.W, w.b, w.A, w.B, w.scale))
 
 
 register(

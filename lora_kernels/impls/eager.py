@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lora_kernels.registry import Impl, Op, register
+from lora_kernels.registry import Impl, Op, register, rows_op
 from lora_kernels.weights import LoRAWeights
 
 
@@ -35,29 +35,25 @@ def build_two_step(w: LoRAWeights) -> Op:
 def build_addmm(w: LoRAWeights) -> Op:
     Bt = w.B.t()  # (r, out)
 
-    def op(x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, w.in_features)  # (T, in)
+    def rows(x2: Tensor) -> Tensor:  # x2: (T, in)
         y = F.linear(x2, w.W, w.b)  # (T, out)
-        y.addmm_(F.linear(x2, w.A), Bt, alpha=w.scale)  # y += s · (x Aᵀ) Bᵀ, in place
-        return y.view(*x.shape[:-1], w.out_features)
+        return y.addmm_(F.linear(x2, w.A), Bt, alpha=w.scale)  # y += s · (x Aᵀ) Bᵀ, in place
 
-    return op
+    return rows_op(w, rows)
 
 
 def build_expand_first(w: LoRAWeights) -> Op:
     Bt, Wt = w.B.t(), w.W.t()  # (r, out), (in, out)
 
-    def op(x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, w.in_features)  # (T, in)
+    def rows(x2: Tensor) -> Tensor:  # x2: (T, in)
         xa = F.linear(x2, w.A)  # (T, r)
         if w.b is None:
             y = torch.mm(xa, Bt).mul_(w.scale)  # (T, out)
         else:
             y = torch.addmm(w.b, xa, Bt, alpha=w.scale)
-        y.addmm_(x2, Wt)  # the base GEMM accumulates into y (beta = 1)
-        return y.view(*x.shape[:-1], w.out_features)
+        return y.addmm_(x2, Wt)  # the base GEMM accumulates into y (beta = 1)
 
-    return op
+    return rows_op(w, rows)
 
 
 def build_delta_weight(w: LoRAWeights) -> Op:

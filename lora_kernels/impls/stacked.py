@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lora_kernels.registry import Impl, Op, register
+from lora_kernels.registry import Impl, Op, register, rows_op
 from lora_kernels.weights import LoRAWeights
 
 
@@ -18,13 +18,12 @@ def build_stacked(w: LoRAWeights) -> Op:
     Bt = w.B.detach().t()  # (r, out)
     out_f = w.out_features
 
-    def op(x: Tensor) -> Tensor:
-        z = F.linear(x.reshape(-1, w.in_features), WA, b)  # (T, out + r)
-        y = z[:, :out_f]  # (T, out), row stride out + r
-        y.addmm_(z[:, out_f:], Bt, alpha=w.scale)
-        return y.view(*x.shape[:-1], out_f)  # a row-strided view: no copy
+    def rows(x2: Tensor) -> Tensor:  # x2: (T, in)
+        z = F.linear(x2, WA, b)  # (T, out + r)
+        y = z[:, :out_f]  # (T, out), row stride out + r: returned as a view, no copy
+        return y.addmm_(z[:, out_f:], Bt, alpha=w.scale)
 
-    return op
+    return rows_op(w, rows)
 
 
 register(

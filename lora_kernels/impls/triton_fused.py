@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lora_kernels.registry import Impl, Op, register
+from lora_kernels.registry import Impl, Op, register, rows_op
 from lora_kernels.weights import LoRAWeights
 
 
@@ -129,13 +129,10 @@ def _next_pow2(n: int) -> int:
 def build_triton_fused(w: LoRAWeights) -> Op:
     A, B = w.A.detach(), w.B.detach()
 
-    def op(x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, w.in_features)  # (T, in)
-        y = F.linear(x2, w.W, w.b)  # (T, out), cuBLAS
-        lora_add_(y, x2, A, B, w.scale)
-        return y.view(*x.shape[:-1], w.out_features)
+    def rows(x2: Tensor) -> Tensor:  # x2: (T, in)
+        return lora_add_(F.linear(x2, w.W, w.b), x2, A, B, w.scale)  # GEMM by cuBLAS, then ours
 
-    return op
+    return rows_op(w, rows)
 
 
 register(
