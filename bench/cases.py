@@ -134,8 +134,9 @@ class Case:
             )
         return None
 
-    def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "in": self.in_features, "out": self.out_features}
+    def fields(self) -> dict[str, object]:
+        """The case's fields of a results entry: its id, key and parts."""
+        return {"case": str(self), "key": self.key, **asdict(self)}
 
 
 @dataclass(frozen=True)

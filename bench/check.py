@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.results import ResultError, load_run
-from bench.tables import time_index
+from bench.compare import time_index
+from bench.results import ResultError, Run, TimeEntry, load_run
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
 RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
@@ -61,7 +61,7 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def verdicts(baseline: dict, current: dict) -> list[Verdict]:
+def verdicts(baseline: Run, current: Run) -> list[Verdict]:
     """Every timed (case, impl, mode) present in both runs, except base against itself."""
     old, new = time_index(baseline), time_index(current)
     out = []
@@ -69,17 +69,16 @@ def verdicts(baseline: dict, current: dict) -> list[Verdict]:
         b, c = old[ident], new[ident]
         out.append(
             Verdict(
-                c["case"], c["impl"], c["mode"], b["ratio_to_base"], b["ratio_iqr"],
-                c["ratio_to_base"], c["ratio_iqr"], c.get("fullname", ""),
+                c.case, c.impl, c.mode, b.ratio_to_base, b.ratio_iqr, c.ratio_to_base,
+                c.ratio_iqr, c.fullname,
             )
         )  # fmt: skip
     return sorted(out, key=lambda v: (v.case, v.impl, v.mode))
 
 
-def copy_drift(baseline: dict, current: dict) -> list[str]:
+def copy_drift(baseline: Run, current: Run) -> list[str]:
     """Warnings for calibrated copy bandwidths that differ by more than COPY_DRIFT."""
-    old = baseline["lora_bench"].get("peaks_start", {})
-    new = current["lora_bench"].get("peaks_start", {})
+    old, new = baseline.meta.peaks_start, current.meta.peaks_start
     warnings = []
     for key in sorted(old.keys() & new.keys()):
         a, b = old[key]["copy_gbs"], new[key]["copy_gbs"]
@@ -92,40 +91,55 @@ def copy_drift(baseline: dict, current: dict) -> list[str]:
     return warnings
 
 
-def check_devices(baseline: dict, current: dict) -> None:
-    a, b = baseline["lora_bench"]["device"], current["lora_bench"]["device"]
+def check_devices(baseline: Run, current: Run) -> None:
+    a, b = baseline.meta.device, current.meta.device
     if a != b:
         raise ResultError(f"the baseline is a {a} run and the current one a {b} run; use compare")
 
 
-def recheck(flagged: list[Verdict], current: dict, root: Path) -> dict[str, dict]:
-    """Measure each flagged benchmark again with pytest, with more rounds than the run had;
-    returns the new entries by fullname."""
-    meta = current["lora_bench"]
-    if not (root / "bench" / "conftest.py").is_file():
-        raise ResultError(
-            f"--recheck runs pytest bench and needs a source checkout; none at {root}"
-        )
+def find_project(start: Path) -> Path:
+    """The lora-bench source checkout at or above `start`: a folder with bench/conftest.py
+    and a pyproject.toml naming the lora-bench project. ResultError when there is none."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        pyproject = folder / "pyproject.toml"
+        if (
+            (folder / "bench" / "conftest.py").is_file()
+            and pyproject.is_file()
+            and 'name = "lora-bench"' in pyproject.read_text(encoding="utf-8")
+        ):
+            return folder
+    raise ResultError(
+        f"--recheck runs `pytest bench` in a lora-bench source checkout, and none is at or "
+        f"above {start.resolve()}; run it from the checkout or pass --project DIR"
+    )
+
+
+def recheck(flagged: list[Verdict], current: Run, project: Path) -> dict[str, TimeEntry]:
+    """Measure each flagged benchmark again with pytest in the checkout `project`, with more
+    rounds than the run had; returns the new entries by fullname (pytest node id)."""
+    meta = current.meta
+    if not (project / "bench" / "conftest.py").is_file():
+        raise ResultError(f"--project {project}: not a lora-bench checkout (no bench/conftest.py)")
     with tempfile.TemporaryDirectory() as out:
         cmd = [
             sys.executable, "-m", "pytest", *sorted({v.fullname for v in flagged}),
             "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-results", out,
-            "--lora-profile", meta["profile"], "--lora-device", meta["device"],
-            "--lora-threads", str(meta["threads"]),
-            "--lora-seconds", str(RECHECK_SECONDS),
+            "--lora-profile", meta.profile, "--lora-device", meta.device,
+            "--lora-threads", str(meta.threads), "--lora-seconds", str(RECHECK_SECONDS),
+            *(f"--lora-impl={spec}" for spec in meta.impl_specs),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-        path = Path(out) / f"{meta['device']}-{meta['profile']}.json"
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        path = Path(out) / f"{meta.device}-{meta.profile}.json"
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stdout + proc.stderr)[-2000:]
             raise ResultError(f"the recheck run failed (exit {proc.returncode}):\n{tail}")
         rerun = load_run(path)
-    return {b["fullname"]: b["extra_info"] for b in rerun["benchmarks"]}
+    return {e.fullname: e for e in rerun.times()}
 
 
-def better_of(v: Verdict, rerun: dict[str, dict]) -> Verdict:
+def better_of(v: Verdict, rerun: dict[str, TimeEntry]) -> Verdict:
     """Keep the lower of the two measured ratios of a flagged case, with its own IQR."""
-    info = rerun.get(v.fullname)
-    if info is None or info["ratio_to_base"] >= v.cur_ratio:
+    e = rerun.get(v.fullname)
+    if e is None or e.ratio_to_base >= v.cur_ratio:
         return v
-    return replace(v, cur_ratio=info["ratio_to_base"], cur_iqr=info["ratio_iqr"])
+    return replace(v, cur_ratio=e.ratio_to_base, cur_iqr=e.ratio_iqr)

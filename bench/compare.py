@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.results import ResultError
-from bench.tables import Table, fmt_seconds, impl_order, time_index
+from bench.results import ResultError, Run, TimeEntry
+from bench.tables import Table, fmt_seconds, paired_times
 
 
 @dataclass(frozen=True)
@@ -23,29 +23,43 @@ class Pair:
         return self.a_s / self.b_s
 
 
-def pair_runs(a: dict, b: dict) -> tuple[list[Pair], list[str], list[str]]:
+def time_index(run: Run) -> dict[tuple[str, str, str], TimeEntry]:
+    """Timed entries by (case key without device, impl, mode): how runs are matched."""
+    return {(e.key, e.impl, e.mode): e for e in run.times()}
+
+
+def _seconds(run: Run) -> dict[tuple[str, str, str], float]:
+    """Per (key, impl, mode): paired ratio x the case's one base time, as the tables show."""
+    out = {}
+    for mode in ("infer", "train"):
+        items = run.times(mode)
+        times = paired_times(items)
+        out.update({(e.key, e.impl, mode): times[(e.case, e.impl)] for e in items})
+    return out
+
+
+def pair_runs(a: Run, b: Run) -> tuple[list[Pair], list[str], list[str]]:
     """(pairs, ids only in A, ids only in B); ResultError when nothing can be matched."""
-    ia, ib = time_index(a), time_index(b)
-    common = ia.keys() & ib.keys()
+    sa, sb = _seconds(a), _seconds(b)
+    common = sa.keys() & sb.keys()
     if not common:
-        pa, pb = a["lora_bench"]["profile"], b["lora_bench"]["profile"]
         raise ResultError(
-            f"no case is in both runs (profiles {pa!r} and {pb!r}); compare runs of one "
-            "profile with a dtype in common"
+            f"no case is in both runs (profiles {a.meta.profile!r} and {b.meta.profile!r}); "
+            "compare runs of one profile with a dtype in common"
         )
-    pairs = [Pair(*k, ia[k]["stats"]["median"], ib[k]["stats"]["median"]) for k in common]
-    pairs.sort(key=lambda p: (p.mode, p.key, impl_order(p.impl)))
+    pairs = [Pair(*k, sa[k], sb[k]) for k in common]
+    pairs.sort(key=lambda p: (p.mode, p.key, b.impl_rank(p.impl)))
 
     def label(ids: set) -> list[str]:
         return sorted(f"{key} {impl} {mode}" for key, impl, mode in ids)
 
-    return pairs, label(ia.keys() - ib.keys()), label(ib.keys() - ia.keys())
+    return pairs, label(sa.keys() - sb.keys()), label(sb.keys() - sa.keys())
 
 
-def run_label(run: dict) -> str:
+def run_label(run: Run) -> str:
     """'cuda' or 'cpu, 2 threads': enough to tell the two sides of a comparison apart."""
-    meta = run["lora_bench"]
-    return meta["device"] if meta["device"] == "cuda" else f"cpu, {meta.get('threads')} threads"
+    meta = run.meta
+    return meta.device if meta.device == "cuda" else f"cpu, {meta.threads} threads"
 
 
 def one_sided(ids: list[str]) -> str:
@@ -63,7 +77,7 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def compare_tables(a: dict, b: dict) -> tuple[list[Table], list[str], list[str]]:
+def compare_tables(a: Run, b: Run) -> tuple[list[Table], list[str], list[str]]:
     """Per-case table, geometric-mean table per impl, and the one-sided ids."""
     pairs, only_a, only_b = pair_runs(a, b)
     da, db = run_label(a), run_label(b)
@@ -75,7 +89,7 @@ def compare_tables(a: dict, b: dict) -> tuple[list[Table], list[str], list[str]]
         f"{da} (A) against {db} (B)",
         ["case", "impl", "mode", f"A: {da}", f"B: {db}", "speed-up B over A"],
         rows,
-        "median seconds per op; speed-up = A / B",
+        "seconds per op (paired ratio x the case's base time in each run); speed-up = A / B",
     )
     groups: dict[tuple[str, str], list[float]] = {}
     for p in pairs:
@@ -86,7 +100,7 @@ def compare_tables(a: dict, b: dict) -> tuple[list[Table], list[str], list[str]]
         [
             [impl, mode, len(v), f"{geomean(v):.2f}x"]
             for (impl, mode), v in sorted(
-                groups.items(), key=lambda kv: (kv[0][1], impl_order(kv[0][0]))
+                groups.items(), key=lambda kv: (kv[0][1], b.impl_rank(kv[0][0]))
             )
         ],
     )

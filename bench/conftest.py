@@ -1,19 +1,22 @@
-"""pytest options, fixtures and parametrization of the bench, machine info, and the
+"""pytest options, fixtures and parametrization of the bench, plugins, machine info, and the
 session-end writer of results/<device>-<profile>.json and .md."""
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 import torch
 
 from bench.cases import DTYPES, PROFILES
 from bench.memory import CpuProbe
-from bench.results import SCHEMA, dump_json, write_atomic
+from bench.results import Run, dump_run, write_atomic
+from bench.runner import Harness
 from bench.session import Settings, configure_torch, physical_cores
 from bench.tables import run_markdown
+from lora_kernels import PluginError, load_plugins
 
 SETTINGS = pytest.StashKey[Settings]()
 
@@ -61,10 +64,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="CASE_ID",
         help="run only this case id, e.g. 'toy T=512 r=4 fp32 cpu'; repeatable",
     )
+    group.addoption(
+        "--lora-impl",
+        action="append",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="also check and time this Impl (module:attr or path/to/file.py:attr); repeatable. "
+        "Installed plugins (entry points 'lora_bench.impls') are always loaded",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
+    try:
+        load_plugins(settings.impl_specs)
+    except PluginError as err:
+        raise pytest.UsageError(str(err)) from None
     config.stash[SETTINGS] = settings
     configure_torch(settings.threads)
 
@@ -82,9 +97,14 @@ def settings(pytestconfig: pytest.Config) -> Settings:
     return pytestconfig.stash[SETTINGS]
 
 
+@pytest.fixture
+def harness(settings: Settings, request: pytest.FixtureRequest) -> Harness:
+    return Harness(settings, request.node.nodeid)
+
+
 @pytest.fixture(scope="session")
 def memory_probe(settings: Settings) -> Iterator[CpuProbe]:
-    probe = CpuProbe(settings.threads)
+    probe = CpuProbe(settings.threads, settings.impl_specs)
     yield probe
     probe.close()
 
@@ -110,7 +130,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "torch": torch.__version__,
         "cpu_model": _cpu_model(),
         "physical_cores": physical_cores(),
-        **settings.describe(),
+        "threads": settings.threads,
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -121,33 +141,24 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write one results JSON (complete pytest-benchmark JSON) and .md per device measured."""
+    """Write one results JSON and .md per device measured, from the entries the benchmarks
+    recorded. Machine and commit info come from pytest-benchmark's public hooks."""
     config = session.config
-    bs = getattr(config, "_benchmarksession", None)
     settings = config.stash.get(SETTINGS, None)
-    if bs is None or settings is None or bs.disabled:
+    if settings is None or not settings.entries:
         return
-    benches = [b for b in bs.benchmarks if not b.has_error and b.extra_info.get("kind")]
-    devices = sorted({b.extra_info["device"] for b in benches} - {"any"})
-    if not devices:
-        return
+    devices = sorted({e.device for e in settings.entries if hasattr(e, "device")})
     settings.recalibrate()
-    machine_info = bs.get_machine_info()
-    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    hook = config.hook
+    machine_info = hook.pytest_benchmark_generate_machine_info(config=config)
+    hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine_info)
+    commit_info = hook.pytest_benchmark_generate_commit_info(config=config)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for device in devices:
-        mine = [b for b in benches if b.extra_info["device"] in (device, "any")]
-        run = config.hook.pytest_benchmark_generate_json(
-            config=config,
-            benchmarks=mine,
-            include_data=True,
-            machine_info={
-                **machine_info,
-                "lora_bench": {**machine_info["lora_bench"], "device_name": _device_name(device)},
-            },
-            commit_info=commit_info,
-        )
-        run["lora_bench"] = {"schema": SCHEMA, "device": device, **settings.describe()}
+        mine = [e for e in settings.entries if getattr(e, "device", device) == device]
+        run = Run(settings.meta(device, _device_name(device), created), machine_info,
+                  commit_info, mine)  # fmt: skip
         stem = settings.results_dir / f"{device}-{settings.profile.name}"
-        write_atomic(stem.with_suffix(".json"), dump_json(run))
+        write_atomic(stem.with_suffix(".json"), dump_run(run))
         write_atomic(stem.with_suffix(".md"), run_markdown(run))
-        session.config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")
+        config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 
 from bench.cases import Case
-from bench.peers import lookup
 from bench.session import configure_torch
-from lora_kernels import LoRAWeights
+from lora_kernels import LoRAWeights, get_impl, load_plugins
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
 CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
@@ -46,7 +45,7 @@ def _inputs(case: Case, mode: str) -> Inputs:
 def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
     """Build the op and run it once (forward, plus backward in train mode); returns y."""
     w, x, grad_out = inputs
-    y = lookup(impl).build(w, mode)(x)
+    y = get_impl(impl).build(w, mode)(x)
     if grad_out is not None:
         y.backward(grad_out)
     return y
@@ -83,23 +82,32 @@ def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
 
 @dataclass
 class CpuProbe:
-    """A child process that answers one JSON line per measurement request."""
+    """A child process that answers one JSON line per measurement request. It loads the
+    same plugins as the parent: the installed ones and `impl_specs`."""
 
     threads: int
+    impl_specs: list[str]
     proc: subprocess.Popen | None = None
 
     def measure(self, impl: str, case: Case, mode: str) -> int:
         if self.proc is None or self.proc.poll() is not None:
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+            root = str(Path(__file__).resolve().parents[1])  # where `bench` is importable
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            env = {
+                **os.environ,
+                "PYTHONPATH": path,
+                "MALLOC_MMAP_THRESHOLD_": "65536",
+                "MALLOC_TRIM_THRESHOLD_": "0",
+            }
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.memory", str(self.threads)],
+                [sys.executable, "-m", "bench.memory", str(self.threads), *self.impl_specs],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
                 env=env,
-                cwd=Path(__file__).resolve().parents[1],
             )
-        request = {"impl": impl, "case": case.as_dict(), "mode": mode}
+        fields = ("shape", "tokens", "rank", "dtype", "device")
+        request = {"impl": impl, "case": {k: getattr(case, k) for k in fields}, "mode": mode}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -118,12 +126,12 @@ class CpuProbe:
             self.proc = None
 
 
-def _serve(threads: int) -> None:
+def _serve(threads: int, impl_specs: list[str]) -> None:
     configure_torch(threads)
-    fields = ("shape", "tokens", "rank", "dtype", "device")
+    load_plugins(impl_specs)
     for line in sys.stdin:
         request = json.loads(line)
-        case = Case(**{k: request["case"][k] for k in fields})
+        case = Case(**request["case"])
         try:
             reply = {"peak_bytes": measure_cpu_here(request["impl"], case, request["mode"])}
         except Exception as err:  # reported to the parent, which fails the test with it
@@ -132,4 +140,4 @@ def _serve(threads: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), sys.argv[2:])

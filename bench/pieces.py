@@ -1,59 +1,71 @@
 """Where an unmerged forward's time goes: the base GEMM, the shrink x Aᵀ, the expand into y,
 and each impl, every one timed in pairs with the base GEMM (median of per-pair ratios).
 
-python -m bench.pieces "gpt2-medium.c_proj T=2048 r=8 fp32 cpu" [--seconds 5] [--profile IMPL]
+python -m bench.pieces gpt2-medium.c_proj --tokens 2048 --rank 8 [--seconds 5] [--profile IMPL]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from bench.cases import Case
+from bench.cases import DTYPES, SHAPES, Case
+from bench.runner import charge_copy
 from bench.session import configure_torch, physical_cores
-from bench.timing import make_round, warm_up
-from lora_kernels import IMPLS
+from bench.timing import PairedTimer
+from lora_kernels import IMPLS, load_plugins
 
 
-def parse_case(text: str) -> Case:
-    """'shape T=512 r=16 fp32 cpu' -> Case."""
-    try:
-        shape, tokens, rank, dtype, device = text.split()
-        return Case(
-            shape, int(tokens.removeprefix("T=")), int(rank.removeprefix("r=")), dtype, device
-        )
-    except ValueError as err:
-        raise SystemExit(f"case must look like 'toy T=512 r=4 fp32 cpu': {err}") from None
+def paired_ratio(work: object, base: object, device: str, seconds: float) -> float:
+    """Median of per-pair ratios work / base, over the bench's own paired rounds."""
+    timer = PairedTimer(work, base, device)
+    return timer.run(max(9, int(seconds / (2 * timer.round_s)))).ratio
 
 
-def paired_ratio(fn: object, base: object, device: str, seconds: float) -> float:
-    """Median of per-pair ratios fn / base over alternating synchronized calls."""
-    one, ref = make_round(fn, 1, device), make_round(base, 1, device)
-    per_pair = 2 * max(warm_up(fn, device), warm_up(base, device))
-    ratios = []
-    for _ in range(max(9, int(seconds / per_pair))):
-        t0 = time.perf_counter()
-        ref()
-        t1 = time.perf_counter()
-        one()
-        ratios.append((time.perf_counter() - t1) / (t1 - t0))
-    return statistics.median(ratios)
+def neighbours_table(case: Case, seconds: float) -> str:
+    """Base GEMM time per FLOP at (in + p, out + p) over that at (in, out), from paired rounds:
+    below 1 means the neighbour is cheaper per FLOP, i.e. the case's size pays a penalty."""
+    x, W = case.input(), case.weights().W
+    rows = []
+    for pad in (16, 32, 64):
+        gen = torch.Generator().manual_seed(pad)
+        xp = torch.randn(case.tokens, case.in_features + pad, generator=gen).to(x)
+        Wp = torch.randn(case.out_features + pad, case.in_features + pad, generator=gen).to(W)
+        time_ratio = paired_ratio(lambda xp=xp, Wp=Wp: F.linear(xp, Wp),
+                                  lambda: F.linear(x, W), case.device, seconds)  # fmt: skip
+        flop_ratio = (case.in_features + pad) * (case.out_features + pad) / W.numel()
+        rows.append([f"+{pad}", f"{time_ratio:.3f}", f"{flop_ratio:.3f}",
+                     f"{time_ratio / flop_ratio:.3f}"])  # fmt: skip
+    headers = ["in, out", "time / base", "FLOPs / base", "time per FLOP / base"]
+    return tabulate(rows, headers, tablefmt="github")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("case")
+    p.add_argument("shape", choices=list(SHAPES))
+    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seconds", type=float, default=3.0, help="time per row")
     p.add_argument("--threads", type=int, default=physical_cores())
     p.add_argument("--profile", metavar="IMPL", help="also print torch.profiler's table for IMPL")
+    p.add_argument(
+        "--neighbours",
+        action="store_true",
+        help="also time the base GEMM at in and out padded by 16, 32 and 64, per FLOP: does "
+        "the case's size pay a power-of-two penalty?",
+    )
     args = p.parse_args(argv)
     configure_torch(args.threads)
-    case = parse_case(args.case)
+    load_plugins()
+    try:
+        case = Case(args.shape, args.tokens, args.rank, args.dtype, args.device)
+    except ValueError as err:
+        p.error(str(err))
     w, x = case.weights(), case.input()
     base = IMPLS["base"].build(w)
     xa, y = F.linear(x, w.A), base(x)
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, impl in IMPLS.items():
         if not impl.unavailable_reason(case.device, case.torch_dtype, "infer"):
-            op = impl.build(w)
+            op, _ = charge_copy(impl.build(w), x)
             rows[name] = lambda op=op: op(x)
     table = [
         [k, f"{paired_ratio(f, lambda: base(x), case.device, args.seconds):.3f}"]
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(f"{case}, {args.threads} threads; time / base GEMM, median of pairs")
     print(tabulate(table, ["piece or impl", "ratio"], tablefmt="github"))
+    if args.neighbours:
+        print(neighbours_table(case, args.seconds))
     if args.profile:
         op = IMPLS[args.profile].build(w)
         with torch.profiler.profile() as prof:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from pathlib import Path
-from statistics import median
 from typing import TYPE_CHECKING
 
 from bench.compare import pair_runs
-from bench.results import ResultError, write_atomic
-from bench.tables import entries, impl_order
+from bench.results import ResultError, Run, TimeEntry, write_atomic
+from bench.tables import paired_times
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,70 +34,55 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def paired_tokens_per_s(items: list[dict]) -> dict[tuple[str, str], float]:
-    """tokens/s per (case, impl) from the paired ratio times the case's median base time.
-
-    Benchmarks timed minutes apart drift on a shared machine; within a case, every impl's
-    base rounds give one reference time, and the paired ratio carries the impl against it.
-    """
-    base_s: dict[str, list[float]] = defaultdict(list)
+def throughput_vs_rank(run: Run, out: Path) -> Path | None:
+    """tokens/s against rank, one line per impl, one panel per (shape, T, dtype) with ranks;
+    tokens/s from the paired ratio and the case's one base time, as in the tables."""
+    items = run.times("infer")
+    times = paired_times(items)
+    groups: dict[tuple, list[TimeEntry]] = defaultdict(list)
     for e in items:
-        base_s[e["case"]].append(e["base_median_s"])
-    return {
-        (e["case"], e["impl"]): e["tokens"] / (e["ratio_to_base"] * median(base_s[e["case"]]))
-        for e in items
-    }
-
-
-def throughput_vs_rank(run: dict, out: Path) -> Path | None:
-    """tokens/s against rank, one line per impl, one panel per (shape, T, dtype) with ranks."""
-    items = entries(run, "time", "infer")
-    rate = paired_tokens_per_s(items)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for e in items:
-        groups[(e["shape"], e["tokens"], e["dtype"])].append(e)
-    groups = {k: v for k, v in groups.items() if len({e["rank"] for e in v}) > 1}
+        groups[(e.shape, e.tokens, e.dtype)].append(e)
+    groups = {k: v for k, v in groups.items() if len({e.rank for e in v}) > 1}
     if not groups:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
     for ax, ((shape, tokens, dtype), items) in zip(axes[0], sorted(groups.items()), strict=True):
-        by_impl: dict[str, list[dict]] = defaultdict(list)
+        by_impl: dict[str, list[TimeEntry]] = defaultdict(list)
         for e in items:
-            by_impl[e["impl"]].append(e)
-        for impl in sorted(by_impl, key=impl_order):
-            pts = sorted(by_impl[impl], key=lambda e: e["rank"])
-            ys = [rate[(e["case"], e["impl"])] for e in pts]
-            ax.plot([e["rank"] for e in pts], ys, "o-", label=impl)
+            by_impl[e.impl].append(e)
+        for impl in sorted(by_impl, key=run.impl_rank):
+            pts = sorted(by_impl[impl], key=lambda e: e.rank)
+            ys = [e.tokens / times[(e.case, e.impl)] for e in pts]
+            ax.plot([e.rank for e in pts], ys, "o-", label=impl)
         ax.set(xscale="log", xlabel="rank r", title=f"{shape} T={tokens} {dtype}")
         ax.set_ylabel("tokens/s (paired ratio x the case's median base time)")
-        ax.set_xticks(sorted({e["rank"] for e in items}), labels=sorted({e["rank"] for e in items}))
+        ranks = sorted({e.rank for e in items})
+        ax.set_xticks(ranks, labels=ranks)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Forward throughput against rank ({run['lora_bench']['device']})")
-    path = _save(fig, out / f"throughput-vs-rank-{run['lora_bench']['device']}.png")
+    fig.suptitle(f"Forward throughput against rank ({run.meta.device})")
+    path = _save(fig, out / f"throughput-vs-rank-{run.meta.device}.png")
     plt.close(fig)
     return path
 
 
-def ratio_vs_tokens(run: dict, out: Path) -> Path | None:
+def ratio_vs_tokens(run: Run, out: Path) -> Path | None:
     """Ratio to base against tokens per impl (forward); labels name the shape and rank."""
-    items = [e for e in entries(run, "time", "infer") if e["impl"] != "base"]
+    items = [e for e in run.times("infer") if e.impl != "base"]
     if not items:
         return None
     plt = _pyplot()
-    impls = sorted({e["impl"] for e in items}, key=impl_order)
-    cases = sorted({(e["tokens"], e["shape"], e["rank"], e["dtype"]) for e in items})
+    impls = sorted({e.impl for e in items}, key=run.impl_rank)
+    cases = sorted({(e.tokens, e.shape, e.rank, e.dtype) for e in items})
     fig, ax = plt.subplots(figsize=(max(8, 1.7 * len(cases)), 5.2))
     colors = plt.get_cmap("tab20").colors
     width = 0.8 / len(impls)
     for n, impl in enumerate(impls):
-        pts = {
-            (e["tokens"], e["shape"], e["rank"], e["dtype"]): e for e in items if e["impl"] == impl
-        }
+        pts = {(e.tokens, e.shape, e.rank, e.dtype): e for e in items if e.impl == impl}
         xs = [i - 0.4 + (n + 0.5) * width for i, c in enumerate(cases) if c in pts]
-        ys = [pts[c]["ratio_to_base"] for c in cases if c in pts]
-        err = [pts[c]["ratio_iqr"] / 2 for c in cases if c in pts]
+        ys = [pts[c].ratio_to_base for c in cases if c in pts]
+        err = [pts[c].ratio_iqr / 2 for c in cases if c in pts]
         ax.errorbar(
             xs, ys, yerr=err, fmt="os^vD<>ph*"[n % 10], ms=5, capsize=2, color=colors[n % 20],
             label=impl,
@@ -108,27 +92,27 @@ def ratio_vs_tokens(run: dict, out: Path) -> Path | None:
     for i in range(1, len(cases)):
         ax.axvline(i - 0.5, color="0.85", lw=0.6)
     ax.set(yscale="log", ylabel="time / base GEMM (median of pairs, ±IQR/2)")
-    ax.set_title(f"Ratio to base against tokens ({run['lora_bench']['device']}, forward)")
+    ax.set_title(f"Ratio to base against tokens ({run.meta.device}, forward)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    path = _save(fig, out / f"ratio-vs-tokens-{run['lora_bench']['device']}.png")
+    path = _save(fig, out / f"ratio-vs-tokens-{run.meta.device}.png")
     plt.close(fig)
     return path
 
 
-def device_bars(a: dict, b: dict, out: Path) -> Path:
+def device_bars(a: Run, b: Run, out: Path) -> Path:
     """Speed-up of run B over run A per case and impl (forward), as grouped bars."""
     pairs = [p for p in pair_runs(a, b)[0] if p.mode == "infer"]
     plt = _pyplot()
     keys = list(dict.fromkeys(p.key for p in pairs))
-    impls = sorted({p.impl for p in pairs}, key=impl_order)
+    impls = sorted({p.impl for p in pairs}, key=b.impl_rank)
     width = 0.8 / len(impls)
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(keys)), 4.8))
     for n, impl in enumerate(impls):
         vals = {p.key: p.speedup for p in pairs if p.impl == impl}
         xs = [i + n * width for i, k in enumerate(keys) if k in vals]
         ax.bar(xs, [vals[k] for k in keys if k in vals], width, label=impl)
-    da, db = a["lora_bench"]["device"], b["lora_bench"]["device"]
+    da, db = a.meta.device, b.meta.device
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, rotation=20, ha="right")
     ax.set(yscale="log", ylabel=f"speed-up of {db} over {da} (x)")
     ax.set_title(f"{db} against {da}, forward, same cases")
@@ -139,13 +123,13 @@ def device_bars(a: dict, b: dict, out: Path) -> Path:
     return path
 
 
-def plot_runs(runs: list[dict], out: Path) -> list[Path]:
+def plot_runs(runs: list[Run], out: Path) -> list[Path]:
     """Every chart the runs support; the device comparison needs two runs of two devices."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for run in runs:
         paths += [p for p in (throughput_vs_rank(run, out), ratio_vs_tokens(run, out)) if p]
-    devices = {r["lora_bench"]["device"] for r in runs}
+    devices = {r.meta.device for r in runs}
     if len(runs) == 2 and len(devices) == 2:
         paths.append(device_bars(runs[0], runs[1], out))
     return paths

@@ -1,12 +1,13 @@
-"""The `lora-bench` command: report, compare, check, plot and baseline on results JSONs.
+"""The `lora-bench` command: report, compare, check, plot and baseline read results JSONs
+and import neither torch nor the registry; impls and verify load the registry.
 
-Exit codes: 0 fine, 1 regressions found by `check`, 2 unusable input (one line on stderr).
+Exit codes: 0 fine, 1 regressions found by `check` or failures found by `verify`, 2 unusable
+input (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,42 +15,13 @@ from bench import check as gate
 from bench.compare import compare_tables, one_sided
 from bench.results import ResultError, load_run, write_atomic
 from bench.tables import Table, render, run_header, run_tables
-from lora_kernels.registry import impls_table
 
-ROOT = Path(__file__).resolve().parents[1]
 GROUP_BY = ("impl", "shape", "rank")
-
-
-def _group(tables: list[Table], by: str) -> list[Table]:
-    """Sort each table's rows by impl, shape or rank, where the table has that column; the
-    case id's first word is its shape and its 'r=' word its rank. Sorting is stable."""
-
-    def sort_key(headers: list[str]) -> object:
-        first = headers[0]
-        if by == "impl" and "impl" in headers:
-            col = headers.index("impl")
-            return lambda row: str(row[col])
-        if by == "rank" and "r" in headers:
-            col = headers.index("r")
-            return lambda row: int(row[col])
-        if by == "rank" and first == "case":
-            return lambda row: int(next(p[2:] for p in str(row[0]).split() if p.startswith("r=")))
-        if by == "shape" and first in ("case", "shape"):
-            return lambda row: str(row[0]).split()[0]
-        return None
-
-    out = []
-    for t in tables:
-        key = sort_key(t.headers)
-        out.append(t if key is None else Table(t.title, t.headers, sorted(t.rows, key=key), t.note))
-    return out
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.result)
-    tables = run_tables(run)
-    if args.group_by:
-        tables = _group(tables, args.group_by)
+    tables = run_tables(run, args.group_by)
     head = run_header(run) + "\n" if args.format != "csv" else ""
     sys.stdout.write(head + render(tables, args.format))
     return 0
@@ -80,7 +52,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     flagged = [v for v in verdicts if v.status(threshold) == "regression"]
     if flagged and args.recheck:
         print(f"rechecking {len(flagged)} flagged case(s):", file=sys.stderr)
-        rerun = gate.recheck(flagged, current, ROOT)
+        project = gate.find_project(Path(args.project or "."))
+        rerun = gate.recheck(flagged, current, project)
         kept = {v: gate.better_of(v, rerun) for v in flagged}
         for v, k in kept.items():
             print(
@@ -123,19 +96,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     run = load_run(args.result)
     folder = Path(args.dir) if args.dir else Path(args.result).parent
-    target = folder / f"baseline-{run['lora_bench']['device']}.json"
+    target = folder / f"baseline-{run.meta.device}.json"
     if target.exists() and not args.force:
         raise ResultError(f"{target} exists; pass --force to replace it")
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(args.result, tmp)
-    tmp.replace(target)
+    write_atomic(target, Path(args.result).read_bytes())
     print(f"wrote {target}")
     return 0
 
 
 def cmd_impls(args: argparse.Namespace) -> int:
+    from lora_kernels import load_plugins
+    from lora_kernels.registry import impls_table
+
+    load_plugins(args.impl or [])
     print(impls_table())
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lora_kernels import get_impl, load_plugins
+    from lora_kernels.conformance import verify
+
+    load_plugins(args.impl or [])
+    impl = get_impl(args.name)
+    report = verify(impl, devices=args.device)
+    sys.stdout.write(report.render())
+    return 0 if report.passed else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,6 +149,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="IMPL",
         help="leave this impl out of the gate; repeatable",
     )
+    k.add_argument(
+        "--project",
+        metavar="DIR",
+        help="the lora-bench checkout --recheck runs pytest in (default: found from the "
+        "current directory upwards)",
+    )
     k.set_defaults(func=cmd_check)
     g = sub.add_parser("plot", help="PNG charts of one or two runs")
     g.add_argument("results", nargs="+")
@@ -174,7 +166,23 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing baseline")
     b.set_defaults(func=cmd_baseline)
     i = sub.add_parser("impls", help="the registry of implementations, as a markdown table")
+    i.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin too")
     i.set_defaults(func=cmd_impls)
+    v = sub.add_parser("verify", help="run the equivalence suite on one impl: exit 0 pass, 1 fail")
+    v.add_argument("name", help="the impl's registry name")
+    v.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="devices to check (default: every device the impl claims that is here)",
+    )
+    v.add_argument(
+        "--impl",
+        action="append",
+        metavar="MODULE:ATTR",
+        help="load this plugin first (module:attr or path/to/file.py:attr)",
+    )
+    v.set_defaults(func=cmd_verify)
     return p
 
 
@@ -183,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ResultError, OSError) as err:
+        print(f"lora-bench {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # an unknown impl name or a plugin that failed to load
+        if args.command not in ("impls", "verify"):
+            raise
         print(f"lora-bench {args.command}: {err}", file=sys.stderr)
         return 2
 

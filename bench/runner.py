@@ -1,10 +1,12 @@
-"""The steps every timing benchmark takes: skip what cannot run, build (timed apart),
-check against the oracle, time in pairs with base, and record the figures."""
+"""The steps every benchmark takes: skip what cannot run, build (timed apart), check against
+the oracle, time in pairs with base, and record one typed entry of the results."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -12,17 +14,26 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
 from bench.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
-from bench.metrics import paired_info, throughput
-from bench.peers import lookup
+from bench.results import Entry, MemoryEntry, TimeEntry, entry_dict
 from bench.session import Settings
 from bench.timing import Work, run_paired, synchronize
-from lora_kernels import IMPLS, Impl, LoRAWeights, Op, tolerance
+from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
 from lora_kernels.reference import forward_error, gradient_errors
+
+
+class Checked(NamedTuple):
+    """An impl's work and base's work on one case, checked against the oracle first."""
+
+    work: Work
+    base_work: Work
+    rel_error: float
+    build_s: float
+    copied_output: bool  # the op's output is not contiguous: `work` includes the copy
 
 
 def runnable(impl_name: str, case: Case, mode: str) -> Impl:
     """The impl, or a pytest.skip that says why it cannot run this case."""
-    impl = lookup(impl_name)
+    impl = get_impl(impl_name)
     reason = case.skip_reason() or impl.unavailable_reason(case.device, case.torch_dtype, mode)
     if reason:
         pytest.skip(reason)
@@ -40,6 +51,14 @@ def build_timed(impl: Impl, w: LoRAWeights, first_call: Callable[[Op], object], 
     return op, time.perf_counter() - start
 
 
+def charge_copy(op: Op, x: torch.Tensor) -> tuple[Op, bool]:
+    """op, or when its output is not contiguous, op followed by the copy to contiguous memory
+    that the next op needing it would pay; and whether the copy was added."""
+    if op(x).is_contiguous():
+        return op, False
+    return (lambda x: op(x).contiguous()), True
+
+
 def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float:
     """Fail unless every error is within the dtype's tolerance; returns the largest.
     `base` drops the adapter on purpose: its error is recorded, not asserted."""
@@ -50,19 +69,20 @@ def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float
     return worst
 
 
-def forward_work(case: Case, impl_name: str) -> tuple[Work, Work, float, float]:
-    """Checked forward of the impl and of base on the case: (work, base_work, err, build_s)."""
+def forward_work(case: Case, impl_name: str) -> Checked:
+    """Checked forward of the impl and of base on the case."""
     impl = runnable(impl_name, case, "infer")
     w, x = case.weights(), case.input()
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
+    op, copied = charge_copy(op, x)
     base = IMPLS["base"].build(w)
-    return (lambda: op(x)), (lambda: base(x)), err, build_s
+    return Checked(lambda: op(x), lambda: base(x), err, build_s, copied)
 
 
-def train_work(case: Case, impl_name: str) -> tuple[Work, Work, float, float]:
+def train_work(case: Case, impl_name: str) -> Checked:
     """Checked training step (forward, then dx, dA, dB) of the impl, and the frozen base
-    step (forward, then dx): (work, base_work, err, build_s)."""
+    step (forward, then dx)."""
     impl = runnable(impl_name, case, "train")
     w, x = case.weights().requires_grad_(), case.input().requires_grad_()
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
@@ -80,46 +100,71 @@ def train_work(case: Case, impl_name: str) -> tuple[Work, Work, float, float]:
     op, build_s = build_timed(impl, w, lambda op: step_of(op)(), case.device)
     errors = {"y": forward_error(op, w, x), **gradient_errors(op, w, x, grad_out)}
     err = assert_equivalent(impl, case, errors)
+    op, copied = charge_copy(op, x)
     base = IMPLS["base"].build(w, "train")
-    return step_of(op), step_of(base), err, build_s
+    return Checked(step_of(op), step_of(base), err, build_s, copied)
 
 
-def measure(
-    benchmark: BenchmarkFixture,
-    settings: Settings,
-    case: Case,
-    impl_name: str,
-    mode: str,
-    work: tuple[Work, Work, float, float],
-) -> None:
-    """Time the work in pairs with base and store every figure in extra_info."""
-    fn, base_fn, err, build_s = work
-    info = benchmark.extra_info
-    info.update(case=str(case), key=case.key, impl=impl_name, mode=mode)
-    info.update(case.as_dict(), rel_error=err, build_s=build_s)
-    info.update(threads=settings.threads, tf32=settings.tf32())
-    if benchmark.disabled:
-        fn()
-        return
-    peaks = settings.peaks(case.device, case.dtype)
-    paired = run_paired(benchmark, fn, base_fn, case.device, settings.profile)
-    adapter = lookup(impl_name).lora_equivalent
-    info.update(throughput(case, mode, paired.impl_median_s, peaks, adapter))
-    info.update(paired_info(paired))
-    info["kind"] = "time"  # last: the results writer keeps only complete entries
+@dataclass
+class Harness:
+    """What a benchmark test needs: the run's settings and the test's node id. Each test
+    records one entry, into the run and into pytest-benchmark's extra_info."""
 
+    settings: Settings
+    nodeid: str
 
-def measure_memory(
-    benchmark: BenchmarkFixture, probe: CpuProbe, case: Case, impl_name: str, mode: str
-) -> None:
-    """Peak memory of building and running the impl once: CUDA in-process, CPU in the probe."""
-    runnable(impl_name, case, mode)
-    benchmark.group = "memory"
-    cuda = torch.device(case.device).type == "cuda"
-    peak = benchmark.pedantic(
-        measure_cuda if cuda else probe.measure, args=(impl_name, case, mode), rounds=1
-    )
-    info = benchmark.extra_info
-    info.update(case=str(case), key=case.key, impl=impl_name, mode=mode, **case.as_dict())
-    info.update(method=CUDA_METHOD if cuda else CPU_METHOD, peak_bytes=peak)
-    info["kind"] = "memory"  # last: the results writer keeps only complete entries
+    def record(self, benchmark: BenchmarkFixture, entry: Entry) -> None:
+        self.settings.entries.append(entry)
+        benchmark.extra_info.update(entry_dict(entry))
+
+    def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
+        """Check, then time the impl in pairs with base; a forward or a training step."""
+        benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
+        checked = (forward_work if mode == "infer" else train_work)(case, impl_name)
+        if benchmark.disabled:
+            checked.work()
+            return
+        peaks = self.settings.peaks(case.device, case.dtype)
+        paired = run_paired(benchmark, checked.work, checked.base_work, case.device,
+                            self.settings.profile)  # fmt: skip
+        adapter = get_impl(impl_name).lora_equivalent
+        entry = TimeEntry(
+            fullname=self.nodeid,
+            **case.fields(),
+            impl=impl_name,
+            mode=mode,
+            in_features=case.in_features,
+            out_features=case.out_features,
+            bias=case.bias,
+            flops=case.flops(mode, adapter),
+            min_bytes=case.min_bytes(mode, adapter),
+            floor_s=peaks.floor_s(case.flops(mode), case.min_bytes(mode)),
+            rel_error=checked.rel_error,
+            build_s=checked.build_s,
+            threads=self.settings.threads,
+            tf32=self.settings.tf32(),
+            copied_output=checked.copied_output,
+            rounds=paired,
+        )
+        self.record(benchmark, entry)
+
+    def memory(
+        self, benchmark: BenchmarkFixture, probe: CpuProbe, case: Case, impl_name: str, mode: str
+    ) -> None:
+        """Peak memory of building and running the impl once: CUDA in-process, CPU in the
+        probe. The time pytest-benchmark shows for it is the cost of the measurement."""
+        runnable(impl_name, case, mode)
+        benchmark.group = "memory"
+        cuda = torch.device(case.device).type == "cuda"
+        peak = benchmark.pedantic(
+            measure_cuda if cuda else probe.measure, args=(impl_name, case, mode), rounds=1
+        )
+        entry = MemoryEntry(
+            fullname=self.nodeid,
+            **case.fields(),
+            impl=impl_name,
+            mode=mode,
+            method=CUDA_METHOD if cuda else CPU_METHOD,
+            peak_bytes=peak,
+        )
+        self.record(benchmark, entry)

@@ -9,21 +9,18 @@ import psutil
 import pytest
 import torch
 
-from bench.cases import DTYPES, PROFILES, Case, Profile
+from bench.cases import DTYPES, PROFILES, SHAPES, Case, Profile
+from bench.results import Entry, ImplInfo, RunMeta
 from bench.timing import Peaks, calibrate
+from lora_kernels import IMPLS
+from lora_kernels.plugins import absolute_spec
 
 DEFAULT_DTYPES = {"cpu": ["fp32"], "cuda": ["bf16", "fp32"]}
 
 
 def configure_torch(threads: int) -> None:
-    """Fix the thread count, and make dynamo fail loudly instead of falling back to eager
-    once its recompile limit is reached (each case is a new static shape for `compiled`):
-    a silent fallback would time the wrong thing."""
+    """Fix the thread count. (`compiled` guards itself against dynamo's silent fallback.)"""
     torch.set_num_threads(threads)
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = dynamo.accumulated_recompile_limit = 4096
-    if hasattr(dynamo, "fail_on_recompile_limit_hit"):
-        dynamo.fail_on_recompile_limit_hit = True
 
 
 def physical_cores() -> int:
@@ -62,8 +59,10 @@ class Settings:
     threads: int
     results_dir: Path
     only: list[str]
+    impl_specs: list[str]  # --lora-impl plugins, absolute paths for file specs
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -87,6 +86,7 @@ class Settings:
             threads=threads,
             results_dir=results,
             only=config.getoption("lora_only") or [],
+            impl_specs=[absolute_spec(s) for s in config.getoption("lora_impl") or []],
         )
 
     def _select(self, cases: list[Case]) -> list[Case]:
@@ -116,16 +116,26 @@ class Settings:
     def tf32(self) -> bool:
         return bool(torch.backends.cuda.matmul.allow_tf32)
 
-    def describe(self) -> dict[str, object]:
-        """Machine-independent facts of the run, stored in the results JSON."""
-        return {
-            "profile": self.profile.name,
-            "threads": self.threads,
-            "interop_threads": torch.get_num_interop_threads(),
-            "tf32": self.tf32(),
-            "devices": self.devices,
-            "dtypes": self.dtypes,
-            "only": self.only,
-            "peaks_start": {k: p.as_dict() for k, p in self.peaks_start.items()},
-            "peaks_end": {k: p.as_dict() for k, p in self.peaks_end.items()},
-        }
+    def meta(self, device: str, device_name: str, created: str) -> RunMeta:
+        """The facts of this run on one device, for its results file."""
+
+        def mine(key: str) -> bool:
+            return key.startswith(f"{device}/")
+
+        return RunMeta(
+            device=device,
+            device_name=device_name,
+            profile=self.profile.name,
+            threads=self.threads,
+            interop_threads=torch.get_num_interop_threads(),
+            tf32=self.tf32(),
+            torch=torch.__version__,
+            created=created,
+            dtypes=self.dtypes.get(device, []),
+            only=self.only,
+            impl_specs=self.impl_specs,
+            impls=[ImplInfo(i.name, i.origin, i.source, i.description) for i in IMPLS.values()],
+            shapes=list(SHAPES),
+            peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},
+            peaks_end={k: p.as_dict() for k, p in self.peaks_end.items() if mine(k)},
+        )

@@ -1,15 +1,19 @@
-"""Tables of one run, built from its JSON: throughput, ratio to base, memory, parameters."""
+"""Tables of one run, built from its typed entries: throughput, ratio to base, roofline,
+memory, parameters. The order of impls and shapes is the one the run recorded."""
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from bench.cases import SHAPES
-from lora_kernels import IMPLS
+from bench.results import MemoryEntry, ParamsEntry, Run, TimeEntry
+
+MODES_ORDER = ("infer", "train")
 
 
 @dataclass
@@ -37,117 +41,138 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**10:.0f} KiB"
 
 
-def impl_order(impl: str) -> tuple[int, str]:
-    names = list(IMPLS)
-    return (names.index(impl) if impl in names else len(names), impl)
+def _case_key(run: Run, group_by: str | None) -> Callable[[TimeEntry | MemoryEntry], tuple]:
+    """Sort key of an entry's case: by shape or rank when asked (stable otherwise)."""
+    if group_by == "shape":
+        return lambda e: (run.shape_rank(e.shape),)
+    if group_by == "rank":
+        return lambda e: (e.rank,)
+    return lambda e: ()
 
 
-def entries(run: dict, kind: str, mode: str | None = None) -> list[dict]:
-    out = []
-    for bench in run["benchmarks"]:
-        info = bench["extra_info"]
-        if info["kind"] == kind and (mode is None or info.get("mode") == mode):
-            out.append({**info, "stats": bench.get("stats") or {}, "fullname": bench["fullname"]})
-    return out
-
-
-def time_index(run: dict) -> dict[tuple[str, str, str], dict]:
-    """Timed entries by (case key without device, impl, mode): how runs are matched."""
-    return {(e["key"], e["impl"], e["mode"]): e for e in entries(run, "time")}
-
-
-def _pivot(run: dict, mode: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
-    """(cases in run order, impls in registry order, entry by (case, impl)) of timed entries."""
-    items = entries(run, "time", mode)
-    impls = sorted({e["impl"] for e in items}, key=impl_order)
-    return _cases_in_order(items), impls, {(e["case"], e["impl"]): e for e in items}
-
-
-def _cases_in_order(items: list[dict]) -> list[str]:
-    seen: dict[str, None] = {}
+def _cases(run: Run, items: list, group_by: str | None) -> list[str]:
+    """Case ids in the order of the run, or grouped by shape or rank."""
+    first = {}
     for e in items:
-        seen.setdefault(e["case"], None)
-    return list(seen)
+        first.setdefault(e.case, e)
+    key = _case_key(run, group_by)
+    return sorted(first, key=lambda c: key(first[c]))
 
 
-def throughput_table(run: dict, mode: str) -> Table:
-    items = entries(run, "time", mode)
-    cases = _cases_in_order(items)
+def _impls(run: Run, items: list) -> list[str]:
+    return sorted({e.impl for e in items}, key=run.impl_rank)
+
+
+def case_base_s(items: list[TimeEntry]) -> dict[str, float]:
+    """One base time per case: the median of the base medians of all its benchmarks."""
+    per_case: dict[str, list[float]] = {}
+    for e in items:
+        per_case.setdefault(e.case, []).append(e.base_median_s)
+    return {case: statistics.median(v) for case, v in per_case.items()}
+
+
+def paired_times(items: list[TimeEntry]) -> dict[tuple[str, str], float]:
+    """Seconds per op of each (case, impl): its paired ratio x the case's one base time.
+    Medians of benchmarks timed minutes apart drift on a shared machine; within a case,
+    these times stand in the same relation as the paired ratios."""
+    base = case_base_s(items)
+    return {(e.case, e.impl): e.ratio_to_base * base[e.case] for e in items}
+
+
+def throughput_table(run: Run, mode: str, group_by: str | None = None) -> Table:
+    items = run.times(mode)
+    cases = _cases(run, items, group_by)
+    times = paired_times(items)
+    peaks = run.meta.peaks_start
+
+    def order(e: TimeEntry) -> tuple:
+        if group_by == "impl":
+            return (run.impl_rank(e.impl), cases.index(e.case))
+        return (cases.index(e.case), run.impl_rank(e.impl))
+
     rows = []
-    for e in sorted(items, key=lambda e: (cases.index(e["case"]), impl_order(e["impl"]))):
-        st = e["stats"]
+    for e in sorted(items, key=order):
+        t = times[(e.case, e.impl)]
+        gemm = peaks.get(f"{e.device}/{e.dtype}", {}).get("gemm_gflops")
         rows.append(
             [
-                e["case"],
-                e["impl"],
-                fmt_seconds(st["median"]),
-                f"{100 * st['iqr'] / st['median']:.1f}%",
-                f"{e['tokens_per_s']:,.0f}",
-                f"{e['gflops']:.1f}",
-                f"{e['gbs']:.1f}",
-                f"{e['pct_peak_gemm']:.1f}",
-                f"{e['time_over_floor']:.2f}",
+                e.case,
+                e.impl,
+                fmt_seconds(t),
+                f"{e.tokens / t:,.0f}",
+                f"{e.flops / t / 1e9:.1f}",
+                f"{e.min_bytes / t / 1e9:.1f}",
+                "" if gemm is None else f"{100 * e.flops / t / 1e9 / gemm:.1f}",
+                f"{t / e.floor_s:.2f}",
             ]
         )
-    headers = ["case", "impl", "median", "IQR", "tokens/s", "GFLOP/s", "GB/s", "% peak GEMM"]
+    headers = ["case", "impl", "time", "tokens/s", "GFLOP/s", "GB/s", "% peak GEMM", "x floor"]
     return Table(
         f"Throughput ({mode})",
-        [*headers, "x floor"],
+        headers,
         rows,
-        "median and IQR per op; x floor = time / roofline floor from the calibrated peaks",
+        "time = paired ratio to base x the case's one base time (median of the base rounds of "
+        "all its benchmarks); every figure in a row derives from it. x floor = time / roofline "
+        "floor from the calibrated peaks",
     )
 
 
-def ratio_table(run: dict, mode: str) -> Table:
-    cases, impls, cells = _pivot(run, mode)
+def ratio_table(run: Run, mode: str, group_by: str | None = None) -> Table:
+    items = run.times(mode)
+    cells = {(e.case, e.impl): e for e in items}
+    impls = _impls(run, items)
     rows = []
-    for case in cases:
+    for case in _cases(run, items, group_by):
         row: list[object] = [case]
         for impl in impls:
             e = cells.get((case, impl))
-            row.append("" if e is None else f"{e['ratio_to_base']:.3f} ±{e['ratio_iqr']:.3f}")
+            row.append("" if e is None else f"{e.ratio_to_base:.3f} ±{e.ratio_iqr:.3f}")
         rows.append(row)
     base = "base forward" if mode == "infer" else "base step (forward, then dx)"
-    return Table(
-        f"Ratio to base ({mode})",
-        ["case", *impls],
-        rows,
-        f"median of paired rounds impl / {base}, ± IQR; below 1 is faster than the base",
-    )
+    copied = sorted({e.impl for e in items if e.copied_output}, key=run.impl_rank)
+    note = f"median of paired rounds impl / {base}, ± IQR; below 1 is faster than the base"
+    if copied:
+        note += (
+            f". {', '.join(copied)}: output not contiguous, so the copy to contiguous memory "
+            "that the next op would need is timed with it"
+        )
+    return Table(f"Ratio to base ({mode})", ["case", *impls], rows, note)
 
 
-def roofline_table(run: dict, mode: str) -> Table:
+def roofline_table(run: Run, mode: str, group_by: str | None = None) -> Table:
     """Per case: the floor from the calibrated peaks, and each impl's time over that floor."""
-    cases, impls, cells = _pivot(run, mode)
+    items = run.times(mode)
+    times = paired_times(items)
+    floors = {e.case: e.floor_s for e in items}
+    impls = _impls(run, items)
     rows = []
-    for case in cases:
-        lora = [cells[(case, i)] for i in impls if (case, i) in cells and i != "base"]
-        floor = lora[0]["floor_s"] if lora else cells[(case, "base")]["floor_s"]
-        row: list[object] = [case, fmt_seconds(floor)]
+    for case in _cases(run, items, group_by):
+        row: list[object] = [case, fmt_seconds(floors[case])]
         for impl in impls:
-            e = cells.get((case, impl))
-            row.append("" if e is None else f"{e['median_s'] / floor:.2f}")
+            t = times.get((case, impl))
+            row.append("" if t is None else f"{t / floors[case]:.2f}")
         rows.append(row)
     return Table(
         f"Roofline ({mode})",
         ["case", "floor", *impls],
         rows,
         "floor = max(useful FLOPs / peak GEMM, fewest bytes / peak copy) of the LoRA layer; "
-        "cells = median time / floor (below 1: the machine ran faster than at calibration)",
+        "cells = paired time / floor (below 1: the machine ran faster than at calibration)",
     )
 
 
-def memory_table(run: dict) -> Table:
-    items = entries(run, "memory")
-    impls = sorted({e["impl"] for e in items}, key=impl_order)
-    cells = {(e["case"], e["mode"], e["impl"]): e["peak_bytes"] for e in items}
-    keys = list(dict.fromkeys((e["case"], e["mode"]) for e in items))
+def memory_table(run: Run, group_by: str | None = None) -> Table:
+    items = run.memory()
+    impls = _impls(run, items)
+    cells = {(e.case, e.mode, e.impl): e.peak_bytes for e in items}
+    keys = [(c, m) for c in _cases(run, items, group_by) for m in MODES_ORDER
+            if any((c, m, i) in cells for i in impls)]  # fmt: skip
     rows = [
         [case, mode]
         + ["" if (case, mode, i) not in cells else fmt_bytes(cells[(case, mode, i)]) for i in impls]
         for case, mode in keys
     ]
-    method = items[0]["method"] if items else ""
+    method = items[0].method if items else ""
     note = (
         f"{method}: the build (merged's weight copy, compile) and run of one op, forward "
         "(infer) or forward and backward (train), above the inputs and weights"
@@ -155,40 +180,32 @@ def memory_table(run: dict) -> Table:
     return Table("Peak memory", ["case", "mode", *impls], rows, note)
 
 
-def params_table(run: dict) -> Table:
-    shapes = list(SHAPES)
-    items = sorted(
-        entries(run, "params"),
-        key=lambda e: (shapes.index(e["shape"]) if e["shape"] in shapes else 99, e["rank"]),
-    )
+def params_table(run: Run, group_by: str | None = None) -> Table:
+    def order(e: ParamsEntry) -> tuple:
+        if group_by == "rank":
+            return (e.rank, run.shape_rank(e.shape))
+        return (run.shape_rank(e.shape), e.rank)
+
     rows = [
-        [
-            e["shape"],
-            e["in"],
-            e["out"],
-            e["rank"],
-            f"{e['trainable']:,}",
-            f"{e['total']:,}",
-            f"{100 * e['fraction']:.3f}%",
-        ]
-        for e in items
-    ]
+        [e.shape, e.in_features, e.out_features, e.rank, f"{e.trainable:,}", f"{e.total:,}",
+         f"{100 * e.fraction:.3f}%"]
+        for e in sorted(run.params(), key=order)
+    ]  # fmt: skip
     headers = ["shape", "in", "out", "r", "trainable", "total", "trainable %"]
     return Table("Trainable parameters", headers, rows, "trainable = r·(in + out)")
 
 
-def run_tables(run: dict) -> list[Table]:
-    """Every non-empty table of a run, in reading order."""
-    tables = [
-        throughput_table(run, "infer"),
-        ratio_table(run, "infer"),
-        roofline_table(run, "infer"),
-        throughput_table(run, "train"),
-        ratio_table(run, "train"),
-        roofline_table(run, "train"),
-        memory_table(run),
-        params_table(run),
-    ]
+def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
+    """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
+    where the table has them."""
+    tables = []
+    for mode in MODES_ORDER:
+        tables += [
+            throughput_table(run, mode, group_by),
+            ratio_table(run, mode, group_by),
+            roofline_table(run, mode, group_by),
+        ]
+    tables += [memory_table(run, group_by), params_table(run, group_by)]
     return [t for t in tables if t.rows]
 
 
@@ -209,27 +226,32 @@ def render(tables: list[Table], fmt: str = "github") -> str:
     return ("\n\n" if fmt != "csv" else "").join(parts) + "\n"
 
 
-def run_header(run: dict) -> str:
-    """What a reader needs before the tables: device, profile, threads, peaks, versions."""
-    meta, machine = run["lora_bench"], run.get("machine_info", {})
-    lb = machine.get("lora_bench", {})
+def run_header(run: Run) -> str:
+    """What a reader needs before the tables: device, profile, threads, peaks, versions,
+    and which impls are peers or plugins."""
+    meta = run.meta
     lines = [
-        f"# lora-bench results: {meta['device']}, profile {meta['profile']}",
+        f"# lora-bench results: {meta.device}, profile {meta.profile}",
         "",
-        f"- date: {run.get('datetime', '?')}",
-        f"- device: {lb.get('device_name', '?')}",
-        f"- torch {lb.get('torch', '?')}, threads {meta.get('threads', '?')}, "
-        f"TF32 {'on' if meta.get('tf32') else 'off'}",
+        f"- date: {meta.created}",
+        f"- device: {meta.device_name}",
+        f"- torch {meta.torch}, threads {meta.threads}, TF32 {'on' if meta.tf32 else 'off'}",
     ]
-    for key, start in meta.get("peaks_start", {}).items():
-        end = meta.get("peaks_end", {}).get(key)
+    for key, start in meta.peaks_start.items():
+        end = meta.peaks_end.get(key)
         after = f" -> {end['gemm_gflops']:.0f} / {end['copy_gbs']:.1f}" if end else ""
         lines.append(
             f"- peaks {key}: GEMM GFLOP/s / copy GB/s at start "
             f"{start['gemm_gflops']:.0f} / {start['copy_gbs']:.1f}{after} at end"
         )
+    measured = {e.impl for e in run.entries if hasattr(e, "impl")}
+    for origin in ("peer", "plugin"):
+        named = [f"{i.name} ({i.source})" for i in meta.impls
+                 if i.origin == origin and i.name in measured]  # fmt: skip
+        if named:
+            lines.append(f"- {origin}s: {', '.join(named)}")
     return "\n".join(lines) + "\n"
 
 
-def run_markdown(run: dict) -> str:
+def run_markdown(run: Run) -> str:
     return run_header(run) + "\n" + render(run_tables(run), "github")

@@ -1,4 +1,5 @@
-"""Inference throughput of every registered impl on every case, checked before timed."""
+"""Inference of every registered impl (ours, peers, plugins) on every case, checked before
+timed, in pairs with the base GEMM."""
 
 from __future__ import annotations
 
@@ -6,14 +7,10 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
-from bench.runner import forward_work, measure
-from bench.session import Settings
+from bench.runner import Harness
 from lora_kernels import IMPLS
 
 
 @pytest.mark.parametrize("impl_name", list(IMPLS))
-def test_forward(
-    benchmark: BenchmarkFixture, settings: Settings, case: Case, impl_name: str
-) -> None:
-    benchmark.group = f"forward {case}"
-    measure(benchmark, settings, case, impl_name, "infer", forward_work(case, impl_name))
+def test_forward(benchmark: BenchmarkFixture, harness: Harness, case: Case, impl_name: str) -> None:
+    harness.time(benchmark, case, impl_name, "infer")

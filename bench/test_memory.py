@@ -1,5 +1,5 @@
-"""Peak memory of building and running each impl once, inference and training step.
-The time pytest-benchmark shows for these rows is the cost of the measurement itself."""
+"""Peak memory of building and running each registered impl once, inference and training
+step. The time pytest-benchmark shows for these rows is the cost of the measurement itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
 from bench.memory import CpuProbe
-from bench.runner import measure_memory
+from bench.runner import Harness
 from lora_kernels import IMPLS
 from lora_kernels.registry import MODES
 
@@ -17,9 +17,10 @@ from lora_kernels.registry import MODES
 @pytest.mark.parametrize("impl_name", list(IMPLS))
 def test_memory(
     benchmark: BenchmarkFixture,
+    harness: Harness,
     memory_probe: CpuProbe,
     memory_case: Case,
     impl_name: str,
     mode: str,
 ) -> None:
-    measure_memory(benchmark, memory_probe, memory_case, impl_name, mode)
+    harness.memory(benchmark, memory_probe, memory_case, impl_name, mode)

@@ -9,6 +9,8 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import RANKS, SHAPES
+from bench.results import ParamsEntry
+from bench.runner import Harness
 from lora_kernels import LoRALinear, count_parameters, linear_total, lora_trainable
 
 GRID = [
@@ -19,7 +21,7 @@ GRID = [
 
 
 @pytest.mark.parametrize(("shape", "rank"), GRID, ids=[f"{s} r={r}" for s, r in GRID])
-def test_params(benchmark: BenchmarkFixture, shape: str, rank: int) -> None:
+def test_params(benchmark: BenchmarkFixture, harness: Harness, shape: str, rank: int) -> None:
     s = SHAPES[shape]
 
     def count() -> object:
@@ -30,14 +32,15 @@ def test_params(benchmark: BenchmarkFixture, shape: str, rank: int) -> None:
     assert counts.trainable == lora_trainable(s.in_features, s.out_features, rank)
     assert counts.total == linear_total(s.in_features, s.out_features, rank, s.bias)
     benchmark.group = "params"
-    benchmark.extra_info.update(
+    entry = ParamsEntry(
+        fullname=harness.nodeid,
         case=f"{shape} r={rank}",
         shape=shape,
+        in_features=s.in_features,
+        out_features=s.out_features,
         rank=rank,
-        device="any",
+        bias=s.bias,
         trainable=counts.trainable,
         total=counts.total,
-        fraction=counts.fraction,
-        **{"in": s.in_features, "out": s.out_features},
     )
-    benchmark.extra_info["kind"] = "params"  # last: the writer keeps only complete entries
+    harness.record(benchmark, entry)

@@ -1,5 +1,5 @@
-"""Training step (forward, then dx, dA, dB) of every impl that trains, checked before timed;
-the ratio is against the frozen base step (forward, then dx)."""
+"""Training step (forward, then dx, dA, dB) of every registered impl that trains, checked
+before timed; the ratio is against the frozen base step (forward, then dx)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
-from bench.runner import measure, train_work
-from bench.session import Settings
+from bench.runner import Harness
 from lora_kernels import IMPLS
 
 
 @pytest.mark.parametrize("impl_name", list(IMPLS))
 def test_train_step(
-    benchmark: BenchmarkFixture, settings: Settings, case: Case, impl_name: str
+    benchmark: BenchmarkFixture, harness: Harness, case: Case, impl_name: str
 ) -> None:
-    benchmark.group = f"train {case}"
-    measure(benchmark, settings, case, impl_name, "train", train_work(case, impl_name))
+    harness.time(benchmark, case, impl_name, "train")

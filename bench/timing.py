@@ -13,6 +13,7 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Profile
+from bench.results import Paired
 
 Work = Callable[[], object]
 MIN_ROUND_S = 1e-3  # a round runs the op `inner` times and lasts at least this long
@@ -62,70 +63,52 @@ def choose_rounds(round_s: float, budget_s: float, min_rounds: int, max_rounds: 
     return max(min_rounds, min(max_rounds, int(budget_s / max(2 * round_s, 1e-9))))
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """(q1, median, q3) with the inclusive method; a single value gives three equal ones."""
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, med, q3
+class PairedTimer:
+    """Interleaved, synchronized rounds of `work` and `base_work`, `inner` ops each; call
+    `base_round` then `impl_round`, as many times as wanted, and read `paired()`.
+    The only pairing loop: the bench drives it through pytest-benchmark, `bench.pieces` alone."""
 
+    def __init__(self, work: Work, base_work: Work, device: str) -> None:
+        per_call = max(warm_up(work, device), warm_up(base_work, device))
+        self.inner = choose_inner(per_call)
+        self.round_s = per_call * self.inner  # expected seconds of one round
+        self._impl = make_round(work, self.inner, device)
+        self._base = make_round(base_work, self.inner, device)
+        self.impl_s: list[float] = []
+        self.base_s: list[float] = []
 
-@dataclass(frozen=True)
-class Paired:
-    """Per-op seconds of interleaved rounds: base_s[i] ran right before impl_s[i]."""
+    def base_round(self) -> None:
+        self.base_s.append(time_call(self._base) / self.inner)
 
-    inner: int
-    impl_s: list[float]
-    base_s: list[float]
+    def impl_round(self) -> None:
+        self.impl_s.append(time_call(self._impl) / self.inner)
 
-    @property
-    def ratios(self) -> list[float]:
-        return [i / b for i, b in zip(self.impl_s, self.base_s, strict=True)]
+    def run(self, rounds: int) -> Paired:
+        for _ in range(rounds):
+            self.base_round()
+            self.impl_round()
+        return self.paired()
 
-    @property
-    def ratio(self) -> float:
-        """Median of the per-pair ratios impl / base."""
-        return quartiles(self.ratios)[1]
-
-    @property
-    def ratio_iqr(self) -> float:
-        q1, _, q3 = quartiles(self.ratios)
-        return q3 - q1
-
-    @property
-    def impl_median_s(self) -> float:
-        return statistics.median(self.impl_s)
-
-    @property
-    def base_median_s(self) -> float:
-        return statistics.median(self.base_s)
+    def paired(self) -> Paired:
+        return Paired(self.inner, list(self.impl_s), list(self.base_s))
 
 
 def run_paired(
     benchmark: BenchmarkFixture, work: Work, base_work: Work, device: str, profile: Profile
 ) -> Paired:
-    """Time `work` with pytest-benchmark, running one round of `base_work` (untimed by
-    pytest-benchmark, timed here) before each of its rounds.
+    """Time `work` in pairs with `base_work` through pytest-benchmark's public `pedantic`:
+    its `setup` runs (and we time) one base round before each impl round.
 
-    Both are warmed up first. pytest-benchmark's stats are rescaled to seconds per op, as its
-    own `iterations` would: its setup hook, which runs the base rounds, forbids iterations > 1.
+    pytest-benchmark's own statistics are per round of `inner` ops (it forbids iterations > 1
+    with a setup); the per-op figures of the results come from our own clock around the same
+    calls, one perf_counter pair inside each round pytest-benchmark times.
     """
-    per_call = max(warm_up(work, device), warm_up(base_work, device))
-    inner = choose_inner(per_call)
+    timer = PairedTimer(work, base_work, device)
     rounds = choose_rounds(
-        per_call * inner, profile.seconds_per_benchmark, profile.min_rounds, profile.max_rounds
+        timer.round_s, profile.seconds_per_benchmark, profile.min_rounds, profile.max_rounds
     )
-    base_round = make_round(base_work, inner, device)
-    base_s: list[float] = []
-
-    def setup() -> None:
-        base_s.append(time_call(base_round) / inner)
-
-    benchmark.pedantic(make_round(work, inner, device), setup=setup, rounds=rounds)
-    meta = benchmark.stats
-    meta.iterations = inner
-    meta.stats.data = [t / inner for t in meta.stats.data]
-    return Paired(inner, list(meta.stats.data), base_s)
+    benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=rounds)
+    return timer.paired()
 
 
 @dataclass(frozen=True)

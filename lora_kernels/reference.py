@@ -28,14 +28,18 @@ def tolerance(dtype: torch.dtype, device: str | torch.device) -> float:
 
 
 def rel_error(y: Tensor, ref: Tensor) -> float:
-    """‖y − ref‖ / ‖ref‖ in float64; NaN or inf in y gives inf, never a pass."""
+    """‖y − ref‖ / ‖ref‖ in float64; NaN or inf in y gives inf, never a pass. An empty pair
+    (T = 0) gives 0; a zero reference gives 0 only for an exactly zero y."""
     if y.shape != ref.shape:
         raise ValueError(f"shape {tuple(y.shape)} does not match the reference {tuple(ref.shape)}")
     y64 = y.detach().to("cpu", torch.float64)
     ref64 = ref.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(y64).all()):
         return float("inf")
-    return float(torch.linalg.vector_norm(y64 - ref64) / torch.linalg.vector_norm(ref64))
+    diff, norm = torch.linalg.vector_norm(y64 - ref64), torch.linalg.vector_norm(ref64)
+    if norm == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return float(diff / norm)
 
 
 def _f64(t: Tensor | None) -> Tensor | None:

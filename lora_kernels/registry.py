@@ -1,4 +1,5 @@
-"""The Impl record and the IMPLS registry: the one list of forward implementations."""
+"""The Impl record and the IMPLS registry: the one list of implementations, ours, the peers
+(other projects' LoRA layers) and plugins, in that order."""
 
 from __future__ import annotations
 
@@ -12,17 +13,29 @@ from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
 
 Op = Callable[[Tensor], Tensor]
 MODES = ("infer", "train")
-ALL_DEVICES = frozenset({"cpu", "cuda"})
+DEVICES = ("cpu", "cuda")
+ALL_DEVICES = frozenset(DEVICES)
 ALL_DTYPES = frozenset(SUPPORTED_DTYPES)
+ORIGINS = ("ours", "peer", "plugin")
+
+
+def _subset(name: str, value: object, allowed: tuple, impl: str) -> None:
+    if not isinstance(value, frozenset) or not value:
+        raise TypeError(f"impl {impl!r}: {name} must be a non-empty frozenset, got {value!r}")
+    extra = [v for v in value if v not in allowed]
+    if extra:
+        raise ValueError(f"impl {impl!r}: {name} {extra} not allowed; allowed: {list(allowed)}")
 
 
 @dataclass(frozen=True)
 class Impl:
-    """One forward implementation: `build(weights, mode)` returns `op(x) -> y`.
+    """One implementation: `build(weights, mode)` returns `op(x) -> y`, x (..., in) -> (..., out).
 
     Everything done once (merge, compile, graph capture) happens in `builder`, never in `op`.
     `lora_equivalent` is False only for `base`, which drops the adapter on purpose.
     `compiles` marks builders that generate code (slow per new shape; tests use few shapes).
+    `requires` says why the impl cannot run here (a missing package), or None.
+    `origin` is "ours", "peer" or "plugin"; `source` names the package or module it came from.
     """
 
     name: str
@@ -34,6 +47,25 @@ class Impl:
     lora_equivalent: bool = True
     compiles: bool = False
     requires: Callable[[], str | None] = lambda: None
+    origin: str = "ours"
+    source: str = "lora-bench"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(
+                f"impl name must be a Python identifier (it is part of test ids), got {self.name!r}"
+            )
+        if not isinstance(self.description, str) or not self.description.strip():
+            raise TypeError(f"impl {self.name!r}: description must be a non-empty str")
+        if "\n" in self.description:
+            raise ValueError(f"impl {self.name!r}: description must be one line")
+        if not callable(self.builder):
+            raise TypeError(f"impl {self.name!r}: builder must be callable, got {self.builder!r}")
+        _subset("devices", self.devices, DEVICES, self.name)
+        _subset("dtypes", self.dtypes, SUPPORTED_DTYPES, self.name)
+        _subset("modes", self.modes, MODES, self.name)
+        if self.origin not in ORIGINS:
+            raise ValueError(f"impl {self.name!r}: origin must be one of {ORIGINS}")
 
     def unavailable_reason(self, device: str | torch.device, dtype: torch.dtype, mode: str) -> str:
         """Why this impl cannot run here, or "" when it can."""
@@ -71,36 +103,51 @@ def rows_op(w: LoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
 IMPLS: dict[str, Impl] = {}
 
 
-def register(impl: Impl) -> Impl:
-    """Add `impl` to IMPLS; names are unique."""
-    if impl.name in IMPLS:
-        raise ValueError(f"impl {impl.name!r} is already registered")
-    IMPLS[impl.name] = impl
+def register(impl: Impl, registry: dict[str, Impl] | None = None) -> Impl:
+    """Add `impl` to the registry (IMPLS by default); names are unique."""
+    registry = IMPLS if registry is None else registry
+    if not isinstance(impl, Impl):
+        raise TypeError(f"only an Impl can be registered, got {type(impl).__name__}")
+    if impl.name in registry:
+        other = registry[impl.name]
+        raise ValueError(
+            f"impl {impl.name!r} from {impl.source} is already registered by {other.source} "
+            f"({other.origin}); names must be unique"
+        )
+    registry[impl.name] = impl
     return impl
 
 
 def get_impl(name: str) -> Impl:
-    """The registered impl called `name`; the error lists the known names."""
+    """The registered impl called `name`; installed plugins are loaded before giving up.
+    The error lists the known names."""
     if not isinstance(name, str):
         raise TypeError(f"impl name must be a str, got {type(name).__name__}")
+    if name not in IMPLS:
+        from lora_kernels.plugins import load_plugins
+
+        load_plugins()
     try:
         return IMPLS[name]
     except KeyError:
         raise ValueError(f"unknown impl {name!r}; known: {', '.join(IMPLS)}") from None
 
 
-def impls_table() -> str:
-    """GitHub-markdown table of the registry: name, description, devices, dtypes, modes."""
+def impls_table(impls: list[Impl] | None = None) -> str:
+    """GitHub-markdown table of impls (default: all registered): name, origin, description,
+    devices, dtypes, modes."""
     from tabulate import tabulate
 
     rows = [
         [
             f"`{impl.name}`",
+            impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
             impl.description,
             ", ".join(sorted(impl.devices)),
             ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES if d in impl.dtypes),
             ", ".join(m for m in MODES if m in impl.modes),
         ]
-        for impl in IMPLS.values()
+        for impl in (IMPLS.values() if impls is None else impls)
     ]
-    return tabulate(rows, ["impl", "what it does", "devices", "dtypes", "modes"], tablefmt="github")
+    headers = ["impl", "origin", "what it does", "devices", "dtypes", "modes"]
+    return tabulate(rows, headers, tablefmt="github")

@@ -1,9 +1,16 @@
-"""Shared fixtures: a seeded generator and the registered implementations."""
+"""Shared fixtures, and the installed plugins loaded before collection, so that the tests
+that iterate IMPLS check them like ours."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from lora_kernels import load_plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    load_plugins()  # a broken plugin stops the run here, with its name in the message
 
 
 @pytest.fixture

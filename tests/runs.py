@@ -1,75 +1,68 @@
-"""Small results JSONs, shaped like those `pytest bench` writes, for the report tests."""
+"""Small results files, built from the typed schema exactly as `pytest bench` builds them,
+for the report, compare, check and plot tests."""
 
 from __future__ import annotations
 
-import copy
-
-from bench.results import SCHEMA
+from bench.results import (
+    ImplInfo,
+    MemoryEntry,
+    Paired,
+    ParamsEntry,
+    Run,
+    RunMeta,
+    TimeEntry,
+    dump_run,
+)
 
 CASES = ("toy T=512 r=4 fp32", "gpt2.c_attn T=512 r=16 fp32", "llama3-8b.q_proj T=1 r=16 fp32")
 IMPLS = ("base", "two_step", "addmm")
+SHAPES = ["toy", "gpt2.c_attn", "llama3-8b.q_proj"]
+
+
+def case_fields(key: str, device: str) -> dict[str, object]:
+    shape, tokens, rank, dtype = key.split()
+    return {
+        "case": f"{key} {device}",
+        "key": key,
+        "shape": shape,
+        "tokens": int(tokens.removeprefix("T=")),
+        "rank": int(rank.removeprefix("r=")),
+        "dtype": dtype,
+        "device": device,
+    }
 
 
 def time_entry(
     key: str,
     impl: str,
     device: str,
-    median_s: float,
+    base_s: float,
     ratio: float,
-    iqr: float = 0.01,
+    iqr: float = 0.0,
     mode: str = "infer",
-) -> dict:
-    shape, tokens, rank, dtype = key.split()
-    data = [median_s * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)]
-    return {
-        "group": f"forward {key} {device}",
-        "name": f"test_forward[{key} {device}-{impl}]",
-        "fullname": f"bench/test_forward.py::test_forward[{key} {device}-{impl}]",
-        "params": {"impl_name": impl},
-        "param": f"{key} {device}-{impl}",
-        "extra_info": {
-            "kind": "time",
-            "case": f"{key} {device}",
-            "key": key,
-            "impl": impl,
-            "mode": mode,
-            "shape": shape,
-            "tokens": int(tokens[2:]),
-            "rank": int(rank[2:]),
-            "dtype": dtype,
-            "device": device,
-            "in": 64,
-            "out": 10,
-            "rel_error": 1e-7,
-            "build_s": 0.001,
-            "threads": 2,
-            "tf32": False,
-            "median_s": median_s,
-            "tokens_per_s": int(tokens[2:]) / median_s,
-            "gflops": 1.0,
-            "gbs": 1.0,
-            "pct_peak_gemm": 50.0,
-            "pct_peak_copy": 10.0,
-            "floor_s": median_s / 2,
-            "time_over_floor": 2.0,
-            "ratio_to_base": ratio,
-            "ratio_iqr": iqr,
-            "base_median_s": median_s / ratio,
-            "inner": 1,
-            "rounds": len(data),
-        },
-        "options": {},
-        "stats": {
-            "min": min(data),
-            "max": max(data),
-            "mean": median_s,
-            "median": median_s,
-            "iqr": data[3] - data[1],
-            "rounds": len(data),
-            "iterations": 1,
-            "data": data,
-        },
-    }
+) -> TimeEntry:
+    """Five paired rounds around base_s whose pair ratios have median `ratio` and IQR `iqr`."""
+    base = [base_s * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)]
+    pair_ratios = [ratio + iqr * k for k in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    fields = case_fields(key, device)
+    return TimeEntry(
+        fullname=f"bench/test_forward.py::test_forward[{key} {device}-{impl}]",
+        **fields,
+        impl=impl,
+        mode=mode,
+        in_features=64,
+        out_features=10,
+        bias=True,
+        flops=10**6,
+        min_bytes=10**5,
+        floor_s=base_s / 2,
+        rel_error=1e-7,
+        build_s=0.001,
+        threads=2,
+        tf32=False,
+        copied_output=False,
+        rounds=Paired(1, [b * r for b, r in zip(base, pair_ratios, strict=True)], base),
+    )
 
 
 def make_run(
@@ -79,64 +72,51 @@ def make_run(
     ratios: dict[tuple[str, str], float] | None = None,
     copy_gbs: float = 20.0,
     threads: int = 2,
-) -> dict:
-    """A run over CASES x IMPLS; `ratios[(key, impl)]` overrides the default ratio 1.05."""
+    iqr: float = 0.0,
+) -> Run:
+    """A run over CASES x IMPLS; `ratios[(key, impl)]` overrides the default ratio 1.05;
+    every impl's pair ratios have the IQR `iqr`."""
     ratios = ratios or {}
-    benches = []
+    entries: list = []
     for key in CASES:
         for impl in IMPLS:
             ratio = 1.0 if impl == "base" else ratios.get((key, impl), 1.05)
-            benches.append(time_entry(key, impl, device, seconds * ratio, ratio))
-    benches.append(
-        {
-            "name": "test_memory[toy]",
-            "fullname": "bench/test_memory.py::test_memory[toy]",
-            "extra_info": {
-                "kind": "memory",
-                "case": f"{CASES[0]} {device}",
-                "key": CASES[0],
-                "impl": "two_step",
-                "mode": "infer",
-                "device": device,
-                "peak_bytes": 3 * 2**20,
-                "method": "test",
-            },
-            "stats": {"median": 0.1, "iqr": 0.0, "data": [0.1]},
-        }
+            entries.append(time_entry(key, impl, device, seconds, ratio, iqr))
+    fields = case_fields(CASES[0], device)
+    entries.append(
+        MemoryEntry(
+            fullname="bench/test_memory.py::test_memory[toy]",
+            **fields,
+            impl="two_step",
+            mode="infer",
+            method="test",
+            peak_bytes=3 * 2**20,
+        )
     )
-    benches.append(
-        {
-            "name": "test_params[toy r=4]",
-            "fullname": "bench/test_params.py::test_params[toy r=4]",
-            "extra_info": {
-                "kind": "params",
-                "case": "toy r=4",
-                "shape": "toy",
-                "rank": 4,
-                "device": "any",
-                "in": 64,
-                "out": 10,
-                "trainable": 296,
-                "total": 946,
-                "fraction": 296 / 946,
-            },
-            "stats": {"median": 1e-4, "iqr": 0.0, "data": [1e-4]},
-        }
-    )
+    entries.append(
+        ParamsEntry("bench/test_params.py::test_params[toy r=4]", "toy r=4", "toy", 64, 10, 4,
+                    True, 296, 946)
+    )  # fmt: skip
     peaks = {f"{device}/fp32": {"gemm_gflops": 120.0, "copy_gbs": copy_gbs}}
-    return {
-        "machine_info": {"lora_bench": {"torch": "2.13.0", "device_name": "test cpu"}},
-        "commit_info": {},
-        "benchmarks": benches,
-        "datetime": "2026-01-01T00:00:00+00:00",
-        "version": "5.2.3",
-        "lora_bench": {
-            "schema": SCHEMA,
-            "device": device,
-            "profile": profile,
-            "threads": threads,
-            "tf32": False,
-            "peaks_start": peaks,
-            "peaks_end": copy.deepcopy(peaks),
-        },
-    }
+    meta = RunMeta(
+        device=device,
+        device_name=f"test {device}",
+        profile=profile,
+        threads=threads,
+        interop_threads=1,
+        tf32=False,
+        torch="2.13.0",
+        created="2026-01-01T00:00:00+00:00",
+        dtypes=["fp32"],
+        only=[],
+        impl_specs=[],
+        impls=[ImplInfo(name, "ours", "lora-bench", f"{name} (test)") for name in IMPLS],
+        shapes=SHAPES,
+        peaks_start=peaks,
+        peaks_end={k: dict(v) for k, v in peaks.items()},
+    )
+    return Run(meta, {"node": "test"}, {}, entries)
+
+
+def run_json(run: Run) -> str:
+    return dump_run(run)

@@ -12,7 +12,9 @@ def test_case_id_and_key() -> None:
     assert str(case) == "llama3-8b.q_proj T=512 r=16 fp32 cpu"
     assert case.key == "llama3-8b.q_proj T=512 r=16 fp32"
     assert (case.in_features, case.out_features, case.bias) == (4096, 4096, False)
-    assert case.as_dict()["in"] == 4096
+    fields = case.fields()
+    assert fields["case"] == str(case) and fields["key"] == case.key
+    assert (fields["shape"], fields["tokens"], fields["rank"]) == ("llama3-8b.q_proj", 512, 16)
 
 
 def test_flops_and_bytes_by_hand() -> None:

@@ -1,21 +1,21 @@
-"""End to end: `pytest bench --benchmark-only` on the tiny profile writes readable results."""
+"""End to end: `pytest bench --benchmark-only` on the tiny profile writes readable results,
+with a plugin given by --lora-impl, and the installed example plugin when it is there."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from bench.results import load_run
+from bench.results import TimeEntry, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TIME_FIELDS = {
-    "case", "impl", "mode", "shape", "tokens", "rank", "dtype", "device", "tokens_per_s",
-    "gflops", "gbs", "pct_peak_gemm", "ratio_to_base", "ratio_iqr", "rel_error", "build_s",
-    "threads", "tf32", "floor_s",
-}  # fmt: skip
+PLUGIN = "tests/sample_plugin.py:IMPLS"
+TOY_INSTALLED = any(ep.name == "toy_einsum" for ep in entry_points(group="lora_bench.impls"))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     cmd = [
         sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p", "no:cacheprovider",
         "--lora-profile", "tiny", "--lora-device", "cpu", "--lora-threads", "1",
-        "--lora-results", str(out), "-k", "not compiled",
+        "--lora-results", str(out), "-k", "not compiled", f"--lora-impl={PLUGIN}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -39,24 +39,44 @@ def test_results_files_appear(tiny_run: tuple[Path, str]) -> None:
 
 def test_json_has_the_expected_fields(tiny_run: tuple[Path, str]) -> None:
     run = load_run(tiny_run[0] / "cpu-tiny.json")
-    meta = run["lora_bench"]
-    assert (meta["device"], meta["profile"], meta["threads"]) == ("cpu", "tiny", 1)
-    assert set(meta["peaks_start"]) == set(meta["peaks_end"]) == {"cpu/fp32"}
-    assert run["machine_info"]["lora_bench"]["torch"]
-    infos = [b["extra_info"] for b in run["benchmarks"]]
-    timed = [i for i in infos if i["kind"] == "time"]
-    assert {i["mode"] for i in timed} == {"infer", "train"}
-    for info in timed:
-        assert set(info) >= TIME_FIELDS, TIME_FIELDS - set(info)
-        assert info["threads"] == 1
-        assert info["ratio_to_base"] > 0
-    assert any(i["kind"] == "memory" and i["peak_bytes"] > 0 for i in infos)
-    assert any(i["kind"] == "params" and i["trainable"] == 296 for i in infos)
-    for bench in run["benchmarks"]:
-        if bench["extra_info"]["kind"] == "time":
-            stats, info = bench["stats"], bench["extra_info"]
-            assert stats["iterations"] == info["inner"]
-            assert stats["median"] == pytest.approx(info["median_s"])
+    meta = run.meta
+    assert (meta.device, meta.profile, meta.threads) == ("cpu", "tiny", 1)
+    assert set(meta.peaks_start) == set(meta.peaks_end) == {"cpu/fp32"}
+    assert meta.torch and meta.shapes[0] == "toy"
+    assert meta.impl_specs == [f"{ROOT / 'tests' / 'sample_plugin.py'}:IMPLS"]
+    assert run.machine_info["lora_bench"]["threads"] == 1
+    timed = run.times()
+    assert {e.mode for e in timed} == {"infer", "train"}
+    for e in timed:
+        assert e.threads == 1
+        assert e.ratio_to_base > 0
+        assert len(e.rounds.impl_s) == len(e.rounds.base_s) >= 3
+        assert e.floor_s > 0 and e.flops > 0
+    assert any(e.peak_bytes > 0 for e in run.memory())
+    assert any(e.trainable == 296 for e in run.params())
+    raw = json.loads((tiny_run[0] / "cpu-tiny.json").read_text())
+    assert raw["lora_bench"]["schema"] == 2
+    assert "benchmarks" not in raw, "our own schema, not pytest-benchmark's file"
+
+
+def test_plugins_are_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> None:
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    origins = {i.name: i.origin for i in run.meta.impls}
+    assert origins["sample_addmm"] == origins["sample_strided"] == "plugin"
+    assert origins["peft"] == "peer" and origins["addmm"] == "ours"
+    by_impl = {(e.impl, e.mode): e for e in run.times() if e.case == "toy T=16 r=4 fp32 cpu"}
+    assert by_impl[("sample_addmm", "train")].rel_error < 1e-5
+    strided = by_impl[("sample_strided", "infer")]
+    assert strided.copied_output and not by_impl[("sample_addmm", "infer")].copied_output
+    md = (tiny_run[0] / "cpu-tiny.md").read_text()
+    plugins_line = next(line for line in md.splitlines() if line.startswith("- plugins: "))
+    assert "sample_addmm (" in plugins_line and "sample_strided (" in plugins_line
+    assert "sample_strided: output not contiguous" in md
+    if not TOY_INSTALLED:
+        pytest.skip("the example plugin is not installed: pip install -e examples/toy_plugin")
+    assert origins["toy_einsum"] == "plugin"
+    assert isinstance(by_impl[("toy_einsum", "train")], TimeEntry)
+    assert "toy_einsum" in md.split("### Ratio to base (infer)")[1].split("###")[0]
 
 
 def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
@@ -71,13 +91,31 @@ def test_recheck_measures_a_flagged_case_again(tiny_run: tuple[Path, str]) -> No
 
     run = load_run(tiny_run[0] / "cpu-tiny.json")
     verdicts = gate.verdicts(run, run)
-    flagged = [v for v in verdicts if v.impl == "addmm" and v.mode == "infer"][:1]
-    rerun = gate.recheck(flagged, run, ROOT)
-    info = rerun[flagged[0].fullname]
-    assert info["impl"] == "addmm"
-    assert info["ratio_to_base"] > 0
-    assert info["rounds"] > run_rounds(run, flagged[0].fullname), "a recheck runs more rounds"
+    flagged = [
+        v
+        for v in verdicts
+        if v.impl in ("addmm", "sample_addmm") and v.mode == "infer" and "T=16" in v.case
+    ]
+    assert len(flagged) == 2
+    rerun = gate.recheck(flagged, run, gate.find_project(ROOT / "tests"))
+    rounds = {e.fullname: len(e.rounds.impl_s) for e in run.times()}
+    for v in flagged:
+        e = rerun[v.fullname]
+        assert e.impl == v.impl
+        assert e.ratio_to_base > 0
+        assert len(e.rounds.impl_s) > rounds[v.fullname], "a recheck runs more rounds"
 
 
-def run_rounds(run: dict, fullname: str) -> int:
-    return next(b["extra_info"]["rounds"] for b in run["benchmarks"] if b["fullname"] == fullname)
+def test_bad_plugin_is_a_usage_error(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+        "no:cacheprovider", "--lora-profile", "tiny", "--lora-results", str(tmp_path),
+        "--lora-impl", "no_such_module_here:IMPL",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (
+        "plugin 'no_such_module_here:IMPL': importing 'no_such_module_here' failed: "
+        "ModuleNotFoundError" in proc.stderr
+    )
+    assert not list(tmp_path.iterdir()), "nothing is written"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from bench.results import Paired, quartiles
 from bench.timing import (
-    Paired,
+    PairedTimer,
     Peaks,
     choose_inner,
     choose_rounds,
     make_round,
-    quartiles,
     warm_up,
 )
 
@@ -56,8 +56,19 @@ def test_paired_ratio_is_median_of_pair_ratios() -> None:
 
 
 def test_paired_rejects_unpaired_rounds() -> None:
-    with pytest.raises(ValueError, match="zip"):
-        _ = Paired(1, impl_s=[1.0, 2.0], base_s=[1.0]).ratios
+    with pytest.raises(ValueError, match="as many base as impl rounds"):
+        Paired(1, impl_s=[1.0, 2.0], base_s=[1.0])
+
+
+def test_paired_timer_alternates_base_then_impl() -> None:
+    order: list[str] = []
+    timer = PairedTimer(lambda: order.append("impl"), lambda: order.append("base"), "cpu")
+    order.clear()  # drop the warm-up calls
+    paired = timer.run(3)
+    inner = timer.inner
+    assert order == (["base"] * inner + ["impl"] * inner) * 3
+    assert len(paired.impl_s) == len(paired.base_s) == 3
+    assert paired.inner == inner
 
 
 def test_roofline_floor() -> None:

@@ -202,3 +202,28 @@ def test_extra_repr_names_the_essentials() -> None:
     text = repr(LoRALinear(IN, OUT, RANK, alpha=8.0, impl="addmm"))
     for part in ("in=32", "out=24", "r=4", "alpha=8.0", "impl=addmm"):
         assert part in text
+
+
+@pytest.mark.slow
+def test_compiled_never_falls_back_to_eager() -> None:
+    """Dynamo's default recompile limit is 8 graphs; past it, `compiled` would run eagerly
+    without a word. Twelve shapes in one process, each called with and without grad (24
+    graphs), must each run code dynamo compiled."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(12):
+        in_f, out_f = 8 + i, 5 + 2 * i
+        layer = LoRALinear(in_f, out_f, 2, impl="compiled")
+        with torch.no_grad():
+            layer.lora_B.normal_(generator=gen)
+        x = torch.randn(3, in_f, generator=gen)
+        y = layer(x)
+        with torch.no_grad():
+            y_infer = layer(x)
+        y.sum().backward()
+        ref = reference_forward(layer.weights(), x)
+        assert rel_error(y, ref) <= 1e-5 and rel_error(y_infer, ref) <= 1e-5
+    assert counters["stats"]["unique_graphs"] >= 24, dict(counters["stats"])
+    assert torch._dynamo.config.fail_on_recompile_limit_hit

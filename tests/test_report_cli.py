@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from runs import CASES, make_run
+from runs import CASES, make_run, run_json, time_entry
 
 from bench import check as gate
 from bench.report import main
-from bench.results import dump_json
+from bench.results import Run, TimeEntry
 
 KEY = CASES[1]
 
 
-def write(path: Path, run: dict) -> Path:
-    path.write_text(dump_json(run))
+def write(path: Path, run: Run) -> Path:
+    path.write_text(run_json(run))
     return path
 
 
@@ -40,7 +41,7 @@ def test_report_formats(cpu_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("table,case,impl")
     impls = [line.split(",")[2] for line in lines[1:10]]
-    assert impls == sorted(impls)
+    assert impls == ["base"] * 3 + ["two_step"] * 3 + ["addmm"] * 3, "the run's impl order"
     assert main(["report", str(cpu_run), "--format", "plain", "--group-by", "rank"]) == 0
     assert digest(cpu_run) == before
 
@@ -50,7 +51,7 @@ def test_compare_matches_cases_and_lists_one_sided(
 ) -> None:
     a = write(tmp_path / "cpu.json", make_run("cpu", seconds=1e-2))
     gpu = make_run("cuda", seconds=1e-3)
-    gpu["benchmarks"] = [b for b in gpu["benchmarks"] if b["extra_info"].get("key") != CASES[2]]
+    gpu = replace(gpu, entries=[e for e in gpu.entries if getattr(e, "key", "") != CASES[2]])
     b = write(tmp_path / "cuda.json", gpu)
     out_md = tmp_path / "cpu-vs-cuda.md"
     assert main(["compare", str(a), str(b), "-o", str(out_md)]) == 0
@@ -66,9 +67,10 @@ def test_compare_refuses_runs_without_common_cases(
 ) -> None:
     a = make_run(profile="quick")
     b = make_run(profile="full")
-    for bench in b["benchmarks"]:
-        if "key" in bench["extra_info"]:
-            bench["extra_info"]["key"] = bench["extra_info"]["key"].replace("fp32", "bf16")
+    b = replace(b, entries=[
+        replace(e, key=e.key.replace("fp32", "bf16")) if isinstance(e, TimeEntry) else e
+        for e in b.entries
+    ])  # fmt: skip
     code = main(["compare", str(write(tmp_path / "a.json", a)), str(write(tmp_path / "b.json", b))])
     assert code == 2
     err = capsys.readouterr().err
@@ -78,9 +80,8 @@ def test_compare_refuses_runs_without_common_cases(
 
 def test_check_passes_on_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = write(tmp_path / "base.json", make_run())
-    noisy = make_run(ratios={(KEY, "two_step"): 1.12, (KEY, "addmm"): 0.99})
-    for bench in noisy["benchmarks"]:
-        bench["extra_info"]["ratio_iqr"] = 0.15  # a noisy run: the move is within its spread
+    # a noisy run: the move is within its spread
+    noisy = make_run(ratios={(KEY, "two_step"): 1.12, (KEY, "addmm"): 0.99}, iqr=0.15)
     cur = write(tmp_path / "cur.json", noisy)
     before = digest(base, cur)
     assert main(["check", str(base), str(cur), "--max-slowdown", "5%"]) == 0
@@ -129,9 +130,11 @@ def test_noise_guard_needs_both_conditions() -> None:
 
 def test_recheck_keeps_the_better_measurement() -> None:
     v = gate.Verdict("c", "two_step", "infer", 1.0, 0.01, 1.5, 0.01, "bench/x.py::t[c-two_step]")
-    rerun = {v.fullname: {"ratio_to_base": 1.02, "ratio_iqr": 0.01}}
-    assert gate.better_of(v, rerun).cur_ratio == 1.02
-    worse = {v.fullname: {"ratio_to_base": 1.9, "ratio_iqr": 0.01}}
+    better = time_entry(KEY, "two_step", "cpu", 1e-3, 1.02, iqr=0.02)
+    rerun = {v.fullname: better}
+    kept = gate.better_of(v, rerun)
+    assert (kept.cur_ratio, kept.cur_iqr) == (pytest.approx(1.02), pytest.approx(0.02))
+    worse = {v.fullname: time_entry(KEY, "two_step", "cpu", 1e-3, 1.9)}
     assert gate.better_of(v, worse).cur_ratio == 1.5
 
 
@@ -151,15 +154,14 @@ def test_check_unusable_input_exits_2(
     base = write(tmp_path / "base.json", make_run())
     cur = tmp_path / "cur.json"
     if setup == "corrupt":
-        cur.write_text('{"benchmarks": [')
+        cur.write_text('{"entries": [')
     elif setup == "foreign":
-        cur.write_text(json.dumps({"benchmarks": [], "machine_info": {}}))
+        cur.write_text(json.dumps({"entries": [], "machine_info": {}}))
     elif setup == "other-device":
         write(cur, make_run("cuda"))
     elif setup == "empty":
         run = make_run()
-        run["benchmarks"] = [b for b in run["benchmarks"] if b["extra_info"]["kind"] != "time"]
-        write(cur, run)
+        write(cur, replace(run, entries=[e for e in run.entries if e.kind != "time"]))
     assert main(["check", str(base), str(cur)]) == 2
     err = capsys.readouterr().err
     assert message in err
@@ -191,11 +193,13 @@ def test_baseline_refuses_to_overwrite(
 def test_plot_writes_readable_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib", reason="plot needs the 'plot' extra (matplotlib)")
     cpu = make_run("cpu", seconds=1e-2)
-    extra = [b for b in cpu["benchmarks"] if b["extra_info"].get("key") == CASES[1]]
-    for bench in json.loads(json.dumps(extra)):  # the same case at another rank
-        bench["extra_info"].update(rank=64, key=KEY.replace("r=16", "r=64"))
-        bench["extra_info"]["case"] = bench["extra_info"]["key"] + " cpu"
-        cpu["benchmarks"].append(bench)
+    key64 = KEY.replace("r=16", "r=64")  # the same case at another rank
+    extra = [
+        replace(e, rank=64, key=key64, case=f"{key64} cpu")
+        for e in cpu.times()
+        if e.key == CASES[1]
+    ]
+    cpu = replace(cpu, entries=cpu.entries + extra)
     a = write(tmp_path / "cpu.json", cpu)
     b = write(tmp_path / "cuda.json", make_run("cuda", seconds=1e-3))
     out = tmp_path / "plots"

@@ -1,7 +1,18 @@
-"""Importing this package registers every implementation, in the order of the tables."""
+"""Importing this package registers every implementation, ours then the peers, in the order
+of the tables."""
 
 # isort: off
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
+from lora_kernels.impls import peers
 # isort: on
 
-__all__ = ["autograd", "compiled", "cuda_graph", "eager", "merged", "stacked", "triton_fused"]
+__all__ = [
+    "autograd",
+    "compiled",
+    "cuda_graph",
+    "eager",
+    "merged",
+    "peers",
+    "stacked",
+    "triton_fused",
+]

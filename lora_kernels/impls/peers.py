@@ -1,6 +1,7 @@
-"""Other projects' LoRA layers, built on the same weights as ours and timed side by side:
+"""Other projects' LoRA layers as peers in the registry, built on the same weights as ours:
 Hugging Face PEFT's LoRA Linear (unmerged, and merged as merge_and_unload leaves it) and
-loralib's Linear. They need the `peers` extra; without it their benchmarks skip."""
+loralib's Linear. They need the `peers` extra; without it they are unavailable, and their
+tests and benchmarks skip saying so."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lora_kernels import IMPLS, Impl, LoRAWeights, Op
+from lora_kernels.registry import Impl, Op, register
+from lora_kernels.weights import LoRAWeights
 
 
 def _missing(module: str) -> Callable[[], str | None]:
@@ -73,26 +75,34 @@ def build_loralib(w: LoRAWeights) -> Op:
     return layer
 
 
-PEERS: dict[str, Impl] = {
-    impl.name: impl
-    for impl in (
-        Impl("peft", "HF PEFT lora.Linear, unmerged", build_peft, requires=_missing("peft")),
-        Impl(
-            "peft_merged",
-            "HF PEFT lora.Linear after merge(), the base layer merge_and_unload returns",
-            build_peft_merged,
-            modes=frozenset({"infer"}),
-            requires=_missing("peft"),
-        ),
-        Impl("loralib", "loralib.Linear, unmerged", build_loralib, requires=_missing("loralib")),
+register(
+    Impl(
+        "peft",
+        "HF PEFT lora.Linear, unmerged",
+        build_peft,
+        requires=_missing("peft"),
+        origin="peer",
+        source="peft",
     )
-}
-
-
-def lookup(name: str) -> Impl:
-    """An implementation of ours (IMPLS) or a peer (PEERS), by name."""
-    if name in IMPLS:
-        return IMPLS[name]
-    if name in PEERS:
-        return PEERS[name]
-    raise ValueError(f"unknown impl or peer {name!r}; known: {', '.join([*IMPLS, *PEERS])}")
+)
+register(
+    Impl(
+        "peft_merged",
+        "HF PEFT lora.Linear after merge(), the base layer merge_and_unload returns",
+        build_peft_merged,
+        modes=frozenset({"infer"}),
+        requires=_missing("peft"),
+        origin="peer",
+        source="peft",
+    )
+)
+register(
+    Impl(
+        "loralib",
+        "loralib.Linear, unmerged",
+        build_loralib,
+        requires=_missing("loralib"),
+        origin="peer",
+        source="loralib",
+    )
+)

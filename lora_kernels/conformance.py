@@ -1,0 +1,214 @@
+"""The conformance kit: the equivalence suite any Impl must pass, ours, a peer's or a plugin's.
+
+For every device and dtype the impl claims (and this machine has), and each mode it claims:
+- forward against the float64 oracle, on memory poisoned with NaN so an unwritten output shows;
+- the gradients of x, A and B against the oracle, for impls that train;
+- inputs unchanged: x, W, b, A and B hold the same values after the call.
+Shapes: one token, r=1, r=min(in, out), 1 to 3 leading dims, T=0, non-contiguous x, then
+seeded random shapes. `lora-bench verify NAME` prints the table; the tests run the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tabulate import tabulate
+
+from lora_kernels.reference import forward_error, gradient_errors, tolerance
+from lora_kernels.registry import DEVICES, MODES, Impl
+from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One conformance case: x (*lead, in) -> (*lead, out) at rank r."""
+
+    label: str
+    lead: tuple[int, ...]
+    in_f: int
+    out_f: int
+    rank: int
+    bias: bool
+    strided: bool = False  # x is a view with stride 2 along `in`
+
+    def make(self, dtype: torch.dtype, device: str, seed: int) -> tuple[LoRAWeights, torch.Tensor]:
+        w = LoRAWeights.random(
+            self.in_f, self.out_f, self.rank, bias=self.bias, seed=seed, dtype=dtype, device=device
+        )
+        gen = torch.Generator().manual_seed(seed + 1)
+        width = 2 * self.in_f if self.strided else self.in_f
+        x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
+        return w, (x[..., ::2] if self.strided else x)
+
+
+EDGE_SHAPES = (
+    Shape("one token, r=1", (1,), 16, 8, 1, True),
+    Shape("r=min(in,out)", (5,), 24, 40, 24, False),
+    Shape("2 leading dims, r=min(in,out)", (2, 3), 33, 17, 17, True),
+    Shape("3 leading dims", (4, 1, 3), 8, 64, 2, False),
+    Shape("T=0", (0,), 16, 12, 4, True),
+    Shape("non-contiguous x", (6,), 32, 20, 4, True, strided=True),
+)
+
+
+def random_shapes(n: int, seed: int) -> tuple[Shape, ...]:
+    """n seeded random shapes: in, out up to 96, 1 to 3 leading dims, any valid rank."""
+    rnd = random.Random(seed)
+    shapes = []
+    for i in range(n):
+        in_f, out_f = rnd.randint(1, 96), rnd.randint(1, 96)
+        lead = tuple(rnd.randint(1, 9) for _ in range(rnd.randint(1, 3)))
+        rank = rnd.randint(1, min(in_f, out_f))
+        shapes.append(Shape(f"random {i}", lead, in_f, out_f, rank, rnd.random() < 0.5))
+    return tuple(shapes)
+
+
+SHAPES = EDGE_SHAPES + random_shapes(10, seed=0)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check of one impl on one device, dtype and mode, over several shapes."""
+
+    device: str
+    dtype: str
+    mode: str
+    check: str
+    shapes: int
+    worst: float  # largest relative error seen (0 for the inputs check)
+    tol: float
+    failure: str = ""  # the first failing shape and why; "" when it passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.failure
+
+
+def _unchanged(before: list[torch.Tensor | None], after: list[torch.Tensor | None]) -> bool:
+    return all(a is None or torch.equal(a, b.detach()) for a, b in zip(before, after, strict=True))
+
+
+def _tensors(w: LoRAWeights, x: torch.Tensor) -> list[torch.Tensor | None]:
+    return [x, w.W, w.b, w.A, w.B]
+
+
+def _snapshot(w: LoRAWeights, x: torch.Tensor) -> list[torch.Tensor | None]:
+    return [None if t is None else t.detach().clone() for t in _tensors(w, x)]
+
+
+def _oracle_weights(impl: Impl, w: LoRAWeights) -> LoRAWeights:
+    """The weights the oracle should see: `base` drops the adapter, so its oracle has s = 0."""
+    return w if impl.lora_equivalent else dataclasses.replace(w, scale=0.0)
+
+
+def _one_shape(impl: Impl, mode: str, w: LoRAWeights, x: torch.Tensor) -> tuple[dict, bool]:
+    """({name: rel error}, inputs unchanged) of one call in `mode`."""
+    oracle = _oracle_weights(impl, w)
+    if mode == "infer":
+        op = impl.build(w, "infer")
+        before = _snapshot(w, x)
+        errors = {"y": forward_error(op, oracle, x)}
+        return errors, _unchanged(before, _tensors(w, x))
+    w.requires_grad_()
+    x = x.detach().requires_grad_()
+    op = impl.build(w, "train")
+    before = _snapshot(w, x)
+    gen = torch.Generator().manual_seed(x.numel())
+    grad_out = torch.randn(*x.shape[:-1], w.out_features, generator=gen).to(x)
+    errors = {"y": forward_error(op, oracle, x)}
+    grads = gradient_errors(op, oracle, x, grad_out)
+    if not impl.lora_equivalent:  # base trains nothing; only dx is defined
+        grads = {"x": grads["x"]}
+    errors.update({f"d{k}": v for k, v in grads.items()})
+    return errors, _unchanged(before, _tensors(w, x))
+
+
+def run_checks(
+    impl: Impl, device: str, dtype: torch.dtype, mode: str, shapes: tuple[Shape, ...] = SHAPES
+) -> list[CheckResult]:
+    """The equivalence check and the inputs check of impl on one device, dtype and mode."""
+    tol = tolerance(dtype, device)
+    check = "forward" if mode == "infer" else "forward and gradients"
+    worst, failure, untouched = 0.0, "", ""
+    for i, shape in enumerate(shapes):
+        w, x = shape.make(dtype, device, seed=100 + i)
+        try:
+            errors, same = _one_shape(impl, mode, w, x)
+        except Exception as err:  # a claimed dtype or shape that the impl cannot run
+            failure = failure or f"{shape.label}: raised {type(err).__name__}: {err}"
+            continue
+        worst = max(worst, *errors.values())
+        bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= tol}
+        if bad and not failure:
+            dims = f"{shape.lead}x{shape.in_f}->{shape.out_f} r={shape.rank}"
+            failure = f"{shape.label} {dims}: rel errors {bad} above {tol:g}"
+        if not same and not untouched:
+            untouched = f"{shape.label}: the op wrote into x, W, b, A or B"
+    name = dtype_name(dtype)
+    return [
+        CheckResult(device, name, mode, check, len(shapes), worst, tol, failure),
+        CheckResult(device, name, mode, "inputs unchanged", len(shapes), 0.0, 0.0, untouched),
+    ]
+
+
+@dataclass(frozen=True)
+class Report:
+    impl: str
+    results: list[CheckResult]
+    skipped: list[str]  # devices, dtypes or modes claimed but not checked here, with why
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def render(self) -> str:
+        rows = [
+            [r.device, r.dtype, r.mode, r.check, r.shapes,
+             "" if r.check == "inputs unchanged" else f"{r.worst:.2e}",
+             "" if r.check == "inputs unchanged" else f"{r.tol:g}",
+             "pass" if r.passed else f"FAIL: {r.failure}"]
+            for r in self.results
+        ]  # fmt: skip
+        headers = ["device", "dtype", "mode", "check", "shapes", "worst rel error", "tol", "result"]
+        text = f"### Conformance of {self.impl!r}\n\n"
+        text += tabulate(rows, headers, tablefmt="github", disable_numparse=True) + "\n"
+        text += "".join(f"\nnot checked: {s}" for s in self.skipped)
+        failed = sum(not r.passed for r in self.results)
+        if not self.results:
+            verdict = "nothing could be verified on this machine"
+        elif failed:
+            verdict = f"{failed} of {len(self.results)} checks failed"
+        else:
+            verdict = f"all {len(self.results)} checks passed"
+        return text + f"\n{self.impl}: {verdict}\n"
+
+
+def verify(
+    impl: Impl,
+    devices: str = "all",
+    shapes: tuple[Shape, ...] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Run every check on every device ("cpu", "cuda" or "all"), dtype and mode impl claims.
+    Compiling impls get the edge shapes only: each new shape costs a compile."""
+    shapes = shapes or (EDGE_SHAPES if impl.compiles else SHAPES)
+    wanted = DEVICES if devices == "all" else (devices,)
+    results, skipped = [], []
+    for device in (d for d in DEVICES if d in wanted and d in impl.devices):
+        if device == "cuda" and not torch.cuda.is_available():
+            skipped.append("cuda: CUDA is not available on this machine")
+            continue
+        for dtype in (d for d in SUPPORTED_DTYPES if d in impl.dtypes):
+            for mode in (m for m in MODES if m in impl.modes):
+                reason = impl.unavailable_reason(device, dtype, mode)
+                if reason:
+                    skipped.append(f"{device} {dtype_name(dtype)} {mode}: {reason}")
+                    continue
+                if progress:
+                    progress(f"{device} {dtype_name(dtype)} {mode}")
+                results += run_checks(impl, device, dtype, mode, shapes)
+    return Report(impl.name, results, skipped)
