@@ -38,7 +38,10 @@ def _seconds(run: Run) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def pair_runs(a: Run, b: Run) -> tuple[list[Pair], list[str], list[str]]:
+Ident = tuple[str, str, str]  # (case key, impl, mode)
+
+
+def pair_runs(a: Run, b: Run) -> tuple[list[Pair], list[Ident], list[Ident]]:
     """(pairs, ids only in A, ids only in B); ResultError when nothing can be matched."""
     sa, sb = _seconds(a), _seconds(b)
     common = sa.keys() & sb.keys()
@@ -50,10 +53,7 @@ def pair_runs(a: Run, b: Run) -> tuple[list[Pair], list[str], list[str]]:
     pairs = [Pair(*k, sa[k], sb[k]) for k in common]
     pairs.sort(key=lambda p: (p.mode, p.key, b.impl_rank(p.impl)))
 
-    def label(ids: set) -> list[str]:
-        return sorted(f"{key} {impl} {mode}" for key, impl, mode in ids)
-
-    return pairs, label(sa.keys() - sb.keys()), label(sb.keys() - sa.keys())
+    return pairs, sorted(sa.keys() - sb.keys()), sorted(sb.keys() - sa.keys())
 
 
 def run_label(run: Run) -> str:
@@ -62,14 +62,14 @@ def run_label(run: Run) -> str:
     return meta.device if meta.device == "cuda" else f"cpu, {meta.threads} threads"
 
 
-def one_sided(ids: list[str]) -> str:
-    """The ids, or when there are many, how many cases each (impl, mode) is missing."""
+def one_sided(ids: list[Ident]) -> str:
+    """The (key, impl, mode) ids, or when there are many, how many cases each impl and mode
+    has on one side only."""
     if len(ids) <= 10:
-        return "; ".join(ids)
+        return "; ".join(" ".join(i) for i in ids)
     groups: dict[str, int] = {}
-    for ident in ids:
-        impl_mode = " ".join(ident.split()[-2:])
-        groups[impl_mode] = groups.get(impl_mode, 0) + 1
+    for _, impl, mode in ids:
+        groups[f"{impl} {mode}"] = groups.get(f"{impl} {mode}", 0) + 1
     return "; ".join(f"{k} ({n} cases)" for k, n in sorted(groups.items()))
 
 
@@ -77,7 +77,7 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def compare_tables(a: Run, b: Run) -> tuple[list[Table], list[str], list[str]]:
+def compare_tables(a: Run, b: Run) -> tuple[list[Table], list[Ident], list[Ident]]:
     """Per-case table, geometric-mean table per impl, and the one-sided ids."""
     pairs, only_a, only_b = pair_runs(a, b)
     da, db = run_label(a), run_label(b)

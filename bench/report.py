@@ -51,8 +51,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     flagged = [v for v in verdicts if v.status(threshold) == "regression"]
     if flagged and args.recheck:
-        print(f"rechecking {len(flagged)} flagged case(s):", file=sys.stderr)
         project = gate.find_project(Path(args.project or "."))
+        print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
         rerun = gate.recheck(flagged, current, project)
         kept = {v: gate.better_of(v, rerun) for v in flagged}
         for v, k in kept.items():
@@ -108,6 +108,11 @@ def cmd_impls(args: argparse.Namespace) -> int:
     from lora_kernels import load_plugins
     from lora_kernels.registry import impls_table
 
+    if args.no_plugins:
+        from lora_kernels import IMPLS
+
+        print(impls_table([i for i in IMPLS.values() if i.origin != "plugin"]))
+        return 0
     load_plugins(args.impl or [])
     print(impls_table())
     return 0
@@ -167,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_baseline)
     i = sub.add_parser("impls", help="the registry of implementations, as a markdown table")
     i.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin too")
+    i.add_argument(
+        "--no-plugins", action="store_true", help="ours and the peers only (the README's table)"
+    )
     i.set_defaults(func=cmd_impls)
     v = sub.add_parser("verify", help="run the equivalence suite on one impl: exit 0 pass, 1 fail")
     v.add_argument("name", help="the impl's registry name")

@@ -18,5 +18,5 @@ def test_readme_impls_table_matches_registry() -> None:
     block = text.split(start, 1)[1].split(end, 1)[0]
     builtin = [i for i in IMPLS.values() if i.origin != "plugin"]
     assert block.strip() == impls_table(builtin).strip(), (
-        "README's table is stale; regenerate it with `lora-bench impls` (without plugins)"
+        "README's table is stale; regenerate it with `lora-bench impls --no-plugins`"
     )

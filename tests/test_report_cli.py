@@ -220,3 +220,19 @@ def test_check_can_leave_an_impl_out(tmp_path: Path, capsys: pytest.CaptureFixtu
     cur = write(tmp_path / "cur.json", make_run(ratios={(KEY, "two_step"): 2.1}))
     assert main(["check", str(base), str(cur), "--ignore", "two_step"]) == 0
     assert "0 regression(s)" in capsys.readouterr().out
+
+
+def test_recheck_needs_a_checkout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = write(tmp_path / "base.json", make_run())
+    cur = write(tmp_path / "cur.json", make_run(ratios={(KEY, "two_step"): 2.1}))
+    monkeypatch.chdir(tmp_path)  # no checkout here or above
+    assert main(["check", str(base), str(cur), "--recheck"]) == 2
+    err = capsys.readouterr().err
+    assert "--recheck runs `pytest bench` in a lora-bench source checkout, and none is at" in err
+    assert "pass --project DIR" in err and err.count("\n") == 1
+    assert main(["check", str(base), str(cur), "--recheck", "--project", str(tmp_path)]) == 2
+    assert "none is at or above" in capsys.readouterr().err
+    root = Path(__file__).resolve().parents[1]
+    assert gate.find_project(root / "bench") == root
