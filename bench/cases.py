@@ -34,6 +34,7 @@ SHAPES: dict[str, Shape] = {
 }
 RANKS = (1, 4, 8, 16, 64, 256)
 TOKENS = (1, 16, 512, 2048)  # decode: 1 and 16 sequences; prefill: 512 and 2048 tokens
+LONG_PREFILL = (4096, 8192)  # CUDA only: hours on a CPU
 
 # Half precision on the CPU is timed only up to this many forward FLOPs: CPUs without native
 # bf16/fp16 matmul run them about 100x slower than fp32.
@@ -149,13 +150,20 @@ class Profile:
     min_rounds: int
     max_rounds: int
     memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
+    timer_grid: tuple[tuple[str, int, int], ...] = ()  # cases of the independent timer check
+    cuda_grid: tuple[tuple[str, int, int], ...] = ()  # more cases on CUDA: long prefill
 
     def cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
-        """Every valid case of the grid for each device and that device's dtypes."""
-        return _expand(self.grid, devices, dtypes)
+        """Every valid case of the grid for each device and that device's dtypes; CUDA adds
+        cuda_grid, cases a CPU would take too long over."""
+        out = _expand(self.grid, devices, dtypes)
+        return out + _expand(self.cuda_grid, [d for d in devices if d == "cuda"], dtypes)
 
     def memory_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         return _expand(self.memory_grid or self.grid, devices, dtypes)
+
+    def timer_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
+        return _expand(self.timer_grid, devices, dtypes)
 
 
 def _expand(
@@ -181,7 +189,9 @@ QUICK_GRID = (
 )
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile("tiny", (("toy", 16, 4), ("toy", 512, 8)), 0.05, 3, 5),
+    "tiny": Profile(
+        "tiny", (("toy", 16, 4), ("toy", 512, 8)), 0.05, 3, 5, timer_grid=(("toy", 512, 8),)
+    ),
     "quick": Profile(
         "quick",
         QUICK_GRID,
@@ -193,6 +203,8 @@ PROFILES: dict[str, Profile] = {
             ("gpt2-medium.c_proj", 2048, 8),
             ("llama3-8b.q_proj", 16, 16),
         ),
+        timer_grid=(("gpt2.c_attn", 16, 16), ("gpt2-medium.c_proj", 2048, 8)),
+        cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
     ),
     "full": Profile(
         "full",
@@ -201,5 +213,12 @@ PROFILES: dict[str, Profile] = {
         9,
         101,
         memory_grid=tuple(product(SHAPES, TOKENS, (16,))),
+        timer_grid=(
+            ("gpt2.c_attn", 16, 16),
+            ("gpt2-medium.c_proj", 2048, 8),
+            ("llama3-8b.q_proj", 1, 16),
+            ("llama3-8b.q_proj", 2048, 16),
+        ),
+        cuda_grid=tuple(product(SHAPES, LONG_PREFILL, (16,))),
     ),
 }

@@ -91,10 +91,18 @@ def copy_drift(baseline: Run, current: Run) -> list[str]:
     return warnings
 
 
-def check_devices(baseline: Run, current: Run) -> None:
-    a, b = baseline.meta.device, current.meta.device
-    if a != b:
-        raise ResultError(f"the baseline is a {a} run and the current one a {b} run; use compare")
+def check_comparable(baseline: Run, current: Run) -> None:
+    """Refuse runs of two devices or two cache modes: their ratios measure different things."""
+    a, b = baseline.meta, current.meta
+    if a.device != b.device:
+        raise ResultError(
+            f"the baseline is a {a.device} run and the current one a {b.device} run; use compare"
+        )
+    if a.cache != b.cache:
+        raise ResultError(
+            f"the baseline ran with a {a.cache} cache and the current run with a {b.cache} one; "
+            "rerun one of them with --lora-cache to match"
+        )
 
 
 def find_project(start: Path) -> Path:
@@ -126,6 +134,7 @@ def recheck(flagged: list[Verdict], current: Run, project: Path) -> dict[str, Ti
             "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-results", out,
             "--lora-profile", meta.profile, "--lora-device", meta.device,
             "--lora-threads", str(meta.threads), "--lora-seconds", str(RECHECK_SECONDS),
+            "--lora-cache", meta.cache,
             *(f"--lora-impl={spec}" for spec in meta.impl_specs),
         ]  # fmt: skip
         proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)

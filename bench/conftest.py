@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import pytest
 import torch
 
+from bench.cache import CACHE_MODES
 from bench.cases import DTYPES, PROFILES
 from bench.memory import CpuProbe
 from bench.results import Run, dump_run, write_atomic
@@ -65,6 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run only this case id, e.g. 'toy T=512 r=4 fp32 cpu'; repeatable",
     )
     group.addoption(
+        "--lora-cache",
+        choices=list(CACHE_MODES),
+        default="cold",
+        help="cold (default, what a serving step sees): each call reads weights and input from "
+        "memory, rotating copies past the last-level cache; warm: the same copy every call",
+    )
+    group.addoption(
         "--lora-impl",
         action="append",
         default=None,
@@ -90,6 +98,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("case", settings.cases(), ids=str)
     if "memory_case" in metafunc.fixturenames:
         metafunc.parametrize("memory_case", settings.memory_cases(), ids=str)
+    if "timer_case" in metafunc.fixturenames:
+        metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     threshold = gate.parse_threshold(args.max_slowdown)
     baseline, current = load_run(args.baseline), load_run(args.current)
-    gate.check_devices(baseline, current)
+    gate.check_comparable(baseline, current)
     verdicts = [v for v in gate.verdicts(baseline, current) if v.impl not in (args.ignore or [])]
     if not verdicts:
         raise ResultError("no timed case is in both runs: nothing to check")

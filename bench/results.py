@@ -102,6 +102,7 @@ class TimeEntry:
     threads: int
     tf32: bool
     copied_output: bool  # op's output was not contiguous; the timed op includes the copy
+    copies: int  # sets of weights and input the calls rotated over (1: a warm cache)
     rounds: Paired
 
     @property
@@ -161,8 +162,30 @@ class ParamsEntry:
         return self.trainable / self.total if self.total else 0.0
 
 
-Entry = TimeEntry | MemoryEntry | ParamsEntry
-ENTRY_KINDS: dict[str, type] = {c.kind: c for c in (TimeEntry, MemoryEntry, ParamsEntry)}
+@dataclass(frozen=True)
+class TimerCheckEntry:
+    """One op's seconds per call by our paired timing and by independent timers of the same
+    work (torch.utils.benchmark's Timer; on CUDA also CUDA events and triton's do_bench)."""
+
+    kind: ClassVar[str] = "timer"
+    fullname: str
+    case: str
+    key: str
+    impl: str
+    shape: str
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+    copies: int
+    ours_s: float
+    references: dict[str, float]  # timer name -> seconds per call
+
+
+Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry
+ENTRY_KINDS: dict[str, type] = {
+    c.kind: c for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry)
+}
 
 
 @dataclass(frozen=True)
@@ -190,6 +213,8 @@ class RunMeta:
     dtypes: list[str]
     only: list[str]
     impl_specs: list[str]  # --lora-impl module:attr plugins, passed again by --recheck
+    cache: str  # "cold" or "warm"
+    cache_bytes: int  # the last-level cache a cold run overflows
     impls: list[ImplInfo]
     shapes: list[str]
     peaks_start: dict[str, dict[str, float]]  # "device/dtype" -> gemm_gflops, copy_gbs, ...
@@ -212,6 +237,9 @@ class Run:
 
     def params(self) -> list[ParamsEntry]:
         return [e for e in self.entries if isinstance(e, ParamsEntry)]
+
+    def timer_checks(self) -> list[TimerCheckEntry]:
+        return [e for e in self.entries if isinstance(e, TimerCheckEntry)]
 
     def impl_rank(self, impl: str) -> int:
         """Position of impl in the run's registry order (unknown names last)."""

@@ -3,6 +3,8 @@ the oracle, time in pairs with base, and record one typed entry of the results."
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +16,16 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Case
 from bench.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
-from bench.results import Entry, MemoryEntry, TimeEntry, entry_dict
+from bench.results import Entry, MemoryEntry, TimeEntry, TimerCheckEntry, entry_dict
 from bench.session import Settings
-from bench.timing import Work, run_paired, synchronize
+from bench.timing import (
+    Work,
+    cuda_events_s,
+    do_bench_s,
+    run_paired,
+    synchronize,
+    torch_timer_s,
+)
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
 from lora_kernels.reference import forward_error, gradient_errors
 
@@ -69,40 +78,69 @@ def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float
     return worst
 
 
-def forward_work(case: Case, impl_name: str) -> Checked:
-    """Checked forward of the impl and of base on the case."""
+def _clone(w: LoRAWeights) -> LoRAWeights:
+    """A copy of the weights in fresh memory, with the same values and grad flags."""
+    copy = [None if t is None else t.detach().clone() for t in (w.W, w.b, w.A, w.B)]
+    out = LoRAWeights(*copy, w.scale)
+    return out.requires_grad_() if w.A.requires_grad else out
+
+
+def rotating(works: list[Work], base_works: list[Work]) -> tuple[Work, Work]:
+    """(work, base_work) that take the copies round robin with one counter shared by both:
+    whichever runs, each call gets the least recently used copy. With copies that overflow the
+    cache, every call reads its weights and input from memory; separate counters would let
+    one side find what the other just loaded."""
+    if len(works) == 1:
+        return works[0], base_works[0]
+    counter, n = itertools.count(), len(works)
+    return (lambda: works[next(counter) % n]()), (lambda: base_works[next(counter) % n]())
+
+
+def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
+    """Checked forward of the impl and of base on the case, rotating over `copies` copies of
+    the weights and input (1: always the same, a warm cache)."""
     impl = runnable(impl_name, case, "infer")
     w, x = case.weights(), case.input()
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
     op, copied = charge_copy(op, x)
-    base = IMPLS["base"].build(w)
-    return Checked(lambda: op(x), lambda: base(x), err, build_s, copied)
+    works, base_works = [], []
+    for i in range(copies):
+        wi, xi = (w, x) if i == 0 else (_clone(w), x.clone())
+        opi = op if i == 0 else charge_copy(impl.build(wi), xi)[0]
+        base = IMPLS["base"].build(wi)
+        works.append(lambda op=opi, x=xi: op(x))
+        base_works.append(lambda base=base, x=xi: base(x))
+    return Checked(*rotating(works, base_works), err, build_s, copied)
 
 
-def train_work(case: Case, impl_name: str) -> Checked:
+def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     """Checked training step (forward, then dx, dA, dB) of the impl, and the frozen base
-    step (forward, then dx)."""
+    step (forward, then dx), rotating over `copies` copies of the weights and input."""
     impl = runnable(impl_name, case, "train")
     w, x = case.weights().requires_grad_(), case.input().requires_grad_()
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
     grad_out = grad_out.to(x)
-    leaves = (x, w.A, w.B)
 
-    def step_of(op: Op) -> Work:
+    def step_of(op: Op, w: LoRAWeights, x: torch.Tensor) -> Work:
         def step() -> None:
-            for t in leaves:
+            for t in (x, w.A, w.B):
                 t.grad = None
             op(x).backward(grad_out)
 
         return step
 
-    op, build_s = build_timed(impl, w, lambda op: step_of(op)(), case.device)
+    op, build_s = build_timed(impl, w, lambda op: step_of(op, w, x)(), case.device)
     errors = {"y": forward_error(op, w, x), **gradient_errors(op, w, x, grad_out)}
     err = assert_equivalent(impl, case, errors)
     op, copied = charge_copy(op, x)
-    base = IMPLS["base"].build(w, "train")
-    return Checked(step_of(op), step_of(base), err, build_s, copied)
+    works, base_works = [], []
+    for i in range(copies):
+        wi, xi = (w, x) if i == 0 else (_clone(w), x.detach().clone().requires_grad_())
+        opi = op if i == 0 else charge_copy(impl.build(wi, "train"), xi)[0]
+        works.append(step_of(opi, wi, xi))
+        base_works.append(step_of(IMPLS["base"].build(wi, "train"), wi, xi))
+    return Checked(*rotating(works, base_works), err, build_s, copied)
 
 
 @dataclass
@@ -120,7 +158,8 @@ class Harness:
     def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
         """Check, then time the impl in pairs with base; a forward or a training step."""
         benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
-        checked = (forward_work if mode == "infer" else train_work)(case, impl_name)
+        copies = self.settings.copies(case, mode)
+        checked = (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
         if benchmark.disabled:
             checked.work()
             return
@@ -144,7 +183,39 @@ class Harness:
             threads=self.settings.threads,
             tf32=self.settings.tf32(),
             copied_output=checked.copied_output,
+            copies=copies,
             rounds=paired,
+        )
+        self.record(benchmark, entry)
+
+    def timer_check(self, benchmark: BenchmarkFixture, case: Case, impl_name: str) -> None:
+        """Our paired per-op time of the impl's forward against independent timers of the same
+        work: torch.utils.benchmark everywhere, CUDA events and triton's do_bench on CUDA."""
+        benchmark.group = "timer check"
+        copies = self.settings.copies(case, "infer")
+        checked = forward_work(case, impl_name, copies)
+        if benchmark.disabled:
+            checked.work()
+            return
+        profile = self.settings.profile
+        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, profile)
+        work = checked.work
+        refs = {
+            "torch.utils.benchmark": torch_timer_s(
+                work, self.settings.threads, profile.seconds_per_benchmark
+            )
+        }
+        if torch.device(case.device).type == "cuda":
+            refs["CUDA events"] = cuda_events_s(work, paired.inner, len(paired.impl_s))
+            if importlib.util.find_spec("triton") is not None:
+                refs["triton do_bench"] = do_bench_s(work)
+        entry = TimerCheckEntry(
+            fullname=self.nodeid,
+            **{k: v for k, v in case.fields().items() if k != "mode"},
+            impl=impl_name,
+            copies=copies,
+            ours_s=paired.impl_median_s,
+            references=refs,
         )
         self.record(benchmark, entry)
 

@@ -9,6 +9,7 @@ import psutil
 import pytest
 import torch
 
+from bench.cache import cache_bytes, copies_needed
 from bench.cases import DTYPES, PROFILES, SHAPES, Case, Profile
 from bench.results import Entry, ImplInfo, RunMeta
 from bench.timing import Peaks, calibrate
@@ -60,6 +61,7 @@ class Settings:
     results_dir: Path
     only: list[str]
     impl_specs: list[str]  # --lora-impl plugins, absolute paths for file specs
+    cache: str  # "cold": rotate copies of weights and input past the last-level cache; "warm"
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -87,6 +89,7 @@ class Settings:
             results_dir=results,
             only=config.getoption("lora_only") or [],
             impl_specs=[absolute_spec(s) for s in config.getoption("lora_impl") or []],
+            cache=config.getoption("lora_cache"),
         )
 
     def _select(self, cases: list[Case]) -> list[Case]:
@@ -100,6 +103,9 @@ class Settings:
     def memory_cases(self) -> list[Case]:
         return self._select(self.profile.memory_cases(self.devices, self.dtypes))
 
+    def timer_cases(self) -> list[Case]:
+        return self._select(self.profile.timer_cases(self.devices, self.dtypes))
+
     def peaks(self, device: str, dtype: str) -> Peaks:
         """Peaks of (device, dtype), calibrated on first use: the run's start reading."""
         key = f"{device}/{dtype}"
@@ -112,6 +118,10 @@ class Settings:
         for key in self.peaks_start:
             device, dtype = key.split("/")
             self.peaks_end[key] = calibrate(device, DTYPES[dtype])
+
+    def copies(self, case: Case, mode: str) -> int:
+        """Copies of the case's weights and input a benchmark rotates over (1 when warm)."""
+        return copies_needed(case.min_bytes(mode), cache_bytes(case.device), self.cache)
 
     def tf32(self) -> bool:
         return bool(torch.backends.cuda.matmul.allow_tf32)
@@ -134,6 +144,8 @@ class Settings:
             dtypes=self.dtypes.get(device, []),
             only=self.only,
             impl_specs=self.impl_specs,
+            cache=self.cache,
+            cache_bytes=cache_bytes(device),
             impls=[ImplInfo(i.name, i.origin, i.source, i.description) for i in IMPLS.values()],
             shapes=list(SHAPES),
             peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},

@@ -195,6 +195,57 @@ def params_table(run: Run, group_by: str | None = None) -> Table:
     return Table("Trainable parameters", headers, rows, "trainable = r·(in + out)")
 
 
+def timer_table(run: Run) -> Table:
+    """Our per-op time against independent timers of the same work."""
+    items = run.timer_checks()
+    methods = list(dict.fromkeys(m for e in items for m in e.references))
+    rows = []
+    for e in items:
+        row: list[object] = [e.case, e.impl, fmt_seconds(e.ours_s)]
+        for m in methods:
+            t = e.references.get(m)
+            row.append("" if t is None else f"{fmt_seconds(t)} ({100 * (e.ours_s / t - 1):+.1f}%)")
+        rows.append(row)
+    return Table(
+        "Timer check",
+        ["case", "impl", "ours", *methods],
+        rows,
+        "ours = median seconds per op of the paired rounds; each other column times the same "
+        "work (same cache mode) with another clock, (+x%) = ours over it. On a shared CPU the "
+        "clocks run seconds apart and the machine drifts between them",
+    )
+
+
+def cold_check_table(run: Run) -> Table:
+    """Decode with a cold cache must read its bytes from memory: no op may beat bytes / the
+    calibrated copy bandwidth by much, or the cache was not cold."""
+    items = [e for e in run.times("infer") if e.tokens <= 16] if run.meta.cache == "cold" else []
+    times = paired_times(run.times("infer"))
+    rows = []
+    for case in _cases(run, items, None):
+        mine = [e for e in items if e.case == case]
+        e0 = mine[0]
+        copy = run.meta.peaks_start.get(f"{e0.device}/{e0.dtype}", {}).get("copy_gbs")
+        if not copy:
+            continue
+        floor = {e.impl: e.min_bytes / (copy * 1e9) for e in mine}
+        fastest = min(mine, key=lambda e: times[(case, e.impl)] / floor[e.impl])
+        t = times[(case, fastest.impl)]
+        below = [e.impl for e in mine if times[(case, e.impl)] < floor[e.impl]]
+        rows.append([case, fastest.impl, fmt_seconds(t), fmt_seconds(floor[fastest.impl]),
+                     f"{t / floor[fastest.impl]:.2f}", ", ".join(below) or "none"])  # fmt: skip
+    headers = ["case", "closest to its floor", "time", "bytes / copy BW", "x floor",
+               "impls below their floor"]  # fmt: skip
+    return Table(
+        "Cold-cache check (decode)",
+        headers,
+        rows,
+        "bytes = the op's fewest bytes (x, weights, y) over the calibrated copy bandwidth; a cold "
+        "decode op below it read from cache. A pure read stream may run a little above the copy "
+        "rate, which counts reads and writes",
+    )
+
+
 def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
     """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
     where the table has them."""
@@ -205,7 +256,12 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
             ratio_table(run, mode, group_by),
             roofline_table(run, mode, group_by),
         ]
-    tables += [memory_table(run, group_by), params_table(run, group_by)]
+    tables += [
+        cold_check_table(run),
+        timer_table(run),
+        memory_table(run, group_by),
+        params_table(run, group_by),
+    ]
     return [t for t in tables if t.rows]
 
 
@@ -236,6 +292,13 @@ def run_header(run: Run) -> str:
         f"- date: {meta.created}",
         f"- device: {meta.device_name}",
         f"- torch {meta.torch}, threads {meta.threads}, TF32 {'on' if meta.tf32 else 'off'}",
+        f"- cache: {meta.cache} (last-level cache {fmt_bytes(meta.cache_bytes)}"
+        + (
+            "; each call takes the next of enough copies of the weights and input to fill it "
+            "twice over)"
+            if meta.cache == "cold"
+            else "; every call reuses one copy)"
+        ),
     ]
     for key, start in meta.peaks_start.items():
         end = meta.peaks_end.get(key)

@@ -111,6 +111,37 @@ def run_paired(
     return timer.paired()
 
 
+def torch_timer_s(work: Work, threads: int, seconds: float) -> float:
+    """Median seconds per call of `work` by torch.utils.benchmark.Timer (blocked_autorange;
+    it synchronizes CUDA around each block)."""
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="work()", globals={"work": work}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=seconds).median
+
+
+def cuda_events_s(work: Work, inner: int, rounds: int) -> float:
+    """Median seconds per call from CUDA events recorded around `inner` calls."""
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / inner)
+    return statistics.median(times)
+
+
+def do_bench_s(work: Work) -> float:
+    """Median seconds per call by triton.testing.do_bench (CUDA events, L2 flushed before
+    every call)."""
+    from triton.testing import do_bench
+
+    return do_bench(work, warmup=25, rep=200, return_mode="median") / 1e3
+
+
 @dataclass(frozen=True)
 class Peaks:
     """Measured ceilings of one device and dtype: a large GEMM and a large copy."""

@@ -61,6 +61,7 @@ def time_entry(
         threads=2,
         tf32=False,
         copied_output=False,
+        copies=1,
         rounds=Paired(1, [b * r for b, r in zip(base, pair_ratios, strict=True)], base),
     )
 
@@ -73,6 +74,7 @@ def make_run(
     copy_gbs: float = 20.0,
     threads: int = 2,
     iqr: float = 0.0,
+    cache: str = "cold",
 ) -> Run:
     """A run over CASES x IMPLS; `ratios[(key, impl)]` overrides the default ratio 1.05;
     every impl's pair ratios have the IQR `iqr`."""
@@ -110,6 +112,8 @@ def make_run(
         dtypes=["fp32"],
         only=[],
         impl_specs=[],
+        cache=cache,
+        cache_bytes=32 * 2**20,
         impls=[ImplInfo(name, "ours", "lora-bench", f"{name} (test)") for name in IMPLS],
         shapes=SHAPES,
         peaks_start=peaks,

@@ -69,3 +69,5 @@ def test_profiles_expand_to_valid_cases() -> None:
     assert {c.device for c in quick} == {"cpu", "cuda"}
     assert len({str(c) for c in quick}) == len(quick), "ids must be unique"
     assert {c.tokens for c in quick} >= {1, 16, 512, 2048}
+    long = {(c.device, c.tokens) for c in quick if c.tokens >= 4096}
+    assert long == {("cuda", 4096), ("cuda", 8192)}, "long prefill on CUDA only"

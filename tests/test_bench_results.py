@@ -122,6 +122,7 @@ def test_tables_are_well_formed() -> None:
         "Throughput (infer)",
         "Ratio to base (infer)",
         "Roofline (infer)",
+        "Cold-cache check (decode)",
         "Peak memory",
         "Trainable parameters",
     ]

@@ -54,6 +54,12 @@ def test_json_has_the_expected_fields(tiny_run: tuple[Path, str]) -> None:
         assert e.floor_s > 0 and e.flops > 0
     assert any(e.peak_bytes > 0 for e in run.memory())
     assert any(e.trainable == 296 for e in run.params())
+    assert meta.cache == "cold" and meta.cache_bytes > 0
+    assert all(e.copies > 1 for e in timed), "a cold run rotates copies past the cache"
+    checks = {e.impl: e for e in run.timer_checks()}
+    assert set(checks) == {"base", "two_step"}, "triton_fused skips on a CPU"
+    for e in checks.values():
+        assert e.ours_s > 0 and e.references["torch.utils.benchmark"] > 0
     raw = json.loads((tiny_run[0] / "cpu-tiny.json").read_text())
     assert raw["lora_bench"]["schema"] == 2
     assert "benchmarks" not in raw, "our own schema, not pytest-benchmark's file"
@@ -82,7 +88,8 @@ def test_plugins_are_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> Non
 def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
     md = (tiny_run[0] / "cpu-tiny.md").read_text()
     for title in ("Throughput (infer)", "Ratio to base (infer)", "Throughput (train)",
-                  "Ratio to base (train)", "Peak memory", "Trainable parameters"):  # fmt: skip
+                  "Ratio to base (train)", "Cold-cache check (decode)", "Timer check",
+                  "Peak memory", "Trainable parameters"):  # fmt: skip
         assert f"### {title}" in md
 
 

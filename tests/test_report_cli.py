@@ -145,6 +145,7 @@ def test_recheck_keeps_the_better_measurement() -> None:
         ("corrupt", "not valid JSON"),
         ("foreign", "not written by lora-bench"),
         ("other-device", "use compare"),
+        ("other-cache", "the baseline ran with a cold cache and the current run with a warm one"),
         ("empty", "nothing to check"),
     ],
 )
@@ -159,6 +160,8 @@ def test_check_unusable_input_exits_2(
         cur.write_text(json.dumps({"entries": [], "machine_info": {}}))
     elif setup == "other-device":
         write(cur, make_run("cuda"))
+    elif setup == "other-cache":
+        write(cur, make_run(cache="warm"))
     elif setup == "empty":
         run = make_run()
         write(cur, replace(run, entries=[e for e in run.entries if e.kind != "time"]))
