@@ -105,16 +105,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_impls(args: argparse.Namespace) -> int:
-    from lora_kernels import load_plugins
+    from lora_kernels import IMPLS, load_plugins
     from lora_kernels.registry import impls_table
 
-    if args.no_plugins:
-        from lora_kernels import IMPLS
-
-        print(impls_table([i for i in IMPLS.values() if i.origin != "plugin"]))
-        return 0
-    load_plugins(args.impl or [])
-    print(impls_table())
+    if not args.no_plugins:
+        load_plugins(args.impl or [])
+    print(impls_table([i for i in IMPLS.values() if not args.no_plugins or i.origin != "plugin"]))
     return 0
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from lora_kernels.registry import IMPLS, Impl, register
 
 ENTRY_POINT_GROUP = "lora_bench.impls"
-_loaded: set[tuple[int, str]] = set()  # (id of the registry, plugin label) already loaded
+# Per registry, the plugins already loaded into it. The registry itself is kept here too, so
+# that its id cannot be reused by another dict while the entry lives.
+_loaded: dict[int, tuple[dict[str, Impl], set[str]]] = {}
 
 
 class PluginError(ValueError):
@@ -109,15 +111,14 @@ def load_plugins(
     Returns the names the registry gained."""
     registry = IMPLS if registry is None else registry
     before = set(registry)
+    done = _loaded.setdefault(id(registry), (registry, set()))[1]
     found = entry_points(group=ENTRY_POINT_GROUP) if eps is None else eps
     for ep in sorted(found, key=lambda e: e.name):
-        key = (id(registry), f"ep:{ep.name}={ep.value}")
-        if key not in _loaded:
+        if f"ep:{ep.name}={ep.value}" not in done:
             _load_entry_point(ep, registry)
-            _loaded.add(key)
+            done.add(f"ep:{ep.name}={ep.value}")
     for spec in specs:
-        key = (id(registry), f"spec:{spec}")
-        if key not in _loaded:
+        if f"spec:{spec}" not in done:
             _register_all(_impls_of(_import_target(spec), repr(spec)), repr(spec), spec, registry)
-            _loaded.add(key)
+            done.add(f"spec:{spec}")
     return [name for name in registry if name not in before]
