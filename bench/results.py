@@ -67,11 +67,6 @@ class Paired:
         return statistics.median(self.impl_s)
 
     @property
-    def impl_iqr_s(self) -> float:
-        q1, _, q3 = quartiles(self.impl_s)
-        return q3 - q1
-
-    @property
     def base_median_s(self) -> float:
         return statistics.median(self.base_s)
 
