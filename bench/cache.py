@@ -6,6 +6,7 @@ weights and the input, one per call, that their total exceeds the cache twice ov
 from __future__ import annotations
 
 import math
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -36,9 +37,10 @@ def cpu_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> 
     return max(sizes, default=FALLBACK_CACHE_BYTES)
 
 
+@cache
 def cache_bytes(device: str) -> int:
     """The last-level cache the cold mode must overflow: L2 on a GPU, L3 (or the largest) on
-    a CPU."""
+    a CPU. Read once per device."""
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(torch.device(device))
         return int(getattr(props, "L2_cache_size", 0)) or FALLBACK_CACHE_BYTES

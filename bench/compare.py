@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from bench.results import ResultError, Run, TimeEntry
-from bench.tables import Table, fmt_seconds, paired_times
+from bench.tables import MODES_ORDER, Table, fmt_seconds, paired_times
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def time_index(run: Run) -> dict[tuple[str, str, str], TimeEntry]:
 def _seconds(run: Run) -> dict[tuple[str, str, str], float]:
     """Per (key, impl, mode): paired ratio x the case's one base time, as the tables show."""
     out = {}
-    for mode in ("infer", "train"):
+    for mode in MODES_ORDER:
         items = run.times(mode)
         times = paired_times(items)
         out.update({(e.key, e.impl, mode): times[(e.case, e.impl)] for e in items})

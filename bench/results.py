@@ -72,20 +72,26 @@ class Paired:
 
 
 @dataclass(frozen=True)
-class TimeEntry:
-    """One timed (case, impl, mode): its paired rounds against base and what was checked."""
+class CaseEntry:
+    """What every entry of one impl on one case holds: the benchmark and the case."""
 
-    kind: ClassVar[str] = "time"
     fullname: str  # pytest node id, what --recheck runs again
     case: str  # "shape T=.. r=.. dtype device"
     key: str  # the case without its device: how runs of two devices are matched
     impl: str
-    mode: str  # "infer" or "train"
     shape: str
     tokens: int
     rank: int
     dtype: str
     device: str
+
+
+@dataclass(frozen=True)
+class TimeEntry(CaseEntry):
+    """One timed (case, impl, mode): its paired rounds against base and what was checked."""
+
+    kind: ClassVar[str] = "time"
+    mode: str  # "infer" or "train"
     in_features: int
     out_features: int
     bias: bool
@@ -119,20 +125,11 @@ class TimeEntry:
 
 
 @dataclass(frozen=True)
-class MemoryEntry:
+class MemoryEntry(CaseEntry):
     """Peak memory of building and running one impl once on one case."""
 
     kind: ClassVar[str] = "memory"
-    fullname: str
-    case: str
-    key: str
-    impl: str
     mode: str
-    shape: str
-    tokens: int
-    rank: int
-    dtype: str
-    device: str
     method: str
     peak_bytes: int
 
@@ -158,20 +155,11 @@ class ParamsEntry:
 
 
 @dataclass(frozen=True)
-class TimerCheckEntry:
+class TimerCheckEntry(CaseEntry):
     """One op's seconds per call by our paired timing and by independent timers of the same
     work (torch.utils.benchmark's Timer; on CUDA also CUDA events and triton's do_bench)."""
 
     kind: ClassVar[str] = "timer"
-    fullname: str
-    case: str
-    key: str
-    impl: str
-    shape: str
-    tokens: int
-    rank: int
-    dtype: str
-    device: str
     copies: int
     ours_s: float
     references: dict[str, float]  # timer name -> seconds per call

@@ -13,10 +13,11 @@ from typing import NamedTuple
 import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
+from torch import Tensor
 
 from bench.cases import Case
 from bench.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
-from bench.results import Entry, MemoryEntry, TimeEntry, TimerCheckEntry, entry_dict
+from bench.results import Entry, MemoryEntry, Paired, TimeEntry, TimerCheckEntry, entry_dict
 from bench.session import Settings
 from bench.timing import (
     Work,
@@ -60,12 +61,17 @@ def build_timed(impl: Impl, w: LoRAWeights, first_call: Callable[[Op], object], 
     return op, time.perf_counter() - start
 
 
-def charge_copy(op: Op, x: torch.Tensor) -> tuple[Op, bool]:
+def contiguous(op: Op) -> Op:
+    """op followed by the copy of its output to contiguous memory."""
+    return lambda x: op(x).contiguous()
+
+
+def charge_copy(op: Op, x: Tensor) -> tuple[Op, bool]:
     """op, or when its output is not contiguous, op followed by the copy to contiguous memory
     that the next op needing it would pay; and whether the copy was added."""
     if op(x).is_contiguous():
         return op, False
-    return (lambda x: op(x).contiguous()), True
+    return contiguous(op), True
 
 
 def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float:
@@ -78,11 +84,25 @@ def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float
     return worst
 
 
-def _clone(w: LoRAWeights) -> LoRAWeights:
-    """A copy of the weights in fresh memory, with the same values and grad flags."""
-    copy = [None if t is None else t.detach().clone() for t in (w.W, w.b, w.A, w.B)]
-    out = LoRAWeights(*copy, w.scale)
-    return out.requires_grad_() if w.A.requires_grad else out
+def _sets(w: LoRAWeights, x: Tensor, copies: int) -> list[tuple[LoRAWeights, Tensor]]:
+    """(w, x), then copies - 1 copies of both in fresh memory, with the same values and grad
+    flags."""
+    out = [(w, x)]
+    for _ in range(copies - 1):
+        ts = [None if t is None else t.detach().clone() for t in (w.W, w.b, w.A, w.B)]
+        wi = LoRAWeights(*ts, w.scale).requires_grad_(w.A.requires_grad)
+        out.append((wi, x.detach().clone().requires_grad_(x.requires_grad)))
+    return out
+
+
+def _call(op: Op, x: Tensor) -> Work:
+    return lambda: op(x)
+
+
+def _rebuilt(impl: Impl, w: LoRAWeights, mode: str, copied: bool) -> Op:
+    """The impl built again on a copy of the weights, charged the same copy as the first."""
+    op = impl.build(w, mode)
+    return contiguous(op) if copied else op
 
 
 def rotating(works: list[Work], base_works: list[Work]) -> tuple[Work, Work]:
@@ -104,14 +124,11 @@ def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
     op, copied = charge_copy(op, x)
-    works, base_works = [], []
-    for i in range(copies):
-        wi, xi = (w, x) if i == 0 else (_clone(w), x.clone())
-        opi = op if i == 0 else charge_copy(impl.build(wi), xi)[0]
-        base = IMPLS["base"].build(wi)
-        works.append(lambda op=opi, x=xi: op(x))
-        base_works.append(lambda base=base, x=xi: base(x))
-    return Checked(*rotating(works, base_works), err, build_s, copied)
+    sets = _sets(w, x, copies)
+    ops = [op] + [_rebuilt(impl, wi, "infer", copied) for wi, _ in sets[1:]]
+    works = [_call(op, xi) for op, (_, xi) in zip(ops, sets, strict=True)]
+    bases = [_call(IMPLS["base"].build(wi), xi) for wi, xi in sets]
+    return Checked(*rotating(works, bases), err, build_s, copied)
 
 
 def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
@@ -122,7 +139,7 @@ def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
     grad_out = grad_out.to(x)
 
-    def step_of(op: Op, w: LoRAWeights, x: torch.Tensor) -> Work:
+    def step_of(op: Op, w: LoRAWeights, x: Tensor) -> Work:
         def step() -> None:
             for t in (x, w.A, w.B):
                 t.grad = None
@@ -134,13 +151,11 @@ def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     errors = {"y": forward_error(op, w, x), **gradient_errors(op, w, x, grad_out)}
     err = assert_equivalent(impl, case, errors)
     op, copied = charge_copy(op, x)
-    works, base_works = [], []
-    for i in range(copies):
-        wi, xi = (w, x) if i == 0 else (_clone(w), x.detach().clone().requires_grad_())
-        opi = op if i == 0 else charge_copy(impl.build(wi, "train"), xi)[0]
-        works.append(step_of(opi, wi, xi))
-        base_works.append(step_of(IMPLS["base"].build(wi, "train"), wi, xi))
-    return Checked(*rotating(works, base_works), err, build_s, copied)
+    sets = _sets(w, x, copies)
+    ops = [op] + [_rebuilt(impl, wi, "train", copied) for wi, _ in sets[1:]]
+    works = [step_of(op, wi, xi) for op, (wi, xi) in zip(ops, sets, strict=True)]
+    bases = [step_of(IMPLS["base"].build(wi, "train"), wi, xi) for wi, xi in sets]
+    return Checked(*rotating(works, bases), err, build_s, copied)
 
 
 @dataclass
@@ -155,17 +170,28 @@ class Harness:
         self.settings.entries.append(entry)
         benchmark.extra_info.update(entry_dict(entry))
 
-    def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
-        """Check, then time the impl in pairs with base; a forward or a training step."""
-        benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
+    def _paired(
+        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str
+    ) -> tuple[Checked, int, Paired] | None:
+        """Check the impl on the case, then time it in pairs with base: (checked, copies,
+        paired), or None when pytest-benchmark is disabled (the work then runs once)."""
         copies = self.settings.copies(case, mode)
         checked = (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
         if benchmark.disabled:
             checked.work()
+            return None
+        profile = self.settings.profile
+        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, profile)
+        return checked, copies, paired
+
+    def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
+        """Check, then time the impl in pairs with base; a forward or a training step."""
+        benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
+        measured = self._paired(benchmark, case, impl_name, mode)
+        if measured is None:
             return
+        checked, copies, paired = measured
         peaks = self.settings.peaks(case.device, case.dtype)
-        paired = run_paired(benchmark, checked.work, checked.base_work, case.device,
-                            self.settings.profile)  # fmt: skip
         adapter = get_impl(impl_name).lora_equivalent
         entry = TimeEntry(
             fullname=self.nodeid,
@@ -192,26 +218,20 @@ class Harness:
         """Our paired per-op time of the impl's forward against independent timers of the same
         work: torch.utils.benchmark everywhere, CUDA events and triton's do_bench on CUDA."""
         benchmark.group = "timer check"
-        copies = self.settings.copies(case, "infer")
-        checked = forward_work(case, impl_name, copies)
-        if benchmark.disabled:
-            checked.work()
+        measured = self._paired(benchmark, case, impl_name, "infer")
+        if measured is None:
             return
-        profile = self.settings.profile
-        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, profile)
+        checked, copies, paired = measured
         work = checked.work
-        refs = {
-            "torch.utils.benchmark": torch_timer_s(
-                work, self.settings.threads, profile.seconds_per_benchmark
-            )
-        }
+        seconds = self.settings.profile.seconds_per_benchmark
+        refs = {"torch.utils.benchmark": torch_timer_s(work, self.settings.threads, seconds)}
         if torch.device(case.device).type == "cuda":
             refs["CUDA events"] = cuda_events_s(work, paired.inner, len(paired.impl_s))
             if importlib.util.find_spec("triton") is not None:
                 refs["triton do_bench"] = do_bench_s(work)
         entry = TimerCheckEntry(
             fullname=self.nodeid,
-            **{k: v for k, v in case.fields().items() if k != "mode"},
+            **case.fields(),
             impl=impl_name,
             copies=copies,
             ours_s=paired.impl_median_s,
