@@ -1,19 +1,27 @@
-"""Regression gate: compare each case's ratio to base between a baseline and a current run.
+"""Regression gate against a committed baseline: compare each case's ratio to base between a
+baseline run and a current one, and each impl's peak memory.
 
-A case regresses only when its ratio grew by more than the threshold AND by more than the
-runs' own spread: the median moved past the half-IQRs of both runs added together.
+A case regresses only when its ratio grew by more than the threshold, by more than the runs'
+own spread (the median moved past the half-IQRs of both runs added together), AND
+significantly: Mann-Whitney's U test on the per-pair log ratios of the two runs. Runs taken at
+different times drift with the machine, so this gate is for large changes over many commits;
+`lora-bench ab` judges one change in one run.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench.ab_results import AbMemory
 from bench.compare import time_index
-from bench.results import ResultError, Run, TimeEntry, load_run
+from bench.results import ResultError, Run, TimeEntry, load_run, quartiles
+from bench.stats import mann_whitney
+from bench.verdicts import SAME, time_status
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
 RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
@@ -21,16 +29,32 @@ RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a pr
 
 @dataclass(frozen=True)
 class Verdict:
-    """One (case, impl, mode) in both runs."""
+    """One (case, impl, mode) in both runs: the per-pair ratios to base of each."""
 
     case: str
     impl: str
     mode: str
-    base_ratio: float
-    base_iqr: float
-    cur_ratio: float
-    cur_iqr: float
     fullname: str
+    base_ratios: tuple[float, ...]
+    cur_ratios: tuple[float, ...]
+
+    @property
+    def base_ratio(self) -> float:
+        return quartiles(list(self.base_ratios))[1]
+
+    @property
+    def cur_ratio(self) -> float:
+        return quartiles(list(self.cur_ratios))[1]
+
+    @property
+    def base_iqr(self) -> float:
+        q1, _, q3 = quartiles(list(self.base_ratios))
+        return q3 - q1
+
+    @property
+    def cur_iqr(self) -> float:
+        q1, _, q3 = quartiles(list(self.cur_ratios))
+        return q3 - q1
 
     @property
     def change(self) -> float:
@@ -41,24 +65,17 @@ class Verdict:
     def noise(self) -> float:
         return (self.base_iqr + self.cur_iqr) / 2
 
-    def status(self, threshold: float) -> str:
-        diff = self.cur_ratio - self.base_ratio
-        if self.change > threshold and diff > self.noise:
-            return "regression"
-        if -self.change > threshold and -diff > self.noise:
-            return "improvement"
-        return "same"
+    @property
+    def p_value(self) -> float:
+        """Mann-Whitney's two-sided p on the log per-pair ratios of the two runs."""
+        return mann_whitney(
+            [math.log(r) for r in self.base_ratios], [math.log(r) for r in self.cur_ratios]
+        )
 
-
-def parse_threshold(text: str) -> float:
-    """'10%' or '0.1' -> 0.1; must be in (0, 10]."""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ResultError(f"--max-slowdown must look like 10% or 0.1, got {text!r}") from None
-    if not 0 < value <= 10:
-        raise ResultError(f"--max-slowdown must be in (0%, 1000%], got {text!r}")
-    return value
+    def status(self, threshold: float, alpha: float) -> str:
+        if abs(self.cur_ratio - self.base_ratio) <= self.noise:
+            return SAME
+        return time_status(self.change, self.p_value, threshold, alpha)
 
 
 def verdicts(baseline: Run, current: Run) -> list[Verdict]:
@@ -68,12 +85,23 @@ def verdicts(baseline: Run, current: Run) -> list[Verdict]:
     for ident in (i for i in old.keys() & new.keys() if i[1] != "base"):
         b, c = old[ident], new[ident]
         out.append(
-            Verdict(
-                c.case, c.impl, c.mode, b.ratio_to_base, b.ratio_iqr, c.ratio_to_base,
-                c.ratio_iqr, c.fullname,
-            )
+            Verdict(c.case, c.impl, c.mode, c.fullname, tuple(b.rounds.ratios),
+                    tuple(c.rounds.ratios))
         )  # fmt: skip
     return sorted(out, key=lambda v: (v.case, v.impl, v.mode))
+
+
+def memory_changes(baseline: Run, current: Run) -> list[AbMemory]:
+    """Every (case, impl, mode) whose peak memory both runs measured."""
+    old = {(e.key, e.impl, e.mode): e for e in baseline.memory()}
+    out = []
+    for e in current.memory():
+        b = old.get((e.key, e.impl, e.mode))
+        if b is not None:
+            out.append(
+                AbMemory(e.case, e.key, e.impl, e.mode, e.method, b.peak_bytes, e.peak_bytes)
+            )
+    return out
 
 
 def copy_drift(baseline: Run, current: Run) -> list[str]:
@@ -105,7 +133,7 @@ def check_comparable(baseline: Run, current: Run) -> None:
         )
 
 
-def find_project(start: Path) -> Path:
+def find_project(start: Path, why: str = "--recheck runs `pytest bench`") -> Path:
     """The lora-bench source checkout at or above `start`: a folder with bench/conftest.py
     and a pyproject.toml naming the lora-bench project. ResultError when there is none."""
     for folder in (start.resolve(), *start.resolve().parents):
@@ -117,7 +145,7 @@ def find_project(start: Path) -> Path:
         ):
             return folder
     raise ResultError(
-        f"--recheck runs `pytest bench` in a lora-bench source checkout, and none is at or "
+        f"{why} in a lora-bench source checkout, and none is at or "
         f"above {start.resolve()}; run it from the checkout or pass --project DIR"
     )
 
@@ -147,8 +175,8 @@ def recheck(flagged: list[Verdict], current: Run, project: Path) -> dict[str, Ti
 
 
 def better_of(v: Verdict, rerun: dict[str, TimeEntry]) -> Verdict:
-    """Keep the lower of the two measured ratios of a flagged case, with its own IQR."""
+    """Keep the lower of the two measured ratios of a flagged case, with its own rounds."""
     e = rerun.get(v.fullname)
     if e is None or e.ratio_to_base >= v.cur_ratio:
         return v
-    return replace(v, cur_ratio=e.ratio_to_base, cur_iqr=e.ratio_iqr)
+    return replace(v, cur_ratios=tuple(e.rounds.ratios))

@@ -83,10 +83,12 @@ def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
 @dataclass
 class CpuProbe:
     """A child process that answers one JSON line per measurement request. It loads the
-    same plugins as the parent: the installed ones and `impl_specs`."""
+    same plugins as the parent: the installed ones and `impl_specs`; and `lora_kernels` from
+    `kernels` when given, else from where the parent would."""
 
     threads: int
     impl_specs: list[str]
+    kernels: Path | None = None  # import lora_kernels from this source tree (lora-bench ab)
     proc: subprocess.Popen | None = None
 
     def measure(self, impl: str, case: Case, mode: str) -> int:
@@ -99,8 +101,9 @@ class CpuProbe:
                 "MALLOC_MMAP_THRESHOLD_": "65536",
                 "MALLOC_TRIM_THRESHOLD_": "0",
             }
+            run = ["bench.with_kernels", str(self.kernels)] if self.kernels else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.memory", str(self.threads), *self.impl_specs],
+                [sys.executable, "-m", *run, "bench.memory", str(self.threads), *self.impl_specs],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,

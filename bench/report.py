@@ -1,20 +1,26 @@
-"""The `lora-bench` command: report, compare, check, plot and baseline read results JSONs
-and import neither torch nor the registry; impls and verify load the registry.
+"""The `lora-bench` command: report, compare, check, plot, baseline and export read results
+JSONs and import neither torch nor the registry; ab drives two side processes and imports no
+torch itself; impls and verify load the registry.
 
-Exit codes: 0 fine, 1 regressions found by `check` or failures found by `verify`, 2 unusable
-input (one line on stderr).
+Exit codes: 0 fine, 1 regressions found by `check` or `ab` or failures found by `verify`,
+2 unusable input (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from bench import check as gate
+from bench.ab_cli import add_ab_parser
+from bench.ab_report import MEMORY_HEADERS, memory_row
 from bench.compare import compare_tables, one_sided
+from bench.export import FORMATS, github_action_benchmark
 from bench.results import ResultError, load_run, write_atomic
 from bench.tables import Table, render, run_header, run_tables
+from bench.verdicts import IMPROVEMENT, REGRESSION, add_gate_options, gate_thresholds
 
 GROUP_BY = ("impl", "shape", "rank")
 
@@ -41,15 +47,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    threshold = gate.parse_threshold(args.max_slowdown)
+    threshold, alpha, mem_rel, mem_mib = gate_thresholds(args)
     baseline, current = load_run(args.baseline), load_run(args.current)
     gate.check_comparable(baseline, current)
-    verdicts = [v for v in gate.verdicts(baseline, current) if v.impl not in (args.ignore or [])]
+    ignored = args.ignore or []
+    verdicts = [v for v in gate.verdicts(baseline, current) if v.impl not in ignored]
+    memory = [m for m in gate.memory_changes(baseline, current) if m.impl not in ignored]
     if not verdicts:
         raise ResultError("no timed case is in both runs: nothing to check")
     for warning in gate.copy_drift(baseline, current):
         print(warning, file=sys.stderr)
-    flagged = [v for v in verdicts if v.status(threshold) == "regression"]
+    flagged = [v for v in verdicts if v.status(threshold, alpha) == REGRESSION]
     if flagged and args.recheck:
         project = gate.find_project(Path(args.project or "."))
         print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
@@ -62,24 +70,30 @@ def cmd_check(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         verdicts = [kept.get(v, v) for v in verdicts]
-    rows = {"regression": [], "improvement": []}
-    for v in verdicts:
-        status = v.status(threshold)
-        if status in rows:
-            rows[status].append(
-                [v.case, v.impl, v.mode, f"{v.base_ratio:.3f} ±{v.base_iqr:.3f}",
-                 f"{v.cur_ratio:.3f} ±{v.cur_iqr:.3f}", f"{100 * v.change:+.1f}%"]
-            )  # fmt: skip
-    headers = ["case", "impl", "mode", "baseline ratio", "current ratio", "change"]
-    tables = [Table(f"{k.capitalize()}s", headers, r) for k, r in rows.items() if r]
+    tables, counts = [], {}
+    headers = ["case", "impl", "mode", "baseline ratio", "current ratio", "change", "p"]
+    for status in (REGRESSION, IMPROVEMENT):
+        rows = [
+            [v.case, v.impl, v.mode, f"{v.base_ratio:.3f} ±{v.base_iqr:.3f}",
+             f"{v.cur_ratio:.3f} ±{v.cur_iqr:.3f}", f"{100 * v.change:+.1f}%", f"{v.p_value:.2g}"]
+            for v in verdicts if v.status(threshold, alpha) == status
+        ]  # fmt: skip
+        mem = [memory_row(m, status) for m in memory
+               if m.status(mem_rel, mem_mib) == status]  # fmt: skip
+        counts[status] = len(rows) + len(mem)
+        if rows:
+            tables.append(Table(f"{status.capitalize()}s: ratio to base", headers, rows))
+        if mem:
+            tables.append(Table(f"{status.capitalize()}s: peak memory", MEMORY_HEADERS, mem))
     if tables:
         sys.stdout.write(render(tables, "github"))
-    n_reg = len(rows["regression"])
     print(
-        f"{len(verdicts)} cases checked, threshold {100 * threshold:g}% and beyond the IQRs: "
-        f"{n_reg} regression(s), {len(rows['improvement'])} improvement(s)"
+        f"{len(verdicts)} timed and {len(memory)} memory cases checked; time: past "
+        f"{100 * threshold:g}%, beyond the IQRs and p < {alpha:g}; memory: past "
+        f"{100 * mem_rel:g}% and {mem_mib:g} MiB: {counts[REGRESSION]} regression(s), "
+        f"{counts[IMPROVEMENT]} improvement(s)"
     )
-    return 1 if n_reg else 0
+    return 1 if counts[REGRESSION] else 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -101,6 +115,17 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ResultError(f"{target} exists; pass --force to replace it")
     write_atomic(target, Path(args.result).read_bytes())
     print(f"wrote {target}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    entries = github_action_benchmark(load_run(args.result))
+    text = json.dumps(entries, indent=1, ensure_ascii=False) + "\n"
+    if args.output:
+        write_atomic(Path(args.output), text)
+        print(f"wrote {len(entries)} entries to {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -142,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="fail on ratio-to-base regressions against a baseline")
     k.add_argument("baseline")
     k.add_argument("current")
-    k.add_argument("--max-slowdown", default="10%")
+    add_gate_options(k)
     k.add_argument("--recheck", action="store_true", help="measure flagged cases again first")
     k.add_argument(
         "--ignore",
@@ -166,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--dir", help="folder of the baseline (default: the run's folder)")
     b.add_argument("--force", action="store_true", help="replace an existing baseline")
     b.set_defaults(func=cmd_baseline)
+    add_ab_parser(sub)
+    x = sub.add_parser("export", help="write a run's ratios for another tool")
+    x.add_argument("result")
+    x.add_argument("--format", choices=FORMATS, required=True)
+    x.add_argument("-o", "--output", help="write to this file (default: stdout)")
+    x.set_defaults(func=cmd_export)
     i = sub.add_parser("impls", help="the registry of implementations, as a markdown table")
     i.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin too")
     i.add_argument(

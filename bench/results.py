@@ -339,30 +339,40 @@ def parse_run(data: object, source: str) -> Run:
             f"lora-bench; this version reads schema {SCHEMA}: run `pytest bench "
             "--benchmark-only` again to get a file it reads"
         )
-    entries = data.get("entries")
-    if not isinstance(entries, list):
-        raise ResultError(f"{source}: no 'entries' list")
     try:
         run_meta = from_dict(RunMeta, meta, "lora_bench")
-        parsed = []
-        for i, e in enumerate(entries):
-            kind = e.get("kind") if isinstance(e, dict) else None
-            if kind not in ENTRY_KINDS:
-                raise ValueError(f"entry {i} has kind {kind!r}; known: {', '.join(ENTRY_KINDS)}")
-            parsed.append(from_dict(ENTRY_KINDS[kind], e, f"entry {i} ({kind})"))
+        parsed = parse_entries(data.get("entries"), ENTRY_KINDS)
     except ValueError as err:
         raise ResultError(f"{source}: {err}") from None
     info = {k: data.get(k) or {} for k in ("machine_info", "commit_info")}
     return Run(run_meta, info["machine_info"], info["commit_info"], parsed)
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a results JSON written by `pytest bench`; ResultError says what is wrong."""
+def parse_entries(entries: object, kinds: dict[str, type]) -> list:
+    """Typed entries from a JSON list of objects tagged by "kind"; ValueError says which entry
+    is wrong and why."""
+    if not isinstance(entries, list):
+        raise ValueError("no 'entries' list")
+    parsed = []
+    for i, e in enumerate(entries):
+        kind = e.get("kind") if isinstance(e, dict) else None
+        if kind not in kinds:
+            raise ValueError(f"entry {i} has kind {kind!r}; known: {', '.join(kinds)}")
+        parsed.append(from_dict(kinds[kind], e, f"entry {i} ({kind})"))
+    return parsed
+
+
+def read_json(path: str | Path, what: str = "results file") -> object:
+    """The JSON data of a file; ResultError when it is missing or not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise ResultError(f"{path}: no such results file")
+        raise ResultError(f"{path}: no such {what}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ResultError(f"{path}: not valid JSON ({err})") from None
-    return parse_run(data, str(path))
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a results JSON written by `pytest bench`; ResultError says what is wrong."""
+    return parse_run(read_json(path), str(path))

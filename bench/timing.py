@@ -3,7 +3,6 @@ pytest-benchmark, and calibration of the device's peak GEMM and copy rates."""
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -14,9 +13,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.cases import Profile
 from bench.results import Paired
+from bench.rounds import choose_inner, choose_rounds
 
 Work = Callable[[], object]
-MIN_ROUND_S = 1e-3  # a round runs the op `inner` times and lasts at least this long
 
 
 def synchronize(device: str) -> None:
@@ -51,16 +50,6 @@ def warm_up(work: Work, device: str, min_s: float = 0.05, max_calls: int = 20) -
     while len(times) < 2 or (sum(times) < min_s and len(times) < max_calls):
         times.append(time_call(one))
     return statistics.median(times[1:])
-
-
-def choose_inner(seconds_per_call: float, min_round_s: float = MIN_ROUND_S) -> int:
-    """Calls per round so that a round lasts at least `min_round_s`."""
-    return max(1, math.ceil(round(min_round_s / max(seconds_per_call, 1e-9), 6)))
-
-
-def choose_rounds(round_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:
-    """Paired rounds that fit `budget_s` (each pair costs about 2 rounds), clamped."""
-    return max(min_rounds, min(max_rounds, int(budget_s / max(2 * round_s, 1e-9))))
 
 
 class PairedTimer:

@@ -41,9 +41,10 @@ def time_entry(
     iqr: float = 0.0,
     mode: str = "infer",
 ) -> TimeEntry:
-    """Five paired rounds around base_s whose pair ratios have median `ratio` and IQR `iqr`."""
-    base = [base_s * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)]
-    pair_ratios = [ratio + iqr * k for k in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    """Eleven paired rounds around base_s whose pair ratios have median `ratio` and IQR `iqr`."""
+    steps = [k / 5 for k in range(-5, 6)]  # -1 .. 1: quartiles at -0.5 and 0.5
+    base = [base_s * (1 + 0.03 * k) for k in steps]
+    pair_ratios = [ratio + iqr * k for k in steps]
     fields = case_fields(key, device)
     return TimeEntry(
         fullname=f"bench/test_forward.py::test_forward[{key} {device}-{impl}]",

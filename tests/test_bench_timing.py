@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.results import Paired, quartiles
-from bench.timing import (
-    PairedTimer,
-    Peaks,
-    choose_inner,
-    choose_rounds,
-    make_round,
-    warm_up,
-)
+from bench.rounds import choose_inner, choose_rounds
+from bench.timing import PairedTimer, Peaks, make_round, warm_up
 
 
 def test_choose_inner_makes_rounds_of_at_least_1ms() -> None:

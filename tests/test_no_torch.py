@@ -1,4 +1,4 @@
-"""report, compare, check, plot and baseline read results with torch and the registry
+"""report, compare, check, plot, baseline and export read results with torch and the registry
 unimportable: a results file outlives the code and the machine that wrote it."""
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def test_the_guard_works() -> None:
         ["compare", "{a}", "{b}"],
         ["check", "{a}", "{a}"],
         ["baseline", "{a}", "--dir", "{tmp}"],
+        ["export", "{a}", "--format", "github-action-benchmark"],
     ],
 )
 def test_readers_run_without_torch(runs: tuple[Path, Path], args: list[str]) -> None:
@@ -65,3 +66,10 @@ def test_plot_runs_without_torch(runs: tuple[Path, Path]) -> None:
     proc = cli("plot", str(a), str(b), "-o", str(a.parent / "plots"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cpu-vs-cuda.png" in proc.stdout
+
+
+def test_the_ab_coordinator_imports_no_torch() -> None:
+    """ab's coordinator refuses a bad ref before starting its sides, without torch."""
+    proc = cli("ab", "no-such-ref", "--project", str(ROOT))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown git ref 'no-such-ref'" in proc.stderr

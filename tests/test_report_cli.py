@@ -12,7 +12,7 @@ from runs import CASES, make_run, run_json, time_entry
 
 from bench import check as gate
 from bench.report import main
-from bench.results import Run, TimeEntry
+from bench.results import MemoryEntry, Run, TimeEntry
 
 KEY = CASES[1]
 
@@ -120,22 +120,54 @@ def test_check_warns_when_the_machine_changed(
     )
 
 
-def test_noise_guard_needs_both_conditions() -> None:
-    v = gate.Verdict("c", "i", "infer", 1.0, 0.02, 1.2, 0.02, "")
-    assert v.status(0.10) == "regression"
-    assert v.status(0.25) == "same"  # below the threshold
-    wide = gate.Verdict("c", "i", "infer", 1.0, 0.3, 1.2, 0.3, "")
-    assert wide.status(0.10) == "same"  # beyond the threshold but inside the spread
+def verdict(
+    base: float, base_iqr: float, cur: float, cur_iqr: float, name: str = ""
+) -> gate.Verdict:
+    """A check verdict from two runs of 11 rounds with these medians and IQRs."""
+    b = time_entry(KEY, "two_step", "cpu", 1e-3, base, base_iqr).rounds.ratios
+    c = time_entry(KEY, "two_step", "cpu", 1e-3, cur, cur_iqr).rounds.ratios
+    return gate.Verdict(KEY, "two_step", "infer", name, tuple(b), tuple(c))
+
+
+def test_noise_guard_needs_all_three_conditions() -> None:
+    v = verdict(1.0, 0.02, 1.2, 0.02)
+    assert v.p_value < 1e-3
+    assert v.status(0.10, 0.01) == "regression"
+    assert v.status(0.25, 0.01) == "same"  # below the threshold
+    wide = verdict(1.0, 0.3, 1.2, 0.3)
+    assert wide.status(0.10, 0.01) == "same"  # beyond the threshold but inside the spread
+    few = gate.Verdict(KEY, "two_step", "infer", "", (1.0, 1.01, 0.99), (1.2, 1.21, 1.19))
+    assert few.p_value > 0.01  # 3 rounds a side cannot be significant at 1%
+    assert few.status(0.10, 0.01) == "same"
+    assert few.status(0.10, 0.2) == "regression"
 
 
 def test_recheck_keeps_the_better_measurement() -> None:
-    v = gate.Verdict("c", "two_step", "infer", 1.0, 0.01, 1.5, 0.01, "bench/x.py::t[c-two_step]")
+    v = verdict(1.0, 0.01, 1.5, 0.01, "bench/x.py::t[c-two_step]")
     better = time_entry(KEY, "two_step", "cpu", 1e-3, 1.02, iqr=0.02)
-    rerun = {v.fullname: better}
-    kept = gate.better_of(v, rerun)
+    kept = gate.better_of(v, {v.fullname: better})
     assert (kept.cur_ratio, kept.cur_iqr) == (pytest.approx(1.02), pytest.approx(0.02))
     worse = {v.fullname: time_entry(KEY, "two_step", "cpu", 1e-3, 1.9)}
-    assert gate.better_of(v, worse).cur_ratio == 1.5
+    assert gate.better_of(v, worse).cur_ratio == pytest.approx(1.5)
+
+
+def test_check_gates_peak_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base_run = make_run()
+    base = write(tmp_path / "base.json", base_run)
+
+    def with_peak(peak: int) -> Run:
+        entries = [replace(e, peak_bytes=peak) if isinstance(e, MemoryEntry) else e
+                   for e in base_run.entries]  # fmt: skip
+        return replace(base_run, entries=entries)
+
+    small = write(tmp_path / "small.json", with_peak(3 * 2**20 + 2**19))  # +17%, 0.5 MiB
+    assert main(["check", str(base), str(small)]) == 0
+    doubled = write(tmp_path / "doubled.json", with_peak(6 * 2**20))
+    assert main(["check", str(base), str(doubled)]) == 1
+    out = capsys.readouterr().out
+    assert "### Regressions: peak memory" in out
+    assert "+3.0 MiB (+100.0%)" in out
+    assert main(["check", str(base), str(doubled), "--max-memory-growth", "150%"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,294 @@
+"""lora-bench ab: choosing what to compare, the A/B results file and its tables, the git side,
+and whole runs on a scratch repository (a broken impl, bad input)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import gitref
+from bench.ab import Options, Progress, match_cases, select
+from bench.ab_report import ab_markdown
+from bench.ab_results import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
+from bench.report import main
+from bench.results import ResultError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_case(case_id: str, memory: bool = False, skip: str | None = None) -> dict:
+    shape, tokens, rank, dtype, device = case_id.split()
+    return {
+        "id": case_id,
+        "key": case_id.rsplit(" ", 1)[0],
+        "fields": {"shape": shape, "tokens": int(tokens[2:]), "rank": int(rank[2:]),
+                   "dtype": dtype, "device": device},
+        "copies": {"infer": 1, "train": 2},
+        "flops": {"infer": 10**9, "train": 3 * 10**9},
+        "memory": memory,
+        "skip": skip,
+    }  # fmt: skip
+
+
+CASES = [plan_case("toy T=16 r=4 fp32 cpu"), plan_case("gpt2.c_attn T=16 r=16 fp32 cpu"),
+         plan_case("gpt2-medium.c_proj T=2048 r=8 fp32 cpu")]  # fmt: skip
+
+
+def impl(
+    name: str,
+    origin: str = "ours",
+    modes: tuple[str, ...] = ("infer", "train"),
+    unavailable: str | None = None,
+    devices: tuple[str, ...] = ("cpu", "cuda"),
+) -> dict:
+    """An impl as a side's hello lists it."""
+    return {
+        "name": name,
+        "origin": origin,
+        "devices": list(devices),
+        "dtypes": ["fp32"],
+        "modes": list(modes),
+        "unavailable": unavailable,
+    }
+
+
+def test_match_cases_by_prefix_or_glob() -> None:
+    assert [c["id"] for c in match_cases(CASES, ("gpt2",))] == [c["id"] for c in CASES[1:]]
+    assert len(match_cases(CASES, ("gpt2.*", "toy"))) == 2
+    assert match_cases(CASES, ()) == CASES
+    with pytest.raises(ResultError, match="matches none of the profile's: toy T=16"):
+        match_cases(CASES, ("llama",))
+
+
+def test_select_lists_one_sided_impls_and_modes() -> None:
+    base = {
+        i["name"]: i
+        for i in [
+            impl("base"),
+            impl("addmm"),
+            impl("old"),
+            impl("merged", modes=("infer",)),
+            impl("peft", "peer"),
+        ]
+    }
+    gpu = impl("gpu", devices=("cuda",))
+    cur = {i["name"]: i for i in [impl("base"), impl("addmm"), impl("new"), impl("merged"),
+                                   impl("peft", "peer"), gpu]}  # fmt: skip
+    sel = select(CASES[:1], {"base": base, "current": cur}, Options("HEAD", ROOT))
+    assert [(i.impl, i.mode) for i in sel.items] == [
+        ("base", "infer"), ("base", "train"), ("addmm", "infer"), ("addmm", "train"),
+        ("merged", "infer"),
+    ]  # fmt: skip
+    assert sel.only_current == ["new", "merged train", "gpu"]
+    assert sel.only_base == ["old"]
+    peers = select(
+        CASES[:1], {"base": base, "current": cur}, Options("HEAD", ROOT, impls=("peft",))
+    )
+    assert {i.impl for i in peers.items} == {"peft"}
+    with pytest.raises(ResultError, match="--impls nope: on neither side; known: base, addmm"):
+        select(CASES, {"base": base, "current": cur}, Options("HEAD", ROOT, impls=("nope",)))
+
+
+def test_select_records_what_cannot_run() -> None:
+    both = {"base": {"tri": impl("tri", unavailable="triton is not installed")},
+            "current": {"tri": impl("tri", unavailable="triton is not installed")}}  # fmt: skip
+    sel = select(CASES[:1], both, Options("HEAD", ROOT))
+    assert not sel.items
+    assert {p.message for p in sel.skipped} == {"triton is not installed"}
+    half = [plan_case("toy T=16 r=4 bf16 cpu", skip="bf16 is slow here")]
+    sides = {"base": {"base": impl("base")}, "current": {"base": impl("base")}}
+    assert [p.outcome for p in select(half, sides, Options("HEAD", ROOT)).skipped] == [
+        "skipped"
+    ] * 2
+
+
+def test_progress_estimates_the_time_left() -> None:
+    class Stream(list):
+        def write(self, text: str) -> None:
+            self.append(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    stream = Stream()
+    progress = Progress([1.0, 1.0, 2.0], stream)
+    progress.show(0, "toy · base infer")
+    progress.start -= 10  # as if the first comparison took 10 s
+    progress.show(1, "toy · addmm infer")
+    progress.finish()
+    assert stream[0] == "ab [1/3] toy · base infer · …\n"
+    assert stream[1] == "ab [2/3] toy · addmm infer · about 30s left\n"
+    assert stream[2].startswith("ab: 3 comparisons in 10s")
+
+
+def ab_run(slower: float = 1.0, peak: int = 2**20) -> AbRun:
+    """An A/B run with one time entry (current `slower` times the base), one memory entry
+    (current `peak` bytes against 1 MiB) and one problem of each kind that matters."""
+    base_s = [1e-3 * (1 + 0.002 * (i % 5)) for i in range(21)]
+    cur_s = [s * slower * (1 + 0.001 * (i % 3)) for i, s in enumerate(base_s)]
+    meta = AbMeta(
+        base_ref="HEAD~1", base_commit="a" * 40, current_commit="b" * 40, current_dirty=True,
+        device="cpu", profile="quick", threads=2, cache="cold", torch="2.13.0",
+        created="2026-01-01T00:00:00+00:00", seconds=2.0, threshold=0.1, alpha=0.01,
+        memory_rel=0.05, memory_mib=1.0, cases=["gpt2"], impls=[], only_base=["old"],
+        only_current=["new", "merged train"], wall_s=61.0,
+    )  # fmt: skip
+    case = "gpt2.c_attn T=16 r=16 fp32 cpu"
+    entries = [
+        AbTime(case, case[:-4], "addmm", "infer", 3, 1, base_s, cur_s, 1e-7, 1e-7),
+        AbMemory(case, case[:-4], "addmm", "infer", "rss", 2**20, peak),
+        AbProblem(case, "compiled", "train", "base", "error", "boom"),
+        AbProblem("*", "triton_fused", "infer", "current", "skipped", "CUDA only"),
+    ]
+    return AbRun(meta, entries)
+
+
+def test_ab_results_round_trip(tmp_path: Path) -> None:
+    run = ab_run(1.2)
+    path = tmp_path / "ab.json"
+    path.write_text(dump_ab(run))
+    assert load_ab(path) == run
+    data = json.loads(path.read_text())
+    assert data["entries"][0]["ratio"] == pytest.approx(1.2, rel=0.01)
+    assert (
+        data["entries"][0]["ci_low"] <= data["entries"][0]["ratio"] <= data["entries"][0]["ci_high"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "not an A/B file"),
+        ('{"lora_bench_ab": {"schema": 99}}', "A/B schema 99"),
+        ('{"lora_bench_ab": {"schema": 1}, "entries": [{"kind": "x"}]}', "kind 'x'"),
+    ],
+)
+def test_load_ab_refuses_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "ab.json"
+    path.write_text(text)
+    with pytest.raises(ResultError, match=message):
+        load_ab(path)
+    with pytest.raises(ResultError, match="no such A/B results file"):
+        load_ab(tmp_path / "missing.json")
+
+
+def test_verdicts_and_tables() -> None:
+    same = ab_run(1.02)
+    assert same.regressions() == []
+    text = ab_markdown(same)
+    assert "against HEAD~1 (aaaaaaaaaa)" in text and "with uncommitted changes" in text
+    assert "Only on the base side (not compared): old." in text
+    assert "Only on the current side (not compared): new, merged train." in text
+    assert "### Not compared" in text and "CUDA only" in text and "boom" in text
+    assert "1 time and 1 memory comparisons in 1.0 min: 0 regression(s)" in text
+    slow = ab_run(1.2, peak=3 * 2**20)
+    assert [type(e).__name__ for e in slow.regressions()] == ["AbTime", "AbMemory"]
+    text = ab_markdown(slow)
+    assert "### Regressions: time" in text and "### Regressions: peak memory" in text
+    assert "+2.0 MiB (+200.0%)" in text
+    fast = ab_run(0.8)
+    assert "### Improvements: time" in ab_markdown(fast) and fast.regressions() == []
+    wrong = AbProblem("c", "addmm", "infer", "current", "not equivalent", "rel error 1")
+    broken = replace(same, entries=[*same.entries, wrong])
+    assert len(broken.regressions()) == 1
+    assert "### Failures on the current side" in ab_markdown(broken)
+
+
+# --- whole runs on a scratch repository --------------------------------------------------------
+
+
+def git(repo: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+    return subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project in git: a first commit without the plugin interface, then one
+    with it (HEAD)."""
+    root = tmp_path_factory.mktemp("ab-repo")
+    for name in ("bench", "lora_kernels"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", root)
+    git(root, "init", "-q")
+    plugins = root / "lora_kernels" / "plugins.py"
+    text = plugins.read_text()
+    plugins.unlink()
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "before plugins")
+    plugins.write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "plugins")
+    return root
+
+
+def ab(repo: Path, *args: str) -> int:
+    return main(["ab", *args, "--project", str(repo), "--profile", "tiny", "--threads", "1"])
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("nope", "unknown git ref 'nope'"),
+        ("HEAD~1", "predates the plugin interface (lora_kernels/plugins.py)"),
+    ],
+)
+def test_unusable_refs_exit_2(
+    repo: Path, ref: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ab(repo, ref) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_ref_is_never_an_option(repo: Path) -> None:
+    with pytest.raises(ResultError, match="'--all' is not a git ref"):
+        gitref.resolve(repo, "--all")
+
+
+def test_not_a_checkout_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ab", "HEAD", "--project", str(tmp_path)]) == 2
+    assert "ab runs each side in a lora-bench source checkout" in capsys.readouterr().err
+
+
+def test_a_broken_impl_fails_the_gate(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The working tree's addmm drops its adapter: the current side fails the oracle check,
+    base still times on both sides (with its rounds paired) and memory is measured."""
+    eager = repo / "lora_kernels" / "impls" / "eager.py"
+    original = eager.read_text()
+    broken = original.replace("alpha=w.scale)  # y += s", "alpha=0.0)  # y += s")
+    assert broken != original
+    eager.write_text(broken)
+    try:
+        assert ab(repo, "HEAD", "--require-clean") == 2
+        assert "uncommitted changes: lora_kernels/impls/eager.py" in capsys.readouterr().err
+        out_json = tmp_path / "ab.json"
+        code = ab(repo, "HEAD", "--cases", "toy T=16", "--impls", "base,addmm",
+                  "--seconds", "0.05", "--json", str(out_json))  # fmt: skip
+    finally:
+        eager.write_text(original)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "### Failures on the current side" in out
+    run = load_ab(out_json)
+    assert run.meta.current_dirty
+    fails = [p for p in run.of(AbProblem) if p.fails]
+    assert [(p.impl, p.mode, p.outcome) for p in fails] == [
+        ("addmm", "infer", "not equivalent"), ("addmm", "train", "not equivalent")
+    ]  # fmt: skip
+    times = run.of(AbTime)
+    assert [(t.impl, t.mode) for t in times] == [("base", "infer"), ("base", "train")]
+    for t in times:
+        assert len(t.base_s) == len(t.current_s) >= 15
+        assert t.ratio > 0  # computed; how fast is the machine's business
+    assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("base", "infer"), ("base", "train")}
