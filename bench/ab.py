@@ -13,24 +13,23 @@ side's allocator, compile caches and thread pools its own.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from bench import gitref
+from bench.ab_plan import Item, match_cases, select
 from bench.ab_results import AbEntry, AbMemory, AbMeta, AbProblem, AbRun, AbTime
 from bench.results import ResultError
 from bench.rounds import choose_inner, choose_rounds
 from bench.verdicts import SAME
 
-MODES = ("infer", "train")
 SIDES = ("base", "current")
 
 
@@ -49,7 +48,7 @@ class Options:
     min_pairs: int = 15  # below 8 pairs a signed-rank p-value cannot reach 0.01
     max_pairs: int = 101
     settle_s: float = 2e-3  # untimed ops a side runs before each timed round
-    rechecks: int = 1  # times a flagged comparison is set up and timed again
+    rechecks: int = 2  # times a flagged comparison is set up and timed again
     threshold: float = 0.10
     alpha: float = 0.01
     memory_rel: float = 0.05
@@ -101,92 +100,6 @@ class SideProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc.stdout.close()
-
-
-@dataclass(frozen=True)
-class Item:
-    case: dict  # a plan entry of the current side: id, key, fields, copies, flops, memory
-    impl: str
-    mode: str
-
-    def label(self) -> str:
-        return f"{self.case['id']} · {self.impl} {self.mode}"
-
-    @property
-    def cost(self) -> float:
-        """Relative time to compare it: a fixed part (processes, oracle, settling) and a part
-        that grows with the op's FLOPs; only the ratios between items matter."""
-        return 1 + self.case["flops"][self.mode] / 2e9
-
-
-@dataclass
-class Selection:
-    items: list[Item] = field(default_factory=list)
-    only_base: list[str] = field(default_factory=list)
-    only_current: list[str] = field(default_factory=list)
-    skipped: list[AbProblem] = field(default_factory=list)
-
-
-def match_cases(cases: list[dict], patterns: tuple[str, ...]) -> list[dict]:
-    """Cases whose id matches a pattern: a shell glob, or without * ? [ a prefix of the id."""
-    if not patterns:
-        return cases
-
-    def hit(pattern: str, case_id: str) -> bool:
-        if any(ch in pattern for ch in "*?["):
-            return fnmatch.fnmatchcase(case_id, pattern)
-        return case_id.startswith(pattern)
-
-    out = [c for c in cases if any(hit(p, c["id"]) for p in patterns)]
-    if not out:
-        ids = ", ".join(c["id"] for c in cases)
-        raise ResultError(f"--cases {', '.join(patterns)} matches none of the profile's: {ids}")
-    return out
-
-
-def select(cases: list[dict], impls: dict[str, dict[str, dict]], opts: Options) -> Selection:
-    """The (case, impl, mode) items both sides can run, and what only one side has.
-    `impls` maps each side to its impls by name, as their hello listed them."""
-    base, cur = impls["base"], impls["current"]
-    names = list(dict.fromkeys([*cur, *base]))
-    if opts.impls:
-        unknown = [n for n in opts.impls if n not in names]
-        if unknown:
-            raise ResultError(
-                f"--impls {', '.join(unknown)}: on neither side; known: {', '.join(names)}"
-            )
-        names = [n for n in names if n in opts.impls]
-    else:
-        names = [n for n in names if (cur.get(n) or base[n])["origin"] == "ours"]
-    sel = Selection()
-    for name in names:
-        if name not in base or name not in cur:
-            (sel.only_current if name in cur else sel.only_base).append(name)
-            continue
-        for mode in MODES:
-            here = [
-                opts.device in s[name]["devices"] and mode in s[name]["modes"] for s in (base, cur)
-            ]
-            if here == [True, False]:
-                sel.only_base.append(f"{name} {mode}")
-            elif here == [False, True]:
-                sel.only_current.append(f"{name} {mode}")
-            if here != [True, True]:
-                continue
-            why = cur[name]["unavailable"] or base[name]["unavailable"]
-            if why:
-                sel.skipped.append(AbProblem("*", name, mode, "current", "skipped", why))
-                continue
-            for c in cases:
-                dtype = c["fields"]["dtype"]
-                if c["skip"]:
-                    sel.skipped.append(
-                        AbProblem(c["id"], name, mode, "current", "skipped", c["skip"])
-                    )
-                elif dtype in base[name]["dtypes"] and dtype in cur[name]["dtypes"]:
-                    sel.items.append(Item(c, name, mode))
-    sel.items.sort(key=lambda i: [c["id"] for c in cases].index(i.case["id"]))
-    return sel
 
 
 class Progress:
@@ -275,10 +188,11 @@ def compare_item(
 
 
 def _flagged(entries: list[AbEntry], item: Item, opts: Options) -> bool:
-    """Whether every attempt at the item so far is past the threshold and significant."""
+    """Whether every attempt at the item so far shows the same change (not SAME)."""
     ident = (item.case["id"], item.impl, item.mode)
     tries = [e for e in entries if isinstance(e, AbTime) and (e.case, e.impl, e.mode) == ident]
-    return bool(tries) and all(e.status(opts.threshold, opts.alpha) != SAME for e in tries)
+    seen = {e.status(opts.threshold, opts.alpha) for e in tries}
+    return len(seen) == 1 and SAME not in seen
 
 
 def _hello(side: SideProcess, tree: Path) -> dict:
@@ -321,7 +235,7 @@ def run_ab(opts: Options) -> AbRun:
                 raise ResultError(f"could not list the cases: {plan['error']}")
             cases = match_cases(plan["cases"], opts.cases)
             impls = {s: {i["name"]: i for i in hellos[s]["impls"]} for s in SIDES}
-            sel = select(cases, impls, opts)
+            sel = select(cases, impls, opts.device, opts.impls)
             if not sel.items:
                 raise ResultError("nothing to compare: no (case, impl, mode) both sides can run")
             entries: list[AbEntry] = list(sel.skipped)

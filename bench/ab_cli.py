@@ -101,9 +101,9 @@ def add_ab_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--rechecks",
         type=int,
-        default=1,
-        help="times a flagged comparison is set up and timed again; the attempt nearest 1 "
-        "is kept (default 1)",
+        default=2,
+        help="times a flagged comparison is set up and timed again; a change counts only "
+        "when every attempt shows it (default 2)",
     )
     a.add_argument("--no-memory", action="store_true", help="time only")
     a.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin")

@@ -38,7 +38,7 @@ def memory_row(e: AbMemory, status: str) -> list[object]:
 
 def ab_tables(run: AbRun) -> list[Table]:
     m = run.meta
-    times = [(e, e.status(m.threshold, m.alpha), run.attempts(e)) for e in run.times()]
+    times = [(e, run.verdict(e), run.attempts(e)) for e in run.times()]
     mems = [(e, e.status(m.memory_rel, m.memory_mib)) for e in run.of(AbMemory)]
     tables = []
     for status, title in ((REGRESSION, "Regressions"), (IMPROVEMENT, "Improvements")):
@@ -61,7 +61,8 @@ def ab_tables(run: AbRun) -> list[Table]:
             f"seconds per op, medians of {min((len(e.base_s) for e, _, _ in times), default=0)} "
             "or more paired rounds a side; the ratio is the median of the per-pair ratios with "
             "its distribution-free 95% CI; p: Wilcoxon signed-rank on the log ratios. A flagged "
-            "comparison is set up and timed again, and the attempt nearest 1 is kept",
+            "comparison is set up and timed again: it counts only when every attempt shows it, "
+            "the same way; the attempt nearest 1 is shown",
         )
     )
     if mems:
@@ -97,8 +98,7 @@ def ab_summary(run: AbRun) -> str:
     m = run.meta
     counts = {REGRESSION: 0, IMPROVEMENT: 0}
     for e in run.times():
-        s = e.status(m.threshold, m.alpha)
-        counts[s] = counts.get(s, 0) + 1
+        counts[run.verdict(e)] = counts.get(run.verdict(e), 0) + 1
     for e in run.of(AbMemory):
         s = e.status(m.memory_rel, m.memory_mib)
         counts[s] = counts.get(s, 0) + 1

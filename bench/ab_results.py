@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from bench.results import ResultError, from_dict, parse_entries, read_json
 from bench.stats import ratio_summary
-from bench.verdicts import memory_status, time_status
+from bench.verdicts import REGRESSION, SAME, memory_status, time_status
 
 AB_SCHEMA = 1
 
@@ -133,8 +133,7 @@ class AbRun:
         return [e for e in self.entries if isinstance(e, kind)]
 
     def times(self) -> list[AbTime]:
-        """One entry per (case, impl, mode): of its attempts, the one whose ratio is nearest
-        1, so that a change counts only when every attempt shows it."""
+        """One entry per (case, impl, mode): of its attempts, the one whose ratio is nearest 1."""
         kept: dict[tuple[str, str, str], AbTime] = {}
         for e in self.of(AbTime):
             k = (e.case, e.impl, e.mode)
@@ -146,15 +145,19 @@ class AbRun:
         """Every attempt at e's (case, impl, mode), first first."""
         return [a for a in self.of(AbTime) if (a.case, a.impl, a.mode) == (e.case, e.impl, e.mode)]
 
+    def verdict(self, e: AbTime) -> str:
+        """A change counts only when every attempt at e's comparison shows it, the same way:
+        one side of a run can fall into a slower state for a stretch, a real change cannot
+        come and go."""
+        m = self.meta
+        seen = {a.status(m.threshold, m.alpha) for a in self.attempts(e)}
+        return seen.pop() if len(seen) == 1 else SAME
+
     def regressions(self) -> list[AbEntry]:
         """What fails the gate: time and memory regressions, and current-side failures."""
         m = self.meta
-        out: list[AbEntry] = [
-            e for e in self.times() if e.status(m.threshold, m.alpha) == "regression"
-        ]
-        out += [
-            e for e in self.of(AbMemory) if e.status(m.memory_rel, m.memory_mib) == "regression"
-        ]
+        out: list[AbEntry] = [e for e in self.times() if self.verdict(e) == REGRESSION]
+        out += [e for e in self.of(AbMemory) if e.status(m.memory_rel, m.memory_mib) == REGRESSION]
         return out + [e for e in self.of(AbProblem) if e.fails]
 
 

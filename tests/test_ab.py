@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench import gitref
-from bench.ab import Options, Progress, match_cases, select
+from bench.ab import Progress
+from bench.ab_plan import match_cases, select
 from bench.ab_report import ab_markdown
 from bench.ab_results import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
 from bench.report import main
@@ -79,32 +80,28 @@ def test_select_lists_one_sided_impls_and_modes() -> None:
     gpu = impl("gpu", devices=("cuda",))
     cur = {i["name"]: i for i in [impl("base"), impl("addmm"), impl("new"), impl("merged"),
                                    impl("peft", "peer"), gpu]}  # fmt: skip
-    sel = select(CASES[:1], {"base": base, "current": cur}, Options("HEAD", ROOT))
+    sel = select(CASES[:1], {"base": base, "current": cur}, "cpu", ())
     assert [(i.impl, i.mode) for i in sel.items] == [
         ("base", "infer"), ("base", "train"), ("addmm", "infer"), ("addmm", "train"),
         ("merged", "infer"),
     ]  # fmt: skip
     assert sel.only_current == ["new", "merged train", "gpu"]
     assert sel.only_base == ["old"]
-    peers = select(
-        CASES[:1], {"base": base, "current": cur}, Options("HEAD", ROOT, impls=("peft",))
-    )
+    peers = select(CASES[:1], {"base": base, "current": cur}, "cpu", ("peft",))
     assert {i.impl for i in peers.items} == {"peft"}
     with pytest.raises(ResultError, match="--impls nope: on neither side; known: base, addmm"):
-        select(CASES, {"base": base, "current": cur}, Options("HEAD", ROOT, impls=("nope",)))
+        select(CASES, {"base": base, "current": cur}, "cpu", ("nope",))
 
 
 def test_select_records_what_cannot_run() -> None:
     both = {"base": {"tri": impl("tri", unavailable="triton is not installed")},
             "current": {"tri": impl("tri", unavailable="triton is not installed")}}  # fmt: skip
-    sel = select(CASES[:1], both, Options("HEAD", ROOT))
+    sel = select(CASES[:1], both, "cpu", ())
     assert not sel.items
     assert {p.message for p in sel.skipped} == {"triton is not installed"}
     half = [plan_case("toy T=16 r=4 bf16 cpu", skip="bf16 is slow here")]
     sides = {"base": {"base": impl("base")}, "current": {"base": impl("base")}}
-    assert [p.outcome for p in select(half, sides, Options("HEAD", ROOT)).skipped] == [
-        "skipped"
-    ] * 2
+    assert [p.outcome for p in select(half, sides, "cpu", ()).skipped] == ["skipped"] * 2
 
 
 def test_progress_estimates_the_time_left() -> None:
@@ -292,3 +289,17 @@ def test_a_broken_impl_fails_the_gate(
         assert len(t.base_s) == len(t.current_s) >= 15
         assert t.ratio > 0  # computed; how fast is the machine's business
     assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("base", "infer"), ("base", "train")}
+
+
+def test_a_change_counts_only_when_every_attempt_shows_it() -> None:
+    run = ab_run(1.2)
+    first = run.of(AbTime)[0]
+    slow_again = replace(first, current_s=[s * 1.01 for s in first.current_s], attempt=1)
+    confirmed = replace(run, entries=[*run.entries, slow_again])
+    assert confirmed.verdict(confirmed.times()[0]) == "regression"
+    assert confirmed.times() == [first]  # the attempt nearest 1 is shown
+    assert "regression (attempts: 1.201, 1.213)" in ab_markdown(confirmed)
+    fast_again = replace(first, current_s=[s / 1.44 for s in first.current_s], attempt=1)
+    flipped = replace(run, entries=[*run.entries, fast_again])
+    assert flipped.verdict(flipped.times()[0]) == "same"  # 1.2 then 0.83: noise, not a change
+    assert flipped.regressions() == []
