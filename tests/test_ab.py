@@ -303,3 +303,14 @@ def test_a_change_counts_only_when_every_attempt_shows_it() -> None:
     flipped = replace(run, entries=[*run.entries, fast_again])
     assert flipped.verdict(flipped.times()[0]) == "same"  # 1.2 then 0.83: noise, not a change
     assert flipped.regressions() == []
+
+
+def test_the_cli_names_the_bench_profiles_and_dtypes() -> None:
+    """ab's options are named without torch; they must stay the bench's."""
+    from bench import ab_cli
+    from bench.cases import DTYPES, PROFILES
+    from bench.session import DEFAULT_DTYPES
+
+    assert tuple(PROFILES) == ab_cli.PROFILES
+    assert set(ab_cli.DTYPES) == set(DTYPES)
+    assert {d: v.split(",") for d, v in ab_cli.DEFAULT_DTYPES.items()} == DEFAULT_DTYPES

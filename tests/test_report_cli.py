@@ -1,4 +1,5 @@
-"""The lora-bench CLI: report, compare, check, plot and baseline on small runs."""
+"""The lora-bench CLI: report, compare, check (with its memory gate), plot, baseline and export
+on small runs."""
 
 from __future__ import annotations
 
@@ -271,3 +272,22 @@ def test_recheck_needs_a_checkout(
     assert "none is at or above" in capsys.readouterr().err
     root = Path(__file__).resolve().parents[1]
     assert gate.find_project(root / "bench") == root
+
+
+def test_export_writes_ratios_for_github_action_benchmark(cpu_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ratios.json"
+    assert (
+        main(["export", str(cpu_run), "--format", "github-action-benchmark", "-o", str(out)]) == 0
+    )
+    entries = json.loads(out.read_text())
+    assert len(entries) == 6  # 3 cases x two_step, addmm; base (always 1) left out
+    first = entries[0]
+    assert set(first) == {"name", "unit", "value", "range", "extra"}
+    assert first["name"] == "toy T=512 r=4 fp32 cpu · two_step infer"
+    assert (first["unit"], first["value"]) == ("x base GEMM", 1.05)
+
+
+def test_export_refuses_an_unknown_format(cpu_run: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(cpu_run), "--format", "csv"])
+    assert exc.value.code == 2
