@@ -5,8 +5,9 @@ Two long-lived side processes (`bench.side`) each import their own `lora_kernels
 commit's, exported from git, and the working tree's, in place. Both run the working tree's
 harness, so only the kernels differ. This coordinator imports no torch. For each (case, impl,
 mode) it sets the work up on both sides, gives both the same ops per round, then asks for
-single rounds in turn, base first on even rounds and current first on odd ones, so that the
-machine's drift and any order effect fall on both sides alike. Two processes rather than one:
+single rounds in strict turn, base then current, each after a few milliseconds of untimed ops,
+so that the machine's drift falls on both sides alike and no round pays for the other side's
+idle threads or emptied caches. Two processes rather than one:
 two versions of a package cannot share an interpreter, and a process per side keeps each
 side's allocator, compile caches and thread pools its own.
 """

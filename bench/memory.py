@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -109,8 +109,7 @@ class CpuProbe:
                 text=True,
                 env=env,
             )
-        fields = ("shape", "tokens", "rank", "dtype", "device")
-        request = {"impl": impl, "case": {k: getattr(case, k) for k in fields}, "mode": mode}
+        request = {"impl": impl, "case": asdict(case), "mode": mode}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()

@@ -17,6 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
@@ -75,9 +76,8 @@ class Side:
                 mode: copies_needed(c.min_bytes(mode), cache_bytes(device), cache)
                 for mode in ("infer", "train")
             }
-            fields = {k: getattr(c, k) for k in ("shape", "tokens", "rank", "dtype", "device")}
             cases.append(
-                {"id": str(c), "key": c.key, "fields": fields, "copies": copies,
+                {"id": str(c), "key": c.key, "fields": asdict(c), "copies": copies,
                  "flops": {m: c.flops(m) for m in copies}, "memory": str(c) in memory,
                  "skip": c.skip_reason()}
             )  # fmt: skip
@@ -113,13 +113,16 @@ class Side:
         threads and what it left in the caches would otherwise weigh on this round alone."""
         if self.work is None:
             raise RuntimeError("round before a successful setup")
-        if inner not in self.rounds:
-            self.rounds[inner] = make_round(self.work, inner, self.device)
-        one = make_round(self.work, 1, self.device)
         settled = 0.0
         while settled < settle_s:
-            settled += time_call(one)
-        return {"s": time_call(self.rounds[inner]) / inner}
+            settled += time_call(self._round(1))
+        return {"s": time_call(self._round(inner)) / inner}
+
+    def _round(self, inner: int) -> Callable[[], None]:
+        """The synchronized round of `inner` ops of the current work, built once."""
+        if inner not in self.rounds:
+            self.rounds[inner] = make_round(self.work, inner, self.device)
+        return self.rounds[inner]
 
     def memory(self, case: dict, impl: str, mode: str) -> Reply:
         """Peak memory of building and running the impl once, as the bench measures it."""
