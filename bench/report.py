@@ -18,6 +18,7 @@ from bench.ab_cli import add_ab_parser
 from bench.ab_report import MEMORY_HEADERS, memory_row
 from bench.compare import compare_tables, one_sided
 from bench.export import FORMATS, github_action_benchmark
+from bench.plan_cli import add_plan_parser
 from bench.results import ResultError, load_run, write_atomic
 from bench.tables import Table, render, run_header, run_tables
 from bench.verdicts import IMPROVEMENT, REGRESSION, add_gate_options, gate_thresholds
@@ -192,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing baseline")
     b.set_defaults(func=cmd_baseline)
     add_ab_parser(sub)
+    add_plan_parser(sub)
     x = sub.add_parser("export", help="write a run's ratios for another tool")
     x.add_argument("result")
     x.add_argument("--format", choices=FORMATS, required=True)

@@ -1,9 +1,12 @@
 """lora_kernels: a LoRA linear layer and interchangeable forward implementations."""
 
 from lora_kernels import impls as _impls  # registers every implementation
+from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
 from lora_kernels.params import ParamCount, count_parameters, linear_total, lora_trainable
+from lora_kernels.planner import Plan, plan
 from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, load_plugins
+from lora_kernels.presets import PRESETS, Preset, get_preset
 from lora_kernels.reference import (
     TOLERANCES,
     Grads,
@@ -20,6 +23,7 @@ del _impls
 __all__ = [
     "ENTRY_POINT_GROUP",
     "IMPLS",
+    "PRESETS",
     "TOLERANCES",
     "Grads",
     "Impl",
@@ -27,14 +31,24 @@ __all__ = [
     "LoRAWeights",
     "Op",
     "ParamCount",
+    "Plan",
     "PluginError",
+    "Preset",
     "count_parameters",
+    "from_peft",
     "get_impl",
+    "get_preset",
+    "inject",
     "linear_total",
     "load_plugins",
+    "lora_layers",
     "lora_trainable",
+    "merge",
+    "plan",
     "reference_forward",
     "reference_grads",
     "rel_error",
+    "set_impl",
     "tolerance",
+    "unmerge",
 ]

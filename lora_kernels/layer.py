@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,32 @@ from lora_kernels.weights import LoRAWeights, check_rank, scaling
 INITS = ("kaiming", "gaussian")
 
 
+@dataclass
+class _Built:
+    """An op built for the tensors identified by `key`, and the input signatures
+    (in, dtype, device) already checked against its weights."""
+
+    key: tuple
+    op: Op
+    weights: LoRAWeights
+    seen: set[tuple]
+
+    def check(self, x: Tensor) -> None:
+        """Raise unless x fits the weights; each new (in, dtype, device) is checked once."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            self.weights.check_input(x)
+        signature = (x.shape[-1], x.dtype, x.device)
+        if signature not in self.seen:
+            self.weights.check_input(x)
+            self.seen.add(signature)
+
+
 class LoRALinear(nn.Module):
     """LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) on a frozen linear layer.
 
     y = x Wᵀ + b + s · (dropout(x) Aᵀ) Bᵀ, s = alpha / r (alpha / sqrt(r) with rsLoRA).
     W (out, in) and b are frozen; A (r, in) and B (out, r) train. x: (..., in) -> (..., out).
+    `adapter=(A, B)` uses those tensors (no copy) in place of a fresh kaiming A and zero B.
     Active dropout (training, p > 0) feeds the adapter another input than the base, so it runs
     the two-step form whatever `impl` says; `impl` is used whenever dropout is inactive.
     """
@@ -36,6 +58,7 @@ class LoRALinear(nn.Module):
         impl: str = "two_step",
         bias: bool = True,
         base: nn.Linear | None = None,
+        adapter: tuple[Tensor, Tensor] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -61,19 +84,22 @@ class LoRALinear(nn.Module):
         self.base = base.requires_grad_(False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
-        self.lora_A = nn.Parameter(
-            torch.empty(self.rank, in_features, device=w.device, dtype=w.dtype)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(out_features, self.rank, device=w.device, dtype=w.dtype)
-        )
-        if init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if adapter is None:
+            A = torch.empty(self.rank, in_features, device=w.device, dtype=w.dtype)
+            B = torch.zeros(out_features, self.rank, device=w.device, dtype=w.dtype)
+            if init == "kaiming":
+                nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            else:
+                nn.init.normal_(A, std=1 / self.rank)
         else:
-            nn.init.normal_(self.lora_A, std=1 / self.rank)
+            A, B = adapter
+            LoRAWeights(w, base.bias, A, B, self.scale)  # shapes, dtypes and devices
+        self.lora_A = A if isinstance(A, nn.Parameter) else nn.Parameter(A)
+        self.lora_B = B if isinstance(B, nn.Parameter) else nn.Parameter(B)
+        self._dropout_p = float(dropout)
+        self._ops: dict[str, _Built] = {}
         self.impl = impl
         self.merged = False
-        self._cache: tuple[tuple, Op] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: object) -> LoRALinear:
@@ -88,35 +114,57 @@ class LoRALinear(nn.Module):
 
     @impl.setter
     def impl(self, name: str) -> None:
-        self._impl: Impl = get_impl(name)
-        if not self._impl.lora_equivalent:
+        impl = get_impl(name)
+        if not impl.lora_equivalent:
             raise ValueError(f"impl {name!r} drops the adapter; pick a LoRA-equivalent impl")
-        self._cache = None
+        self._impl: Impl = impl
+        self._ops.clear()
 
     def weights(self) -> LoRAWeights:
         """The live tensors as a LoRAWeights (no copies)."""
         return LoRAWeights(self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scale)
 
-    def _op(self, mode: str) -> Op:
-        # Rebuild when a tensor is replaced or updated in place (an optimizer step bumps
-        # _version), so a merged or compiled op never serves stale weights.
-        tensors = (self.base.weight, self.base.bias, self.lora_A, self.lora_B)
-        key = (self.impl, mode, *((id(t), t._version) for t in tensors if t is not None))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._impl.build(self.weights(), mode))
-        return self._cache[1]
+    def _built(self, mode: str) -> _Built:
+        """The op of `mode`, rebuilt (and the weights validated) when a tensor is replaced or
+        updated in place: an optimizer step bumps `_version`, so a merged or compiled op never
+        serves stale weights. Costs a few dict and attribute reads when nothing changed."""
+        base = self._modules["base"]._parameters
+        W, b, A, B = base["weight"], base["bias"], *self._lora
+        key = (id(W), W._version, id(A), A._version, id(B), B._version, id(b),
+               0 if b is None else b._version)  # fmt: skip
+        built = self._ops.get(mode)
+        if built is None or built.key != key:
+            weights = self.weights()
+            built = _Built(key, self._impl.build(weights, mode), weights, set())
+            self._ops[mode] = built
+        return built
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = self.weights()
-        weights.check_input(x)
         if self.merged:
+            self._built("infer").check(x)
             return self.base(x)
-        if self.training and isinstance(self.dropout, nn.Dropout):
-            xa = F.linear(self.dropout(x), self.lora_A)  # (..., r)
-            return self.base(x) + self.scale * F.linear(xa, self.lora_B)
-        needs_grad = x.requires_grad or self.lora_A.requires_grad or self.lora_B.requires_grad
-        mode = "train" if torch.is_grad_enabled() and needs_grad else "infer"
-        return self._op(mode)(x)
+        A, B = self._lora
+        if self.training and self._dropout_p > 0:
+            self._built("train").check(x)
+            xa = F.linear(self.dropout(x), A)  # (..., r)
+            return self.base(x) + self.scale * F.linear(xa, B)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        needs_grad = A.requires_grad or B.requires_grad or x.requires_grad
+        built = self._built("train" if needs_grad and torch.is_grad_enabled() else "infer")
+        built.check(x)
+        return built.op(x)
+
+    @property
+    def _lora(self) -> tuple[Tensor, Tensor]:
+        """(A, B), read from the parameter dict: nn.Module.__getattr__ costs about 0.5 µs a
+        name, which a decode step pays per layer."""
+        params = self._parameters
+        return params["lora_A"], params["lora_B"]
+
+    def _apply(self, fn, recurse=True):  # nn.Module's signature
+        self._ops.clear()  # .to(), .half(), .cuda() swap tensor data behind the same objects
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def merge(self) -> None:

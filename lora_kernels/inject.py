@@ -1,0 +1,271 @@
+"""LoRA on whole models: put LoRALinear in place of a model's linear layers (`inject`), or of
+a PEFT model's LoRA layers (`from_peft`), and merge, unmerge or switch impl over all of them.
+
+The new layers share the original weight and bias tensors (no copy). transformers' Conv1D
+(GPT-2's layers, weight stored (in, out)) is adapted through a transposed view of its weight.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+from lora_kernels.layer import LoRALinear
+from lora_kernels.registry import get_impl
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D: y = x W + b with W (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+
+
+def _as_linear(module: nn.Module) -> nn.Linear:
+    """An nn.Linear computing the same function with the same tensors: the module itself, or
+    for a Conv1D an nn.Linear whose weight is a transposed view of the Conv1D's."""
+    if isinstance(module, nn.Linear):
+        return module
+    in_f, out_f = module.weight.shape
+    linear = nn.Linear(in_f, out_f, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.detach().t(), requires_grad=False)
+    linear.bias = None if module.bias is None else module.bias
+    return linear
+
+
+def _linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear layers by name, leaving out LoRALinear's own base layers."""
+    adapted = {id(m.base) for m in model.modules() if isinstance(m, LoRALinear)}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and id(m) not in adapted
+    }
+
+
+def _output_layers(model: nn.Module) -> set[int]:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return {id(head)} if head is not None else set()
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith(f".{target}")
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def select_linears(model: nn.Module, targets: list[str] | str) -> dict[str, nn.Module]:
+    """The linear layers (nn.Linear or Conv1D) that `targets` select, by full name.
+
+    A target selects the layers whose name is it or ends with "." + it (PEFT's rule);
+    "all-linear" selects every linear layer but the model's output layer, as PEFT does.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    linears = _linears(model)
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear (or Conv1D) layer to adapt")
+    seen = sorted({n.rpartition(".")[2] for n in linears})
+    if not targets:
+        raise ValueError(f"targets must name at least one layer; linear layers seen: {seen}")
+    chosen: dict[str, nn.Module] = {}
+    heads = _output_layers(model)
+    for target in targets:
+        if target == "all-linear":
+            found = {n: m for n, m in linears.items() if id(m) not in heads}
+        else:
+            found = {n: m for n, m in linears.items() if _matches(n, target)}
+        if not found:
+            raise ValueError(
+                f"target {target!r} matches no linear layer; linear layers seen: "
+                f"{', '.join(seen)} (or all-linear)"
+            )
+        chosen.update(found)
+    return {n: linears[n] for n in linears if n in chosen}
+
+
+def inject(
+    model: nn.Module,
+    targets: list[str] | str,
+    rank: int,
+    *,
+    alpha: float = 8.0,
+    use_rslora: bool = False,
+    dropout: float = 0.0,
+    impl: str = "two_step",
+) -> dict[str, LoRALinear]:
+    """Put a LoRALinear in place of each selected linear layer, sharing its weight and bias,
+    and freeze every other parameter of the model. Returns the new layers by name.
+
+    Every selected layer is checked (rank <= min(in, out)) before the model is changed.
+    """
+    get_impl(impl)
+    chosen = select_linears(model, targets)
+    for name, module in chosen.items():
+        base = _as_linear(module)
+        limit = min(base.in_features, base.out_features)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+            raise ValueError(
+                f"rank must be an int in [1, {limit}] for {name} "
+                f"({base.in_features} -> {base.out_features}), got {rank!r}"
+            )
+    model.requires_grad_(False)
+    new = {}
+    for name, module in chosen.items():
+        layer = LoRALinear.from_linear(
+            _as_linear(module), rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout,
+            impl=impl,
+        )  # fmt: skip
+        _replace(model, name, layer)
+        new[name] = layer
+    return new
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """Every LoRALinear of the model, by name."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def _all(model: nn.Module) -> list[LoRALinear]:
+    layers = [m for _, m in lora_layers(model)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no LoRALinear layer; inject() first")
+    return layers
+
+
+def merge(model: nn.Module) -> None:
+    """Merge every LoRALinear of the model; none is changed if one cannot be merged."""
+    layers = _all(model)
+    merged = [layer for layer in layers if layer.merged]
+    if merged:
+        raise ValueError(f"{len(merged)} of {len(layers)} LoRA layers are merged already")
+    for layer in layers:
+        layer.weights().merged_weight()  # raises before any weight is written
+    for layer in layers:
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    """Unmerge every LoRALinear of the model."""
+    layers = _all(model)
+    unmerged = [layer for layer in layers if not layer.merged]
+    if unmerged:
+        raise ValueError(f"{len(unmerged)} of {len(layers)} LoRA layers are not merged")
+    for layer in layers:
+        layer.unmerge()
+
+
+def set_impl(model: nn.Module, impl: str) -> None:
+    """Use `impl` for every LoRALinear of the model."""
+    get_impl(impl)
+    for layer in _all(model):
+        layer.impl = impl
+
+
+# --- PEFT ------------------------------------------------------------------------------------
+
+
+def _peft_lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def _refusal(name: str, layer: nn.Module, adapter: str | None) -> str | None:
+    """Why this PEFT LoRA layer cannot become a LoRALinear, or None."""
+    from peft.tuners.lora import Linear
+
+    if not isinstance(layer, Linear):
+        return f"{name} is a PEFT {type(layer).__name__}; only LoRA Linear layers convert"
+    if layer.disable_adapters:
+        return f"{name} has its adapters disabled; enable them first"
+    if adapter in getattr(layer, "lora_variant", {}):
+        kind = type(layer.lora_variant[adapter]).__name__
+        return f"{name} uses a LoRA variant ({kind}, e.g. DoRA); only plain LoRA converts"
+    if getattr(layer, "lora_bias", {}).get(adapter):
+        return f"{name} has lora_bias=True (a bias on B); LoRALinear has none"
+    others = [a for a in layer.merged_adapters if a != adapter]
+    if others:
+        return f"{name} has other adapters merged into its weight: {others}; unmerge them first"
+    A, B, W = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.get_base_layer()
+    if A.dtype != W.weight.dtype:
+        return (
+            f"{name}: the adapter is {A.dtype} but the base weight is {W.weight.dtype}; "
+            "LoRALinear keeps one dtype (load PEFT with autocast_adapter_dtype=False, "
+            "or cast the model)"
+        )
+    if B.dtype != A.dtype:
+        return f"{name}: lora_A is {A.dtype} but lora_B is {B.dtype}"
+    return None
+
+
+def _adapter_of(layers: dict[str, nn.Module], adapter: str | None) -> str:
+    names = sorted({a for layer in layers.values() for a in layer.lora_A})
+    if adapter is not None:
+        if adapter not in names:
+            raise ValueError(f"adapter {adapter!r} is not in the model; adapters: {names}")
+        return adapter
+    if len(names) != 1:
+        raise ValueError(
+            f"the model has {len(names)} adapters {names}; pass adapter= to pick the one to "
+            "convert (LoRALinear holds one)"
+        )
+    return names[0]
+
+
+def from_peft(
+    peft_model: nn.Module, impl: str = "two_step", *, adapter: str | None = None
+) -> dict[str, LoRALinear]:
+    """Put a LoRALinear in place of each LoRA Linear of a PEFT model, with the same base
+    weight, A, B, scaling and dropout (the tensors themselves, no copies). A merged layer
+    stays merged. Returns the new layers by name; the model computes the same function.
+
+    Refused, before anything changes: not a PEFT model, LoRA layers that are not Linear,
+    DoRA and other variants, lora_bias, disabled adapters, mixed dtypes, and several adapters
+    unless `adapter` names one (the others are dropped from the converted layers).
+    """
+    if importlib.util.find_spec("peft") is None:
+        raise TypeError("from_peft needs a PEFT model, and peft is not installed")
+    from peft import PeftModel
+    from peft.tuners.lora import LoraModel
+
+    if not isinstance(peft_model, (PeftModel, LoraModel)):
+        raise TypeError(f"from_peft needs a PEFT model, got {type(peft_model).__name__}")
+    get_impl(impl)
+    layers = _peft_lora_layers(peft_model)
+    if not layers:
+        raise ValueError("the PEFT model has no LoRA layer (is it a LoRA model?)")
+    adapter = _adapter_of(layers, adapter)
+    layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
+    reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter))]
+    if reasons:
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        raise ValueError(f"cannot convert: {reasons[0]}{more}")
+    new = {name: _convert(layer, adapter, impl) for name, layer in layers.items()}
+    for name, layer in new.items():
+        _replace(peft_model, name, layer)
+    return new
+
+
+def _convert(layer: nn.Module, adapter: str, impl: str) -> LoRALinear:
+    base = _as_linear(layer.get_base_layer())
+    A: Tensor = layer.lora_A[adapter].weight
+    B: Tensor = layer.lora_B[adapter].weight
+    dropout = layer.lora_dropout[adapter]
+    new = LoRALinear(
+        base.in_features, base.out_features, A.shape[0], base=base, impl=impl,
+        dropout=dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
+        adapter=(A, B),
+    )  # fmt: skip
+    new.scale = float(layer.scaling[adapter])
+    new.alpha = float(layer.lora_alpha[adapter])
+    new.merged = adapter in layer.merged_adapters
+    return new
