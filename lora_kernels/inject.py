@@ -121,7 +121,7 @@ def inject(
         layer = LoRALinear.from_linear(
             _as_linear(module), rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout,
             impl=impl,
-        )  # fmt: skip
+        ).train(module.training)  # fmt: skip
         _replace(model, name, layer)
         new[name] = layer
     return new
@@ -268,4 +268,4 @@ def _convert(layer: nn.Module, adapter: str, impl: str) -> LoRALinear:
     new.scale = float(layer.scaling[adapter])
     new.alpha = float(layer.lora_alpha[adapter])
     new.merged = adapter in layer.merged_adapters
-    return new
+    return new.train(layer.training)
