@@ -13,6 +13,7 @@ import torch
 from bench.cache import CACHE_MODES
 from bench.cases import DTYPES, PROFILES
 from bench.memory import CpuProbe
+from bench.plan_cli import presets_markdown
 from bench.results import Run, dump_run, write_atomic
 from bench.runner import Harness
 from bench.session import Settings, configure_torch, physical_cores
@@ -98,6 +99,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("case", settings.cases(), ids=str)
     if "memory_case" in metafunc.fixturenames:
         metafunc.parametrize("memory_case", settings.memory_cases(), ids=str)
+    if "model_job" in metafunc.fixturenames:
+        metafunc.parametrize("model_job", settings.model_jobs(), ids=str)
     if "timer_case" in metafunc.fixturenames:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 
@@ -170,5 +173,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                   commit_info, mine)  # fmt: skip
         stem = settings.results_dir / f"{device}-{settings.profile.name}"
         write_atomic(stem.with_suffix(".json"), dump_run(run))
-        write_atomic(stem.with_suffix(".md"), run_markdown(run))
+        planner = "\n" + presets_markdown() if run.models() else ""
+        write_atomic(stem.with_suffix(".md"), run_markdown(run) + planner)
         config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

@@ -96,6 +96,32 @@ def plan_text(plans: list) -> str:
     )
 
 
+PRESET_TARGETS = ("attn", "all-linear")
+
+
+def presets_markdown(rank: int = 16, tokens: int = 2048) -> str:
+    """The planner's figures for every preset, with LoRA on attn and on all-linear."""
+    from lora_kernels.planner import plan
+    from lora_kernels.presets import PRESETS
+
+    rows = []
+    for preset in PRESETS.values():
+        for targets in PRESET_TARGETS:
+            p = plan(preset, targets, rank, tokens=tokens)
+            rows.append([preset.name, targets, f"{preset.total_params:,}", count(p.trainable),
+                         f"{100 * p.fraction:.2f}%", size(p.adapter_bytes), size(p.lora.total),
+                         size(p.full.total), f"+{p.extra_flops_share:.2%}"])  # fmt: skip
+    headers = ["model", "targets", "parameters", "trainable", "of total", "adapter file",
+               "train memory", "full fine-tuning", "extra FLOPs unmerged"]  # fmt: skip
+    return (
+        f"### Planner (r={rank}, bf16, AdamW, {tokens} tokens a step)\n\n"
+        + tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+        + "\n\nFrom `lora-bench plan`: arithmetic, not measured. Memory counts weights, "
+        "gradients, optimizer state and what the linear layers save for backward (see the "
+        "README).\n"
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from lora_kernels.planner import plan
     from lora_kernels.presets import get_preset

@@ -165,9 +165,46 @@ class TimerCheckEntry(CaseEntry):
     references: dict[str, float]  # timer name -> seconds per call
 
 
-Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry
+@dataclass(frozen=True)
+class ModelEntry:
+    """One variant of a whole model (PEFT's, or ours through from_peft) timed in pairs with
+    the frozen model: a forward, or a training step."""
+
+    kind: ClassVar[str] = "model"
+    fullname: str
+    case: str  # "model targets T=.. r=.. dtype device"
+    key: str
+    model: str
+    targets: str  # "attn" or "all-linear"
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+    variant: str  # "peft", "peft_merged", or one of our impls
+    mode: str
+    adapted_layers: int
+    trainable: int
+    rel_error: float  # against PEFT's model: logits, and in training the LoRA gradients
+    build_s: float
+    threads: int
+    adapted_share: float  # share of the variant's call spent inside the adapted layers
+    base_share: float  # share of the frozen model's call spent inside the same layers
+    peak_bytes: int
+    memory_method: str
+    rounds: Paired
+
+    @property
+    def ratio_to_base(self) -> float:
+        return self.rounds.ratio
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.rounds.impl_median_s
+
+
+Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry
 ENTRY_KINDS: dict[str, type] = {
-    c.kind: c for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry)
+    c.kind: c for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry, ModelEntry)
 }
 
 
@@ -224,6 +261,9 @@ class Run:
     def timer_checks(self) -> list[TimerCheckEntry]:
         return [e for e in self.entries if isinstance(e, TimerCheckEntry)]
 
+    def models(self) -> list[ModelEntry]:
+        return [e for e in self.entries if isinstance(e, ModelEntry)]
+
     def impl_rank(self, impl: str) -> int:
         """Position of impl in the run's registry order (unknown names last)."""
         names = [i.name for i in self.meta.impls]
@@ -241,6 +281,8 @@ def entry_dict(entry: Entry) -> dict[str, object]:
     summary figures (ratio_to_base, ratio_iqr, median_s, base_median_s) for readers of the
     raw JSON. The reader recomputes those from the rounds."""
     data: dict[str, object] = {"kind": entry.kind, **dataclasses.asdict(entry)}
+    if isinstance(entry, ModelEntry):
+        data.update(ratio_to_base=entry.ratio_to_base, tokens_per_s=entry.tokens_per_s)
     if isinstance(entry, TimeEntry):
         data.update(
             ratio_to_base=entry.ratio_to_base,

@@ -11,6 +11,7 @@ import torch
 
 from bench.cache import cache_bytes, copies_needed
 from bench.cases import DTYPES, PROFILES, SHAPES, Case, Profile
+from bench.models import ModelJob, model_jobs
 from bench.results import Entry, ImplInfo, RunMeta
 from bench.timing import Peaks, calibrate
 from lora_kernels import IMPLS
@@ -105,6 +106,10 @@ class Settings:
 
     def timer_cases(self) -> list[Case]:
         return self._select(self.profile.timer_cases(self.devices, self.dtypes))
+
+    def model_jobs(self) -> list[ModelJob]:
+        jobs = model_jobs(self.profile.name, self.devices)
+        return [j for j in jobs if not self.only or any(o == str(j.case) for o in self.only)]
 
     def peaks(self, device: str, dtype: str) -> Peaks:
         """Peaks of (device, dtype), calibrated on first use: the run's start reading."""

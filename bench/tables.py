@@ -249,6 +249,8 @@ def cold_check_table(run: Run) -> Table:
 def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
     """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
     where the table has them."""
+    from bench.model_tables import model_tables  # it builds on this module's Table
+
     tables = []
     for mode in MODES_ORDER:
         tables += [
@@ -261,6 +263,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         timer_table(run),
         memory_table(run, group_by),
         params_table(run, group_by),
+        *model_tables(run),
     ]
     return [t for t in tables if t.rows]
 

@@ -126,3 +126,28 @@ def test_bad_plugin_is_a_usage_error(tmp_path: Path) -> None:
         "ModuleNotFoundError" in proc.stderr
     )
     assert not list(tmp_path.iterdir()), "nothing is written"
+
+
+def test_model_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> None:
+    from bench.models import missing
+
+    if missing():
+        pytest.skip(missing())
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    got = {(e.mode, e.variant): e for e in run.models()}
+    want = {("infer", v) for v in ("peft", "peft_merged", "addmm")} | {
+        ("train", v) for v in ("peft", "addmm")
+    }
+    assert set(got) == want
+    for e in got.values():
+        assert e.case == "llama-tiny attn T=32 r=16 fp32 cpu" and e.threads == 1
+        assert e.ratio_to_base > 0 and len(e.rounds.impl_s) >= 3
+        assert e.rel_error <= 1e-4 and 0 < e.adapted_share < 1 and 0 < e.base_share < 1
+        assert e.adapted_layers == 8 and e.peak_bytes > 0  # q, k, v, o of 2 blocks
+    assert got[("infer", "peft_merged")].trainable == 0
+    trainable = 2 * 16 * (128 + 96 + 96 + 128)  # q, k (kv 32), v, o of 2 blocks of hidden 64
+    assert got[("train", "addmm")].trainable == got[("train", "peft")].trainable == trainable
+    assert got[("train", "addmm")].peak_bytes > got[("infer", "addmm")].peak_bytes
+    md = (tiny_run[0] / "cpu-tiny.md").read_text()
+    assert "### Models (forward)" in md and "### Models (training step)" in md
+    assert "### Planner (r=16" in md and "| llama3-8b   | attn" in md

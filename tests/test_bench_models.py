@@ -1,0 +1,79 @@
+"""The end-to-end bench's pieces: its cases and variants per profile, models that share one
+set of weights, the memory count, and the model entries' round trip through a results file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from runs import make_run
+from torch import nn
+
+from bench.model_runner import tensor_bytes
+from bench.model_tables import model_tables
+from bench.models import MODELS, ModelCase, model_jobs, shared_copy, variants
+from bench.results import ModelEntry, Paired, Run, dump_run, parse_run
+from lora_kernels import IMPLS, get_preset
+
+
+def test_quick_jobs_stay_small_and_full_runs_every_impl() -> None:
+    quick = model_jobs("quick", ["cpu"])
+    assert {str(j.case) for j in quick} == {
+        "llama-cpu attn T=128 r=16 fp32 cpu",
+        "llama-cpu all-linear T=128 r=16 fp32 cpu",
+        "gpt2-2blocks all-linear T=128 r=16 fp32 cpu",
+    }
+    assert len(quick) == 3 * (5 + 4)
+    trainers = [n for n, i in IMPLS.items() if i.origin == "ours" and i.lora_equivalent
+                and not i.unavailable_reason("cpu", torch.float32, "train")]  # fmt: skip
+    assert variants("train", "cpu") == ["peft", *trainers]
+    assert "peft_merged" in variants("infer", "cpu") and "merged" in variants("infer", "cpu")
+    assert "peft_merged" not in variants("train", "cpu")
+    cuda = {str(j.case) for j in model_jobs("full", ["cuda"])}
+    assert "llama3-8b-2blocks all-linear T=2048 r=16 bf16 cuda" in cuda
+
+
+def test_model_presets_keep_their_real_layers() -> None:
+    llama = get_preset("llama3-8b")
+    assert MODELS["llama3-8b-2blocks"].linears == llama.linears
+    assert MODELS["llama3-8b-2blocks"].hf["num_hidden_layers"] == 2
+    assert MODELS["gpt2-2blocks"].vocab == 50257 and MODELS["gpt2-2blocks"].blocks == 2
+    case = ModelCase("llama-cpu", "attn", 128, 16, "fp32", "cpu")
+    assert case.key == "llama-cpu attn T=128 r=16 fp32" and str(case).endswith(" cpu")
+
+
+def test_shared_copy_shares_every_tensor() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    copy = shared_copy(model)
+    assert copy is not model and copy[0] is not model[0]
+    assert all(a is b for a, b in zip(model.parameters(), copy.parameters(), strict=True))
+    assert all(a is b for a, b in zip(model.buffers(), copy.buffers(), strict=True))
+
+
+def test_tensor_bytes_counts_each_storage_once() -> None:
+    lin = nn.Linear(64, 32, bias=False)  # W: 8 KiB, saved again by linear for dx: counted once
+    x = torch.randn(16, 64, requires_grad=True)  # 4 KiB, saved for dW
+    assert tensor_bytes(lin, lambda: lin(x).sum().backward()) == 2 * 8192 + 4096
+
+
+def entry(variant: str, mode: str) -> ModelEntry:
+    case = ModelCase("llama-cpu", "attn", 128, 16, "fp32", "cpu")
+    return ModelEntry(
+        fullname=f"bench/test_model.py::test_model[{variant}]", **case.fields(), variant=variant,
+        mode=mode, adapted_layers=8, trainable=123, rel_error=1e-7, build_s=0.1, threads=2,
+        adapted_share=0.2, base_share=0.15, peak_bytes=2**20, memory_method="tensors",
+        rounds=Paired(1, [1.1, 1.2, 1.0], [1.0, 1.0, 1.0]),
+    )  # fmt: skip
+
+
+def test_model_entries_round_trip_and_table() -> None:
+    meta = make_run().meta
+    run = Run(meta, {}, {}, [entry("peft", "infer"), entry("addmm", "train")])
+    back = parse_run(json.loads(dump_run(run)), "test")
+    assert back.models() == run.models()
+    assert back.models()[0].ratio_to_base == pytest.approx(1.1)
+    forward, train = model_tables(back)
+    assert forward.title == "Models (forward)" and train.title == "Models (training step)"
+    assert forward.rows[0][:3] == ["llama-cpu attn T=128 r=16", "peft", "1.100"]
+    assert forward.rows[0][5] == "20% / 15%"
