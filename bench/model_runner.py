@@ -16,7 +16,7 @@ from bench import models
 from bench.models import Inputs, ModelCase
 from bench.results import ModelEntry
 from bench.runner import Harness
-from bench.timing import run_paired, synchronize
+from bench.timing import Work, run_paired, synchronize
 from lora_kernels import rel_error
 
 CPU_MEMORY = "tensors: parameters, their gradients, and what autograd saved for backward"
@@ -56,7 +56,7 @@ def _unique_bytes(tensors: list[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def tensor_bytes(model: nn.Module, work: models.Work) -> int:
+def tensor_bytes(model: nn.Module, work: Work) -> int:
     """Bytes of the model's parameters, their gradients after one call of `work`, and what
     autograd saved for backward during it, each storage once. The optimizer's state (AdamW:
     twice the trainable parameters) and transient buffers are not counted."""
@@ -73,7 +73,7 @@ def tensor_bytes(model: nn.Module, work: models.Work) -> int:
     return _unique_bytes(params + grads + saved)
 
 
-def cuda_peak(work: models.Work) -> int:
+def cuda_peak(work: Work) -> int:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     work()
@@ -118,7 +118,7 @@ def time_model(
     b = built(case)
     synchronize(case.device)
     start = time.perf_counter()
-    model = models.build(variant, b.base, b.peft)
+    model = models.build(variant, b.peft)
     synchronize(case.device)
     build_s = time.perf_counter() - start
     error = check(variant, model, b, mode)

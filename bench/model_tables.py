@@ -14,7 +14,7 @@ def model_rows(entries: list[ModelEntry]) -> list[list[object]]:
     for e in entries:
         rows.append(
             [
-                e.case.rsplit(" ", 2)[0],
+                f"{e.model} {e.targets} T={e.tokens} r={e.rank}",
                 e.variant,
                 f"{e.ratio_to_base:.3f}",
                 f"{e.rounds.ratio_iqr:.3f}",

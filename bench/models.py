@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -15,10 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.cases import DTYPES
+from bench.timing import Work, synchronize
 from lora_kernels import IMPLS, PRESETS, Preset, from_peft
 from lora_kernels.presets import llama
-
-Work = Callable[[], object]
 
 
 def _blocks(name: str, preset: Preset, blocks: int, layers_field: str) -> Preset:
@@ -193,11 +191,9 @@ def peft_model(base: nn.Module, case: ModelCase) -> nn.Module:
     return get_peft_model(shared_copy(base), config, autocast_adapter_dtype=False).eval()
 
 
-def build(variant: str, base: nn.Module, peft: nn.Module) -> nn.Module:
-    """The model of one variant: the frozen base, PEFT's model, PEFT merged into its own
-    copy of the weights, or our impl through from_peft on a copy sharing PEFT's tensors."""
-    if variant == "base":
-        return base
+def build(variant: str, peft: nn.Module) -> nn.Module:
+    """The model of one variant: PEFT's model, PEFT merged into its own copy of the weights,
+    or our impl through from_peft on a copy sharing PEFT's tensors."""
     if variant == "peft":
         return peft
     if variant == "peft_merged":
@@ -271,11 +267,6 @@ def target_names(base: nn.Module, case: ModelCase) -> list[str]:
     return [n for n, _ in base.named_modules() if n.endswith(suffixes)]
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def share_in(model: nn.Module, names: list[str], work: Work, device: str) -> float:
     """Share of one call of `work` spent inside the modules called `names` (forward and
     backward, between hooks that synchronize the device). An instrumented call, apart from
@@ -285,11 +276,11 @@ def share_in(model: nn.Module, names: list[str], work: Work, device: str) -> flo
     spent, starts = [0.0], {}
 
     def start(m: nn.Module, *_: object) -> None:
-        _sync(device)
+        synchronize(device)
         starts[id(m)] = time.perf_counter()
 
     def stop(m: nn.Module, *_: object) -> None:
-        _sync(device)
+        synchronize(device)
         spent[0] += time.perf_counter() - starts.pop(id(m))
 
     handles = []
@@ -299,10 +290,10 @@ def share_in(model: nn.Module, names: list[str], work: Work, device: str) -> flo
     try:
         work()
         spent[0] = 0.0
-        _sync(device)
+        synchronize(device)
         begin = time.perf_counter()
         work()
-        _sync(device)
+        synchronize(device)
         total = time.perf_counter() - begin
     finally:
         for h in handles:

@@ -109,7 +109,7 @@ class Settings:
 
     def model_jobs(self) -> list[ModelJob]:
         jobs = model_jobs(self.profile.name, self.devices)
-        return [j for j in jobs if not self.only or any(o == str(j.case) for o in self.only)]
+        return [j for j in jobs if not self.only or str(j.case) in self.only]
 
     def peaks(self, device: str, dtype: str) -> Peaks:
         """Peaks of (device, dtype), calibrated on first use: the run's start reading."""

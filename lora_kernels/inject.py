@@ -107,8 +107,8 @@ def inject(
     """
     get_impl(impl)
     chosen = select_linears(model, targets)
-    for name, module in chosen.items():
-        base = _as_linear(module)
+    bases = {name: _as_linear(module) for name, module in chosen.items()}
+    for name, base in bases.items():
         limit = min(base.in_features, base.out_features)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
             raise ValueError(
@@ -117,11 +117,10 @@ def inject(
             )
     model.requires_grad_(False)
     new = {}
-    for name, module in chosen.items():
+    for name, base in bases.items():
         layer = LoRALinear.from_linear(
-            _as_linear(module), rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout,
-            impl=impl,
-        ).train(module.training)  # fmt: skip
+            base, rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout, impl=impl,
+        ).train(chosen[name].training)  # fmt: skip
         _replace(model, name, layer)
         new[name] = layer
     return new
