@@ -1,8 +1,19 @@
-"""lora_kernels: a LoRA linear layer and interchangeable forward implementations."""
+"""lora_kernels: a LoRA linear layer and interchangeable forward implementations; the same for
+many adapters served in one batch."""
 
 from lora_kernels import impls as _impls  # registers every implementation
 from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
+from lora_kernels.multi import (
+    DISTRIBUTIONS,
+    MULTI_IMPLS,
+    MultiImpl,
+    MultiLoRALinear,
+    MultiLoRAWeights,
+    get_multi_impl,
+    multi_reference_forward,
+    random_index,
+)
 from lora_kernels.params import ParamCount, count_parameters, linear_total, lora_trainable
 from lora_kernels.planner import Plan, plan
 from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, load_plugins
@@ -21,14 +32,19 @@ from lora_kernels.weights import LoRAWeights
 del _impls
 
 __all__ = [
+    "DISTRIBUTIONS",
     "ENTRY_POINT_GROUP",
     "IMPLS",
+    "MULTI_IMPLS",
     "PRESETS",
     "TOLERANCES",
     "Grads",
     "Impl",
     "LoRALinear",
     "LoRAWeights",
+    "MultiImpl",
+    "MultiLoRALinear",
+    "MultiLoRAWeights",
     "Op",
     "ParamCount",
     "Plan",
@@ -37,6 +53,7 @@ __all__ = [
     "count_parameters",
     "from_peft",
     "get_impl",
+    "get_multi_impl",
     "get_preset",
     "inject",
     "linear_total",
@@ -44,7 +61,9 @@ __all__ = [
     "lora_layers",
     "lora_trainable",
     "merge",
+    "multi_reference_forward",
     "plan",
+    "random_index",
     "reference_forward",
     "reference_grads",
     "rel_error",

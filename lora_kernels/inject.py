@@ -21,7 +21,7 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
 
 
-def _as_linear(module: nn.Module) -> nn.Linear:
+def as_linear(module: nn.Module) -> nn.Linear:
     """An nn.Linear computing the same function with the same tensors: the module itself, or
     for a Conv1D an nn.Linear whose weight is a transposed view of the Conv1D's."""
     if isinstance(module, nn.Linear):
@@ -107,7 +107,7 @@ def inject(
     """
     get_impl(impl)
     chosen = select_linears(model, targets)
-    bases = {name: _as_linear(module) for name, module in chosen.items()}
+    bases = {name: as_linear(module) for name, module in chosen.items()}
     for name, base in bases.items():
         limit = min(base.in_features, base.out_features)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
@@ -178,7 +178,7 @@ def _peft_lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def _refusal(name: str, layer: nn.Module, adapter: str | None) -> str | None:
+def peft_refusal(name: str, layer: nn.Module, adapter: str | None) -> str | None:
     """Why this PEFT LoRA layer cannot become a LoRALinear, or None."""
     from peft.tuners.lora import Linear
 
@@ -244,7 +244,7 @@ def from_peft(
         raise ValueError("the PEFT model has no LoRA layer (is it a LoRA model?)")
     adapter = _adapter_of(layers, adapter)
     layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
-    reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter))]
+    reasons = [r for n, m in layers.items() if (r := peft_refusal(n, m, adapter))]
     if reasons:
         more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
         raise ValueError(f"cannot convert: {reasons[0]}{more}")
@@ -255,7 +255,7 @@ def from_peft(
 
 
 def _convert(layer: nn.Module, adapter: str, impl: str) -> LoRALinear:
-    base = _as_linear(layer.get_base_layer())
+    base = as_linear(layer.get_base_layer())
     A: Tensor = layer.lora_A[adapter].weight
     B: Tensor = layer.lora_B[adapter].weight
     dropout = layer.lora_dropout[adapter]

@@ -35,6 +35,27 @@ class _Built:
             self.seen.add(signature)
 
 
+def frozen_base(
+    in_features: int,
+    out_features: int,
+    base: nn.Linear | None,
+    bias: bool,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+) -> nn.Linear:
+    """`base` checked against in_features -> out_features, or a new nn.Linear; frozen."""
+    if base is None:
+        base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+    elif not isinstance(base, nn.Linear):
+        raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+    elif (base.in_features, base.out_features) != (in_features, out_features):
+        raise ValueError(
+            f"base is {base.in_features}->{base.out_features}, "
+            f"but in_features->out_features is {in_features}->{out_features}"
+        )
+    return base.requires_grad_(False)
+
+
 class LoRALinear(nn.Module):
     """LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) on a frozen linear layer.
 
@@ -72,16 +93,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if base is None:
-            base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        elif not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
-        elif (base.in_features, base.out_features) != (in_features, out_features):
-            raise ValueError(
-                f"base is {base.in_features}->{base.out_features}, "
-                f"but in_features->out_features is {in_features}->{out_features}"
-            )
-        self.base = base.requires_grad_(False)
+        self.base = base = frozen_base(in_features, out_features, base, bias, device, dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
         if adapter is None:

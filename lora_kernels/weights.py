@@ -58,8 +58,53 @@ def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], meaning: str) 
         raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(t.shape)}")
 
 
+class LayerTensors:
+    """What LoRAWeights and MultiLoRAWeights share: a base layer W (out, in), b, and adapter
+    tensors A and B, all of one dtype on one device."""
+
+    W: Tensor
+    b: Tensor | None
+    A: Tensor
+    B: Tensor
+
+    @property
+    def in_features(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W.device
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise unless x is (..., in) with the weights' dtype and device."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must have shape (..., in) with in = {self.in_features}, got {tuple(x.shape)}"
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype}; the weights have {self.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device}; the weights are on {self.device}")
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the first of W, b, A, B that holds NaN or inf."""
+        for name, t in (("W", self.W), ("b", self.b), ("A", self.A), ("B", self.B)):
+            if t is not None and not all_finite(t):
+                raise ValueError(f"{name} holds non-finite values (NaN or inf); all must be finite")
+
+
 @dataclass(frozen=True)
-class LoRAWeights:
+class LoRAWeights(LayerTensors):
     """W (out, in), b (out,) or None, A (r, in), B (out, r) and the scale s.
 
     Computes y = x Wᵀ + b + s · (x Aᵀ) Bᵀ. All tensors share one dtype and one device.
@@ -102,43 +147,8 @@ class LoRAWeights:
             raise ValueError(f"scale must be finite, got {self.scale}")
 
     @property
-    def in_features(self) -> int:
-        return self.W.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.W.shape[0]
-
-    @property
     def rank(self) -> int:
         return self.A.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.W.device
-
-    def check_input(self, x: Tensor) -> None:
-        """Raise unless x is (..., in) with the weights' dtype and device."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x must have shape (..., in) with in = {self.in_features}, got {tuple(x.shape)}"
-            )
-        if x.dtype != self.dtype:
-            raise TypeError(f"x has dtype {x.dtype}; the weights have {self.dtype}")
-        if x.device != self.device:
-            raise ValueError(f"x is on {x.device}; the weights are on {self.device}")
-
-    def check_finite(self) -> None:
-        """Raise ValueError naming the first of W, b, A, B that holds NaN or inf."""
-        for name, t in (("W", self.W), ("b", self.b), ("A", self.A), ("B", self.B)):
-            if t is not None and not all_finite(t):
-                raise ValueError(f"{name} holds non-finite values (NaN or inf); all must be finite")
 
     def merged_weight(self, sign: float = 1.0) -> Tensor:
         """W + sign · s · B A, computed in fp32 and cast to W's dtype; (out, in).

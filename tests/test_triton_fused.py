@@ -5,27 +5,17 @@ runs this file with it.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from interpreted import DEVICE, INTERPRETED, NO_KERNEL, run_interpreted
 
 from lora_kernels import IMPLS, LoRAWeights, reference_forward, rel_error, tolerance
 from lora_kernels.reference import forward_error
 
 pytest.importorskip("triton", reason="the triton extra is not installed")
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETED or not torch.cuda.is_available() else "cuda"
-needs_kernel = pytest.mark.skipif(
-    DEVICE == "cpu" and not INTERPRETED,
-    reason="no CUDA: run by test_kernel_under_the_interpreter in a child with TRITON_INTERPRET=1",
-)
+needs_kernel = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason=NO_KERNEL)
 
 # (T, in, out, r): one token, r = 1, r = min(in, out), sizes off the block grid, several
 # row blocks, several column splits.
@@ -36,13 +26,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def test_kernel_under_the_interpreter() -> None:
     if INTERPRETED or DEVICE == "cuda":
         pytest.skip("the kernel tests run in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert re.match(r"\d+ passed, 1 skipped in ", summary), summary  # 1: this test, there
+    run_interpreted(__file__)
 
 
 @needs_kernel

@@ -15,7 +15,7 @@ from lora_kernels.registry import Impl, Op, register
 from lora_kernels.weights import LoRAWeights
 
 
-def _missing(module: str) -> Callable[[], str | None]:
+def peer_missing(module: str) -> Callable[[], str | None]:
     def reason() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"peer {module!r} is not installed: pip install 'lora-bench[peers]'"
@@ -24,16 +24,16 @@ def _missing(module: str) -> Callable[[], str | None]:
     return reason
 
 
-def _use(module: nn.Module, name: str, tensor: Tensor | None) -> None:
+def use_tensor(module: nn.Module, name: str, tensor: Tensor | None) -> None:
     """Make module.<name> our tensor itself (not a copy), so gradients land on it."""
     delattr(module, name)
     setattr(module, name, tensor)
 
 
-def _base_linear(w: LoRAWeights) -> nn.Linear:
+def base_linear(w: LoRAWeights) -> nn.Linear:
     base = nn.Linear(w.in_features, w.out_features, bias=w.b is not None, device="meta")
-    _use(base, "weight", w.W)
-    _use(base, "bias", w.b)
+    use_tensor(base, "weight", w.W)
+    use_tensor(base, "bias", w.b)
     return base
 
 
@@ -43,10 +43,10 @@ def _peft_layer(w: LoRAWeights) -> nn.Module:
 
     alpha = w.scale * w.rank
     config = LoraConfig(r=w.rank, lora_alpha=alpha)
-    layer = Linear(_base_linear(w), "default", config=config, r=w.rank, lora_alpha=alpha)
+    layer = Linear(base_linear(w), "default", config=config, r=w.rank, lora_alpha=alpha)
     layer.scaling["default"] = w.scale  # exact, whatever rounding alpha / r brought
-    _use(layer.lora_A["default"], "weight", w.A)
-    _use(layer.lora_B["default"], "weight", w.B)
+    use_tensor(layer.lora_A["default"], "weight", w.A)
+    use_tensor(layer.lora_B["default"], "weight", w.B)
     return layer
 
 
@@ -71,7 +71,7 @@ def build_loralib(w: LoRAWeights) -> Op:
     )  # fmt: skip
     layer.scaling = w.scale
     for name, t in (("weight", w.W), ("bias", w.b), ("lora_A", w.A), ("lora_B", w.B)):
-        _use(layer, name, t)
+        use_tensor(layer, name, t)
     return layer
 
 
@@ -80,7 +80,7 @@ register(
         "peft",
         "HF PEFT lora.Linear, unmerged",
         build_peft,
-        requires=_missing("peft"),
+        requires=peer_missing("peft"),
         origin="peer",
         source="peft",
     )
@@ -91,7 +91,7 @@ register(
         "HF PEFT lora.Linear after merge(), the base layer merge_and_unload returns",
         build_peft_merged,
         modes=frozenset({"infer"}),
-        requires=_missing("peft"),
+        requires=peer_missing("peft"),
         origin="peer",
         source="peft",
     )
@@ -101,7 +101,7 @@ register(
         "loralib",
         "loralib.Linear, unmerged",
         build_loralib,
-        requires=_missing("loralib"),
+        requires=peer_missing("loralib"),
         origin="peer",
         source="loralib",
     )

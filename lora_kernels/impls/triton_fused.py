@@ -21,9 +21,10 @@ from lora_kernels.registry import Impl, Op, register, rows_op
 from lora_kernels.weights import LoRAWeights
 
 
-def triton_missing() -> str | None:
+def triton_missing(impl: str = "triton_fused") -> str | None:
+    """Why `impl`, a Triton kernel, cannot run here, or None."""
     if importlib.util.find_spec("triton") is None:
-        return "impl 'triton_fused' needs triton: pip install 'lora-bench[triton]'"
+        return f"impl {impl!r} needs triton: pip install 'lora-bench[triton]'"
     return None
 
 
@@ -83,7 +84,7 @@ def _kernel() -> object:
     return lora_add_kernel
 
 
-def _programs(device: torch.device) -> int:
+def target_programs(device: torch.device) -> int:
     """Programs to aim for: a few per SM on a GPU, a handful under the interpreter."""
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -99,13 +100,13 @@ def lora_add_(y: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: float) -> Tenso
             f"lora_add_ needs y (T, out), x (T, in), A (r, in), B (out, r); got y "
             f"{tuple(y.shape)}, x {tuple(x.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
         )
-    block_r = max(16, _next_pow2(r))
+    block_r = max(16, next_pow2(r))
     block_m = 16 if T <= 16 else (32 if block_r >= 128 else 64)
     block_n = 64 if block_r >= 128 else 128
     block_k = 32 if x.dtype == torch.float32 else 64
     m_blocks = -(-T // block_m)
     n_blocks = -(-out_f // block_n)
-    n_split = max(1, min(n_blocks, _programs(x.device) // m_blocks))
+    n_split = max(1, min(n_blocks, target_programs(x.device) // m_blocks))
     # fp32 dots in full precision (Triton's default is tf32). The interpreter's bf16 dot is
     # wrong (numpy has no bf16), so there bf16 tiles are upcast to fp32 before the dot.
     upcast = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
@@ -122,7 +123,7 @@ def lora_add_(y: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: float) -> Tenso
     return y
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 

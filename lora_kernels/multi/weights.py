@@ -1,0 +1,228 @@
+"""MultiLoRAWeights: one frozen linear layer and a stack of LoRA adapters, validated in one
+place, with the per-token adapter index that picks an adapter for each token."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lora_kernels.weights import (
+    SUPPORTED_DTYPES,
+    LayerTensors,
+    LoRAWeights,
+    check_rank,
+    scaling,
+)
+
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _check_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
+    return t
+
+
+@dataclass(frozen=True)
+class MultiLoRAWeights(LayerTensors):
+    """W (out, in), b (out,) or None, A (n, r_max, in), B (n, out, r_max), and per adapter a
+    rank r_i <= r_max and a scale s_i.
+
+    Token t with adapter a_t = i computes y_t = x_t Wᵀ + b + s_i · (x_t A_i[:r_i]ᵀ) B_i[:, :r_i]ᵀ;
+    a_t = -1 computes the base layer alone. Rows of A_i and columns of B_i past r_i are padding:
+    they may hold anything, and every implementation must ignore them.
+    """
+
+    W: Tensor
+    b: Tensor | None
+    A: Tensor
+    B: Tensor
+    ranks: tuple[int, ...]
+    scales: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        named = {"W": self.W, "b": self.b, "A": self.A, "B": self.B}
+        tensors = {n: _check_tensor(n, t) for n, t in named.items() if t is not None or n != "b"}
+        if self.W.dim() != 2:
+            raise ValueError(f"W must be 2-D (out, in), got shape {tuple(self.W.shape)}")
+        out_f, in_f = self.W.shape
+        if self.A.dim() != 3 or self.A.shape[2] != in_f:
+            raise ValueError(
+                f"A must be a stack (n, r_max, in) with in = {in_f}, got {tuple(self.A.shape)}"
+            )
+        n, r_max = self.A.shape[:2]
+        if n == 0:
+            raise ValueError("the adapter stack is empty: A has shape (0, ...); need n >= 1")
+        check_rank(r_max, in_f, out_f)
+        if tuple(self.B.shape) != (n, out_f, r_max):
+            raise ValueError(
+                f"B must have shape (n, out, r_max) = {(n, out_f, r_max)}, got "
+                f"{tuple(self.B.shape)}"
+            )
+        if self.b is not None and tuple(self.b.shape) != (out_f,):
+            raise ValueError(f"b must have shape (out,) = {(out_f,)}, got {tuple(self.b.shape)}")
+        dtypes = {k: t.dtype for k, t in tensors.items()}
+        if len(set(dtypes.values())) > 1:
+            raise TypeError(f"W, b, A and B must share one dtype, got {dtypes}")
+        devices = {k: t.device for k, t in tensors.items()}
+        if len(set(devices.values())) > 1:
+            raise ValueError(f"W, b, A and B must be on one device, got {devices}")
+        self._check_ranks(n, r_max)
+        if not isinstance(self.scales, tuple) or len(self.scales) != n:
+            raise ValueError(f"scales must be a tuple of one scale per adapter ({n})")
+        for i, s in enumerate(self.scales):
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise ValueError(f"scales[{i}] must be a finite number, got {s!r}")
+
+    def _check_ranks(self, n: int, r_max: int) -> None:
+        if not isinstance(self.ranks, tuple) or len(self.ranks) != n:
+            raise ValueError(f"ranks must be a tuple of one rank per adapter ({n}), got "
+                             f"{self.ranks!r}")  # fmt: skip
+        for i, r in enumerate(self.ranks):
+            if isinstance(r, bool) or not isinstance(r, int):
+                raise TypeError(f"ranks[{i}] must be an int, got {type(r).__name__} {r!r}")
+            if not 1 <= r <= r_max:
+                raise ValueError(
+                    f"ranks[{i}] = {r}: an adapter's rank must be in [1, r_max] = [1, {r_max}], "
+                    "the stack's width"
+                )
+
+    @property
+    def adapters(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def r_max(self) -> int:
+        return self.A.shape[1]
+
+    def adapter(self, i: int) -> LoRAWeights:
+        """Adapter i alone as LoRAWeights: A_i[:r_i] (r_i, in), B_i[:, :r_i] (out, r_i), views."""
+        r = self.ranks[i]
+        return LoRAWeights(self.W, self.b, self.A[i, :r], self.B[i, :, :r], self.scales[i])
+
+    def padded(self) -> tuple[Tensor, Tensor]:
+        """(A, B) with the padding past each rank set to zero: new tensors when any adapter is
+        narrower than r_max, else the stacks themselves. Detached."""
+        A, B = self.A.detach(), self.B.detach()
+        if all(r == self.r_max for r in self.ranks):
+            return A, B
+        ranks = torch.tensor(self.ranks, device=self.device)
+        keep = (torch.arange(self.r_max, device=self.device) < ranks[:, None]).to(self.dtype)
+        return A * keep[:, :, None], B * keep[:, None, :]  # (n, r_max, in), (n, out, r_max)
+
+    def scale_tensor(self) -> Tensor:
+        """The scales as a tensor (n,) of the weights' dtype and device."""
+        return torch.tensor(self.scales, dtype=self.dtype, device=self.device)
+
+    def check_index(self, index: Tensor, x: Tensor) -> Tensor:
+        """The adapter index of x's tokens as an int64 tensor (T,), T = x.numel() / in.
+
+        index must be an int64 or int32 tensor on x's device, of shape x.shape[:-1] or (T,),
+        with values in [-1, n): -1 is the base layer alone. Nothing is modified.
+        """
+        self.check_input(x)
+        if not isinstance(index, Tensor):
+            raise TypeError(f"index must be a torch.Tensor, got {type(index).__name__}")
+        if index.dtype not in INDEX_DTYPES:
+            raise TypeError(f"index must be an integer tensor (int64 or int32), got {index.dtype}")
+        tokens = x.numel() // self.in_features
+        shapes = list(dict.fromkeys([tuple(x.shape[:-1]), (tokens,)]))
+        if tuple(index.shape) not in shapes:
+            allowed = " or ".join(str(s) for s in shapes)
+            raise ValueError(
+                f"index has shape {tuple(index.shape)}: it needs one adapter id per token, "
+                f"shape {allowed}"
+            )
+        if index.device != x.device:
+            raise ValueError(f"index is on {index.device}; x is on {x.device}")
+        flat = index.reshape(tokens).to(torch.int64)
+        if tokens:
+            lo, hi = (int(v) for v in torch.aminmax(flat))
+            if lo < -1 or hi >= self.adapters:
+                bad = lo if lo < -1 else hi
+                raise ValueError(
+                    f"index holds {bad}: adapter ids must be in [-1, {self.adapters - 1}] "
+                    f"(-1: base layer only; {self.adapters} adapters)"
+                )
+        return flat
+
+    @classmethod
+    def stack(
+        cls, W: Tensor, b: Tensor | None, adapters: Sequence[tuple[Tensor, Tensor, float]]
+    ) -> MultiLoRAWeights:
+        """Stack adapters (A_i (r_i, in), B_i (out, r_i), s_i) of the base layer W, b into new
+        (n, r_max, in) and (n, out, r_max) tensors, zero-padded past each rank."""
+        if len(adapters) == 0:
+            raise ValueError("no adapters to stack; need at least one (A, B, scale)")
+        W = _check_tensor("W", W)
+        if W.dim() != 2:
+            raise ValueError(f"W must be 2-D (out, in), got shape {tuple(W.shape)}")
+        out_f, in_f = W.shape
+        for i, (A, B, _) in enumerate(adapters):
+            _check_tensor(f"adapter {i}: A", A)
+            _check_tensor(f"adapter {i}: B", B)
+            if A.dim() != 2 or B.dim() != 2 or A.shape[1] != in_f or B.shape[0] != out_f \
+                    or A.shape[0] != B.shape[1]:  # fmt: skip
+                raise ValueError(
+                    f"adapter {i} has A {tuple(A.shape)} and B {tuple(B.shape)}; every adapter "
+                    f"must fit the base layer (out, in) = {(out_f, in_f)}: A (r, {in_f}), "
+                    f"B ({out_f}, r)"
+                )
+        ranks = tuple(int(A.shape[0]) for A, _, _ in adapters)
+        r_max = max(ranks)
+        new = {"dtype": W.dtype, "device": W.device}
+        A_stack = torch.zeros(len(adapters), r_max, in_f, **new)
+        B_stack = torch.zeros(len(adapters), out_f, r_max, **new)
+        for i, (A, B, _) in enumerate(adapters):
+            if A.dtype != W.dtype or A.device != W.device or B.dtype != W.dtype \
+                    or B.device != W.device:  # fmt: skip
+                raise TypeError(
+                    f"adapter {i} is {A.dtype}/{B.dtype} on {A.device}/{B.device}; the base "
+                    f"layer is {W.dtype} on {W.device}: they must match"
+                )
+            A_stack[i, : ranks[i]] = A.detach()
+            B_stack[i, :, : ranks[i]] = B.detach()
+        scales = tuple(float(s) for _, _, s in adapters)
+        return cls(W, b, A_stack, B_stack, ranks, scales)
+
+    @classmethod
+    def random(
+        cls,
+        in_features: int,
+        out_features: int,
+        ranks: Sequence[int],
+        *,
+        alpha: float = 16.0,
+        use_rslora: bool = False,
+        bias: bool = True,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> MultiLoRAWeights:
+        """Seeded random weights of len(ranks) adapters, each with B non-zero (as
+        LoRAWeights.random). The padding past each rank holds random values too, so an
+        implementation that reads it computes the wrong function and shows it."""
+        if isinstance(ranks, int) or not ranks:
+            raise ValueError(f"ranks must be a non-empty sequence of ints, got {ranks!r}")
+        ranks = tuple(check_rank(r, in_features, out_features) for r in ranks)
+        base = LoRAWeights.random(in_features, out_features, 1, bias=bias, seed=seed, dtype=dtype)
+        r_max = max(ranks)
+        A, B, scales = [], [], []
+        for i, r in enumerate(ranks):
+            w = LoRAWeights.random(in_features, out_features, r_max, alpha=alpha,
+                                   use_rslora=use_rslora, seed=seed + 1 + i,
+                                   dtype=dtype)  # fmt: skip
+            s = scaling(alpha, r, use_rslora)
+            A.append(w.A)
+            B.append(w.B * (w.scale / s))  # the same adapter output scale at rank r as LoRAWeights
+            scales.append(s)
+        A_stack, B_stack = torch.stack(A).to(device), torch.stack(B).to(device)
+        b = None if base.b is None else base.b.to(device)
+        return cls(base.W.to(device), b, A_stack, B_stack, ranks, tuple(scales))
