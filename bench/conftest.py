@@ -101,6 +101,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("memory_case", settings.memory_cases(), ids=str)
     if "model_job" in metafunc.fixturenames:
         metafunc.parametrize("model_job", settings.model_jobs(), ids=str)
+    if "multi_job" in metafunc.fixturenames:
+        metafunc.parametrize("multi_job", settings.multi_jobs(), ids=str)
     if "timer_case" in metafunc.fixturenames:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

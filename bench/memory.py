@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from lora_kernels import LoRAWeights, get_impl, load_plugins
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
 CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
+CPU_CALL_METHOD = "peak RSS growth (VmHWM) over one call, built and warmed, in a child process"
+CUDA_CALL_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was held before"
 
 
 Inputs = tuple[LoRAWeights, torch.Tensor, torch.Tensor | None]
@@ -68,16 +71,31 @@ def _status_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
 
 
-def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
-    """In this process: peak RSS growth while building and running the op once (bytes)."""
-    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, thread pools
-    inputs = _inputs(case, mode)
+def _rss_growth(fn: Callable[[], object]) -> int:
+    """Peak RSS growth (bytes) over one call of fn, freed memory trimmed first."""
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _status_kib("VmRSS")
-    _build_and_run(impl, inputs, mode)
+    fn()
     return (_status_kib("VmHWM") - before) * 1024
+
+
+def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
+    """In this process: peak RSS growth while building and running the op once (bytes)."""
+    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, thread pools
+    inputs = _inputs(case, mode)
+    return _rss_growth(lambda: _build_and_run(impl, inputs, mode))
+
+
+def measure_multi_cpu_here(case: dict, variant: str) -> int:
+    """In this process: peak RSS growth over one call of a multi-adapter bench variant, built
+    and run once before (bytes)."""
+    from bench.multi import Batch, MultiCase, build_work
+
+    work, _ = build_work(variant, Batch.of(MultiCase(**case)))
+    work()
+    return _rss_growth(work)
 
 
 @dataclass
@@ -92,6 +110,14 @@ class CpuProbe:
     proc: subprocess.Popen | None = None
 
     def measure(self, impl: str, case: Case, mode: str) -> int:
+        """Peak RSS growth of building and running `impl` once on `case`."""
+        return self._ask({"impl": impl, "case": asdict(case), "mode": mode})
+
+    def measure_multi(self, case: object, variant: str) -> int:
+        """Peak RSS growth over one call of a multi-adapter bench variant on `case`."""
+        return self._ask({"kind": "multi", "case": asdict(case), "variant": variant})
+
+    def _ask(self, request: dict) -> int:
         if self.proc is None or self.proc.poll() is not None:
             root = str(Path(__file__).resolve().parents[1])  # where `bench` is importable
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
@@ -109,7 +135,6 @@ class CpuProbe:
                 text=True,
                 env=env,
             )
-        request = {"impl": impl, "case": asdict(case), "mode": mode}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -117,7 +142,7 @@ class CpuProbe:
             raise RuntimeError(f"memory probe exited with code {self.proc.wait()}")
         reply = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"memory probe failed on {impl} {case} {mode}: {reply['error']}")
+            raise RuntimeError(f"memory probe failed on {request}: {reply['error']}")
         return int(reply["peak_bytes"])
 
     def close(self) -> None:
@@ -133,9 +158,12 @@ def _serve(threads: int, impl_specs: list[str]) -> None:
     load_plugins(impl_specs)
     for line in sys.stdin:
         request = json.loads(line)
-        case = Case(**request["case"])
         try:
-            reply = {"peak_bytes": measure_cpu_here(request["impl"], case, request["mode"])}
+            if request.get("kind") == "multi":
+                peak = measure_multi_cpu_here(request["case"], request["variant"])
+            else:
+                peak = measure_cpu_here(request["impl"], Case(**request["case"]), request["mode"])
+            reply = {"peak_bytes": peak}
         except Exception as err:  # reported to the parent, which fails the test with it
             reply = {"error": f"{type(err).__name__}: {err}"}
         print(json.dumps(reply), flush=True)

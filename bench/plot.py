@@ -100,6 +100,46 @@ def ratio_vs_tokens(run: Run, out: Path) -> Path | None:
     return path
 
 
+def ratio_vs_adapters(run: Run, out: Path) -> Path | None:
+    """Ratio to base against the number of adapters, one panel per index distribution, one
+    line per multi-adapter variant, at the run's largest token count with one rank; the best
+    single-adapter impl at those tokens as a dashed line."""
+    entries = [e for e in run.multi() if e.ranks != "mixed"]
+    if not entries:
+        return None
+    tokens = max(e.tokens for e in entries)
+    entries = [e for e in entries if e.tokens == tokens]
+    singles = [e.ratio_to_base for e in entries if e.origin == "single"]
+    multi = [e for e in entries if e.origin != "single"]
+    dists = list(dict.fromkeys(e.distribution for e in multi))
+    if not dists:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(dists), figsize=(5 * len(dists), 4.2), squeeze=False)
+    for ax, dist in zip(axes[0], dists, strict=True):
+        by_variant: dict[str, list] = defaultdict(list)
+        for e in multi:
+            # n = 1 is the same batch whatever the distribution: it starts every line
+            if e.distribution == dist or e.adapters == 1:
+                by_variant[e.variant].append(e)
+        for variant, pts in by_variant.items():
+            pts.sort(key=lambda e: e.adapters)
+            ax.plot([e.adapters for e in pts], [e.ratio_to_base for e in pts], "o-", label=variant)
+        if singles:
+            ax.axhline(min(singles), color="k", ls="--", lw=0.8, label="best single adapter")
+        counts = sorted({e.adapters for v in by_variant.values() for e in v})
+        ax.set(xscale="log", yscale="log", xlabel="adapters in the batch", title=dist)
+        ax.set_xticks(counts, labels=counts)
+        ax.set_ylabel("time / base GEMM (median of pairs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    shape = entries[0].shape
+    fig.suptitle(f"Multi-adapter batches: {shape}, T={tokens} ({run.meta.device})")
+    path = _save(fig, out / f"ratio-vs-adapters-{run.meta.device}.png")
+    plt.close(fig)
+    return path
+
+
 def device_bars(a: Run, b: Run, out: Path) -> Path:
     """Speed-up of run B over run A per case and impl (forward), as grouped bars."""
     pairs = [p for p in pair_runs(a, b)[0] if p.mode == "infer"]
@@ -128,7 +168,8 @@ def plot_runs(runs: list[Run], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for run in runs:
-        paths += [p for p in (throughput_vs_rank(run, out), ratio_vs_tokens(run, out)) if p]
+        charts = (throughput_vs_rank, ratio_vs_tokens, ratio_vs_adapters)
+        paths += [p for p in (chart(run, out) for chart in charts) if p]
     devices = {r.meta.device for r in runs}
     if len(runs) == 2 and len(devices) == 2:
         paths.append(device_bars(runs[0], runs[1], out))

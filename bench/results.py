@@ -3,7 +3,7 @@ reader (`load_run`). It imports neither torch nor the registry, so a results fil
 readable after the code that wrote it has changed.
 
 A run file is JSON: {"lora_bench": RunMeta, "machine_info": {...}, "commit_info": {...},
-"entries": [TimeEntry | MemoryEntry | ParamsEntry, ...]}, each entry tagged by "kind".
+"entries": [TimeEntry | MemoryEntry | ... | MultiEntry, ...]}, each entry tagged by "kind".
 """
 
 from __future__ import annotations
@@ -202,9 +202,48 @@ class ModelEntry:
         return self.tokens / self.rounds.impl_median_s
 
 
-Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry
+@dataclass(frozen=True)
+class MultiEntry:
+    """One variant on one multi-adapter case, timed in pairs with the base GEMM: a
+    multi-adapter impl (ours, or PEFT's mixed batch), or a single-adapter impl on the same
+    shape and tokens ("single:<impl>", one adapter of rank r_max), the reference of what
+    mixing adapters costs."""
+
+    kind: ClassVar[str] = "multi"
+    fullname: str
+    case: str  # "shape T=.. n=.. distribution r=.. dtype device"
+    key: str
+    shape: str
+    tokens: int
+    adapters: int
+    distribution: str
+    ranks: str  # "8", or "mixed"
+    dtype: str
+    device: str
+    r_max: int  # the widest adapter: the rank of the single-adapter references
+    variant: str
+    origin: str  # "ours", "peer", or "single"
+    in_use: int  # distinct adapters the batch's index uses
+    rel_error: float  # against the float64 oracle (per token for the multi-adapter impls)
+    build_s: float
+    threads: int
+    peak_bytes: int  # above the inputs, over one call
+    memory_method: str
+    rounds: Paired
+
+    @property
+    def ratio_to_base(self) -> float:
+        return self.rounds.ratio
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.rounds.impl_median_s
+
+
+Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry
 ENTRY_KINDS: dict[str, type] = {
-    c.kind: c for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry, ModelEntry)
+    c.kind: c
+    for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry, ModelEntry, MultiEntry)
 }
 
 
@@ -264,6 +303,9 @@ class Run:
     def models(self) -> list[ModelEntry]:
         return [e for e in self.entries if isinstance(e, ModelEntry)]
 
+    def multi(self) -> list[MultiEntry]:
+        return [e for e in self.entries if isinstance(e, MultiEntry)]
+
     def impl_rank(self, impl: str) -> int:
         """Position of impl in the run's registry order (unknown names last)."""
         names = [i.name for i in self.meta.impls]
@@ -281,7 +323,7 @@ def entry_dict(entry: Entry) -> dict[str, object]:
     summary figures (ratio_to_base, ratio_iqr, median_s, base_median_s) for readers of the
     raw JSON. The reader recomputes those from the rounds."""
     data: dict[str, object] = {"kind": entry.kind, **dataclasses.asdict(entry)}
-    if isinstance(entry, ModelEntry):
+    if isinstance(entry, (ModelEntry, MultiEntry)):
         data.update(ratio_to_base=entry.ratio_to_base, tokens_per_s=entry.tokens_per_s)
     if isinstance(entry, TimeEntry):
         data.update(

@@ -12,6 +12,7 @@ import torch
 from bench.cache import cache_bytes, copies_needed
 from bench.cases import DTYPES, PROFILES, SHAPES, Case, Profile
 from bench.models import ModelJob, model_jobs
+from bench.multi import MultiJob, multi_jobs
 from bench.results import Entry, ImplInfo, RunMeta
 from bench.timing import Peaks, calibrate
 from lora_kernels import IMPLS
@@ -109,6 +110,10 @@ class Settings:
 
     def model_jobs(self) -> list[ModelJob]:
         jobs = model_jobs(self.profile.name, self.devices)
+        return [j for j in jobs if not self.only or str(j.case) in self.only]
+
+    def multi_jobs(self) -> list[MultiJob]:
+        jobs = multi_jobs(self.profile.name, self.devices)
         return [j for j in jobs if not self.only or str(j.case) in self.only]
 
     def peaks(self, device: str, dtype: str) -> Peaks:

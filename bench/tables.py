@@ -249,7 +249,8 @@ def cold_check_table(run: Run) -> Table:
 def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
     """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
     where the table has them."""
-    from bench.model_tables import model_tables  # it builds on this module's Table
+    from bench.model_tables import model_tables  # they build on this module's Table
+    from bench.multi_tables import multi_tables
 
     tables = []
     for mode in MODES_ORDER:
@@ -264,6 +265,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         memory_table(run, group_by),
         params_table(run, group_by),
         *model_tables(run),
+        *multi_tables(run),
     ]
     return [t for t in tables if t.rows]
 

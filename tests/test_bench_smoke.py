@@ -151,3 +151,19 @@ def test_model_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> 
     md = (tiny_run[0] / "cpu-tiny.md").read_text()
     assert "### Models (forward)" in md and "### Models (training step)" in md
     assert "### Planner (r=16" in md and "| llama3-8b   | attn" in md
+
+
+def test_multi_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> None:
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    got = {e.variant: e for e in run.multi()}
+    assert set(got) == {"segments", "single:addmm"}
+    multi, single = got["segments"], got["single:addmm"]
+    assert multi.case == "gpt2-medium.c_proj T=32 n=4 uniform r=mixed fp32 cpu"
+    assert single.case == "gpt2-medium.c_proj T=32 n=1 identical r=16 fp32 cpu"
+    assert (multi.origin, single.origin) == ("ours", "single") and multi.r_max == 16
+    for e in got.values():
+        assert e.ratio_to_base > 0 and len(e.rounds.impl_s) >= 3 and e.threads == 1
+        assert e.rel_error <= 1e-5 and e.peak_bytes > 0
+    assert multi.in_use == 4
+    md = (tiny_run[0] / "cpu-tiny.md").read_text()
+    assert "### Multi-adapter batches" in md and "| single:addmm" in md

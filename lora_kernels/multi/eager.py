@@ -82,6 +82,25 @@ def build_segments(w: MultiLoRAWeights) -> MultiOp:
     return multi_rows(w, rows)
 
 
+def build_sorted_gemm(w: MultiLoRAWeights) -> MultiOp:
+    adapters = _views(w)
+
+    def rows(x: Tensor, index: Tensor) -> Tensor:
+        order = torch.argsort(index, stable=True)  # (T,): -1 tokens first
+        counts = torch.bincount(index + 1, minlength=w.adapters + 1).tolist()
+        xs = x.index_select(0, order)  # x in adapter order
+        ys = F.linear(xs, w.W, w.b)  # the base GEMM, in adapter order
+        start = counts[0]
+        for (A, B, s), count in zip(adapters, counts[1:], strict=True):
+            if count:
+                seg = slice(start, start + count)
+                ys[seg].addmm_(F.linear(xs[seg], A), B.t(), alpha=s)  # views: no copy
+                start += count
+        return torch.empty_like(ys).index_copy_(0, order, ys)  # back in token order
+
+    return multi_rows(w, rows)
+
+
 def _chunks(index: Tensor, adapters: int, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
     """The sorted tokens tiled into chunks of `chunk` rows of one adapter each: the chunks'
     adapters (c,), their tokens (c, chunk), and which rows are real (c, chunk); a short
@@ -145,6 +164,8 @@ for _impl in (
               "elements), two bmm", build_gather_bmm),
     MultiImpl("segments", "stable sort by adapter; per adapter, one run of tokens in place on "
               "views, or gather, shrink, expand and index_add_ into y", build_segments),
+    MultiImpl("sorted_gemm", "x sorted by adapter, the base GEMM on it, each adapter's segment "
+              "added on contiguous views, y put back in token order", build_sorted_gemm),
     MultiImpl("chunked_bmm", "sorted tokens tiled into 16-row chunks of one adapter; per group "
               "of chunks one gather, two bmm and one index_add_", build_chunked_bmm),
     MultiImpl("masked_dense", "shrink against every adapter in one GEMM, keep each token's own, "

@@ -206,23 +206,29 @@ class MultiLoRAWeights(LayerTensors):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> MultiLoRAWeights:
-        """Seeded random weights of len(ranks) adapters, each with B non-zero (as
-        LoRAWeights.random). The padding past each rank holds random values too, so an
-        implementation that reads it computes the wrong function and shows it."""
+        """Seeded random weights of len(ranks) adapters. W, b and A are uniform in ±1/sqrt(in)
+        (nn.Linear's range) and s_i·B_i in ±1/sqrt(r_i), as LoRAWeights.random draws them. The
+        padding past each rank holds random values too, so an implementation that reads it
+        computes the wrong function and shows it."""
         if isinstance(ranks, int) or not ranks:
             raise ValueError(f"ranks must be a non-empty sequence of ints, got {ranks!r}")
         ranks = tuple(check_rank(r, in_features, out_features) for r in ranks)
-        base = LoRAWeights.random(in_features, out_features, 1, bias=bias, seed=seed, dtype=dtype)
-        r_max = max(ranks)
-        A, B, scales = [], [], []
-        for i, r in enumerate(ranks):
-            w = LoRAWeights.random(in_features, out_features, r_max, alpha=alpha,
-                                   use_rslora=use_rslora, seed=seed + 1 + i,
-                                   dtype=dtype)  # fmt: skip
-            s = scaling(alpha, r, use_rslora)
-            A.append(w.A)
-            B.append(w.B * (w.scale / s))  # the same adapter output scale at rank r as LoRAWeights
-            scales.append(s)
-        A_stack, B_stack = torch.stack(A).to(device), torch.stack(B).to(device)
-        b = None if base.b is None else base.b.to(device)
-        return cls(base.W.to(device), b, A_stack, B_stack, ranks, tuple(scales))
+        if dtype not in SUPPORTED_DTYPES:
+            allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            raise TypeError(f"dtype must be one of {allowed}, got {dtype}")
+        gen = torch.Generator().manual_seed(seed)
+
+        def uniform(shape: tuple[int, ...], bound: float | Tensor) -> Tensor:
+            return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+        n, r_max, bound = len(ranks), max(ranks), 1 / math.sqrt(in_features)
+        scales = tuple(scaling(alpha, r, use_rslora) for r in ranks)
+        spread = torch.tensor([1 / (math.sqrt(r) * s) for r, s in zip(ranks, scales, strict=True)])
+        tensors = (
+            uniform((out_features, in_features), bound),
+            uniform((out_features,), bound) if bias else None,
+            uniform((n, r_max, in_features), bound),
+            uniform((n, out_features, r_max), spread[:, None, None]),
+        )
+        W, b, A, B = (None if t is None else t.to(device=device, dtype=dtype) for t in tensors)
+        return cls(W, b, A, B, ranks, scales)
