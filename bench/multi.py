@@ -160,7 +160,8 @@ def multi_jobs(profile: str, devices: list[str]) -> list[MultiJob]:
 
 @dataclass
 class Batch:
-    """A case's weights, input x (T, in) and checked index (T,)."""
+    """A case's weights, input x (T, in), or (sequences, L, in) for one adapter per sequence,
+    and checked index (T,)."""
 
     weights: MultiLoRAWeights
     x: Tensor
@@ -177,6 +178,9 @@ class Batch:
         x = x.to(device=case.device, dtype=case.torch_dtype)
         index = random_index(case.distribution, case.tokens, case.adapters, seed=2,
                              device=case.device)  # fmt: skip
+        seqs = min(case.adapters, case.tokens)  # per_sequence's default
+        if case.distribution == "per_sequence" and case.tokens % seqs == 0:
+            x = x.view(seqs, case.tokens // seqs, -1)  # (sequences, L, in): PEFT's layout
         return cls(w, x, w.check_index(index, x))
 
     def single_weights(self) -> LoRAWeights:

@@ -94,3 +94,16 @@ def test_table_derives_single_best_and_peft_speedup() -> None:
     assert rows["single:two_step"][4] == f"{1.25 / 1.05:.3f}" and rows["single:addmm"][5] == ""
     again = parse_run(json.loads(dump_run(run)), "mem")
     assert again.multi() == entries
+
+
+def test_one_adapter_per_sequence_reaches_peft_per_sequence() -> None:
+    from lora_kernels.multi.peft import peft_names
+
+    case = MultiCase("gpt2-medium.c_proj", 64, 4, "per_sequence", "8", "fp32", "cpu")
+    batch = Batch.of(case)
+    assert tuple(batch.x.shape) == (4, 16, 1024)
+    per_row, names = peft_names(batch.index, batch.x)
+    assert per_row and names == ["a0", "a1", "a2", "a3"]
+    work, _ = build_work("segments", batch)
+    want = multi_reference_forward(batch.weights, batch.x, batch.index)
+    assert rel_error(work(), want) <= 1e-5

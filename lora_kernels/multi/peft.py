@@ -69,7 +69,7 @@ def _peft_layer(w: MultiLoRAWeights) -> nn.Module:
     return layer.eval()
 
 
-def _names(index: Tensor, x: Tensor) -> tuple[bool, list[str]]:
+def peft_names(index: Tensor, x: Tensor) -> tuple[bool, list[str]]:
     """PEFT's adapter_names for x and index (T,): one per row of x when each row of x
     (a sequence) uses one adapter, else one per token; and which of the two it is."""
     rows = index.view(x.shape[:-1]).flatten(1) if x.dim() > 2 else index[:, None]  # (batch, L)
@@ -89,7 +89,7 @@ def build_peft_mixed(w: MultiLoRAWeights) -> MultiOp:
         if index.numel() == 0:
             return layer.base_layer(x)
         if not memo or memo[0][0] is not index or memo[0][1] != index._version:
-            memo[:] = [(index, index._version, *_names(index, x))]
+            memo[:] = [(index, index._version, *peft_names(index, x))]
         _, _, per_row, names = memo[0]
         with torch.no_grad():
             if per_row:
