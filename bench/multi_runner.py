@@ -17,7 +17,7 @@ from bench.multi import MULTI_PROFILES, SINGLE, Batch, MultiCase, build_work
 from bench.results import MultiEntry
 from bench.runner import Harness
 from bench.timing import run_paired, synchronize
-from lora_kernels import IMPLS, MULTI_IMPLS, reference_forward, tolerance
+from lora_kernels import IMPLS, MULTI_IMPLS, tolerance
 from lora_kernels.multi import multi_reference_forward
 from lora_kernels.reference import poisoned_memory, rel_error
 
@@ -28,10 +28,8 @@ def batch_of(case: MultiCase) -> tuple[Batch, Tensor]:
     """The case's batch and its oracle output, built once while its variants run."""
     if not _LAST or _LAST[0][0] != case:
         batch = Batch.of(case)
-        if case.adapters == 1 and case.distribution == "identical":  # the singles' case too
-            ref = reference_forward(batch.single_weights(), batch.x)
-        else:
-            ref = multi_reference_forward(batch.weights, batch.x, batch.index)
+        # a single-adapter reference runs adapter 0 on every token: the identical index
+        ref = multi_reference_forward(batch.weights, batch.x, batch.index)
         _LAST[:] = [(case, batch, ref)]
     return _LAST[0][1], _LAST[0][2]
 

@@ -165,8 +165,23 @@ class TimerCheckEntry(CaseEntry):
     references: dict[str, float]  # timer name -> seconds per call
 
 
+class PairedTokens:
+    """Figures of an entry timed in pairs with its base over `tokens` tokens a call."""
+
+    tokens: int
+    rounds: Paired
+
+    @property
+    def ratio_to_base(self) -> float:
+        return self.rounds.ratio
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.rounds.impl_median_s
+
+
 @dataclass(frozen=True)
-class ModelEntry:
+class ModelEntry(PairedTokens):
     """One variant of a whole model (PEFT's, or ours through from_peft) timed in pairs with
     the frozen model: a forward, or a training step."""
 
@@ -193,17 +208,9 @@ class ModelEntry:
     memory_method: str
     rounds: Paired
 
-    @property
-    def ratio_to_base(self) -> float:
-        return self.rounds.ratio
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.rounds.impl_median_s
-
 
 @dataclass(frozen=True)
-class MultiEntry:
+class MultiEntry(PairedTokens):
     """One variant on one multi-adapter case, timed in pairs with the base GEMM: a
     multi-adapter impl (ours, or PEFT's mixed batch), or a single-adapter impl on the same
     shape and tokens ("single:<impl>", one adapter of rank r_max), the reference of what
@@ -230,14 +237,6 @@ class MultiEntry:
     peak_bytes: int  # above the inputs, over one call
     memory_method: str
     rounds: Paired
-
-    @property
-    def ratio_to_base(self) -> float:
-        return self.rounds.ratio
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.rounds.impl_median_s
 
 
 Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry
@@ -323,7 +322,7 @@ def entry_dict(entry: Entry) -> dict[str, object]:
     summary figures (ratio_to_base, ratio_iqr, median_s, base_median_s) for readers of the
     raw JSON. The reader recomputes those from the rounds."""
     data: dict[str, object] = {"kind": entry.kind, **dataclasses.asdict(entry)}
-    if isinstance(entry, (ModelEntry, MultiEntry)):
+    if isinstance(entry, PairedTokens):
         data.update(ratio_to_base=entry.ratio_to_base, tokens_per_s=entry.tokens_per_s)
     if isinstance(entry, TimeEntry):
         data.update(

@@ -47,10 +47,21 @@ def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def _check_dtype(name: str, t: Tensor) -> None:
+def check_dtype(dtype: object) -> None:
+    """TypeError unless dtype is one of SUPPORTED_DTYPES."""
+    if dtype not in SUPPORTED_DTYPES:
+        allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"dtype must be one of {allowed}, got {dtype}")
+
+
+def check_tensor(name: str, t: object) -> Tensor:
+    """t, if it is a torch.Tensor of a supported dtype; TypeError naming it otherwise."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in SUPPORTED_DTYPES:
         allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
+    return t
 
 
 def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], meaning: str) -> None:
@@ -66,6 +77,25 @@ class LayerTensors:
     b: Tensor | None
     A: Tensor
     B: Tensor
+
+    def _named(self) -> dict[str, Tensor | None]:
+        return {"W": self.W, "b": self.b, "A": self.A, "B": self.B}
+
+    def _check_types(self) -> None:
+        """W, A, B and b (unless None) are tensors of a supported dtype."""
+        for name, t in self._named().items():
+            if name != "b" or t is not None:
+                check_tensor(name, t)
+
+    def _check_one_place(self) -> None:
+        """W, b, A and B share one dtype and one device."""
+        tensors = {n: t for n, t in self._named().items() if t is not None}
+        dtypes = {n: t.dtype for n, t in tensors.items()}
+        if len(set(dtypes.values())) > 1:
+            raise TypeError(f"W, b, A and B must share one dtype, got {dtypes}")
+        devices = {n: t.device for n, t in tensors.items()}
+        if len(set(devices.values())) > 1:
+            raise ValueError(f"W, b, A and B must be on one device, got {devices}")
 
     @property
     def in_features(self) -> int:
@@ -98,7 +128,7 @@ class LayerTensors:
 
     def check_finite(self) -> None:
         """Raise ValueError naming the first of W, b, A, B that holds NaN or inf."""
-        for name, t in (("W", self.W), ("b", self.b), ("A", self.A), ("B", self.B)):
+        for name, t in self._named().items():
             if t is not None and not all_finite(t):
                 raise ValueError(f"{name} holds non-finite values (NaN or inf); all must be finite")
 
@@ -117,13 +147,7 @@ class LoRAWeights(LayerTensors):
     scale: float
 
     def __post_init__(self) -> None:
-        named = {"W": self.W, "b": self.b, "A": self.A, "B": self.B}
-        for name, t in named.items():
-            if name == "b" and t is None:
-                continue
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            _check_dtype(name, t)
+        self._check_types()
         if self.W.dim() != 2:
             raise ValueError(f"W must be 2-D (out, in), got shape {tuple(self.W.shape)}")
         out_f, in_f = self.W.shape
@@ -134,13 +158,7 @@ class LoRAWeights(LayerTensors):
         _check_shape("B", self.B, (out_f, rank), "(out, r)")
         if self.b is not None:
             _check_shape("b", self.b, (out_f,), "(out,)")
-        tensors = {n: t for n, t in named.items() if t is not None}
-        dtypes = {n: t.dtype for n, t in tensors.items()}
-        if len(set(dtypes.values())) > 1:
-            raise TypeError(f"W, b, A and B must share one dtype, got {dtypes}")
-        devices = {n: t.device for n, t in tensors.items()}
-        if len(set(devices.values())) > 1:
-            raise ValueError(f"W, b, A and B must be on one device, got {devices}")
+        self._check_one_place()
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
             raise TypeError(f"scale must be a number, got {type(self.scale).__name__}")
         if not math.isfinite(self.scale):
@@ -194,9 +212,7 @@ class LoRAWeights(LayerTensors):
         """
         rank = check_rank(rank, in_features, out_features)
         scale = scaling(alpha, rank, use_rslora)
-        if dtype not in SUPPORTED_DTYPES:
-            allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
-            raise TypeError(f"dtype must be one of {allowed}, got {dtype}")
+        check_dtype(dtype)
         gen = torch.Generator().manual_seed(seed)
 
         def uniform(shape: tuple[int, ...], bound: float) -> Tensor:

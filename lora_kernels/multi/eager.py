@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lora_kernels.multi.index import sort_by_adapter
 from lora_kernels.multi.registry import MULTI_IMPLS, MultiImpl, MultiOp, multi_rows
 from lora_kernels.multi.weights import MultiLoRAWeights
 from lora_kernels.registry import register
@@ -53,9 +54,7 @@ def build_gather_bmm(w: MultiLoRAWeights) -> MultiOp:
 def _segments(index: Tensor, adapters: int) -> tuple[Tensor, list[list[int]]]:
     """The stable sort of the tokens by adapter, and on the host, per adapter: its token
     count, its first position in the sort, and its first and last token."""
-    order = torch.argsort(index, stable=True)  # (T,): -1 tokens first
-    counts = torch.bincount(index + 1, minlength=adapters + 1)[1:]  # (n,)
-    starts = torch.cumsum(counts, 0) - counts + (index < 0).sum()
+    order, counts, starts = sort_by_adapter(index, adapters)
     last = order.numel() - 1
     first_tok = order[starts.clamp(max=last)]
     last_tok = order[(starts + counts - 1).clamp(min=0, max=last)]
@@ -86,16 +85,14 @@ def build_sorted_gemm(w: MultiLoRAWeights) -> MultiOp:
     adapters = _views(w)
 
     def rows(x: Tensor, index: Tensor) -> Tensor:
-        order = torch.argsort(index, stable=True)  # (T,): -1 tokens first
-        counts = torch.bincount(index + 1, minlength=w.adapters + 1).tolist()
+        order, counts, starts = sort_by_adapter(index, w.adapters)
         xs = x.index_select(0, order)  # x in adapter order
         ys = F.linear(xs, w.W, w.b)  # the base GEMM, in adapter order
-        start = counts[0]
-        for (A, B, s), count in zip(adapters, counts[1:], strict=True):
+        segments = torch.stack([counts, starts], 1).tolist()
+        for (A, B, s), (count, start) in zip(adapters, segments, strict=True):
             if count:
                 seg = slice(start, start + count)
                 ys[seg].addmm_(F.linear(xs[seg], A), B.t(), alpha=s)  # views: no copy
-                start += count
         return torch.empty_like(ys).index_copy_(0, order, ys)  # back in token order
 
     return multi_rows(w, rows)
@@ -105,9 +102,7 @@ def _chunks(index: Tensor, adapters: int, chunk: int) -> tuple[Tensor, Tensor, T
     """The sorted tokens tiled into chunks of `chunk` rows of one adapter each: the chunks'
     adapters (c,), their tokens (c, chunk), and which rows are real (c, chunk); a short
     chunk's padding rows repeat its first token."""
-    order = torch.argsort(index, stable=True)
-    counts = torch.bincount(index + 1, minlength=adapters + 1)[1:]  # (n,)
-    starts = torch.cumsum(counts, 0) - counts + (index < 0).sum()
+    order, counts, starts = sort_by_adapter(index, adapters)
     per = (counts + chunk - 1) // chunk  # chunks of each adapter
     ids = torch.repeat_interleave(torch.arange(adapters, device=index.device), per)  # (c,)
     before = torch.cumsum(per, 0) - per  # chunks of the adapters before each

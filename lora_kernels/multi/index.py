@@ -1,4 +1,5 @@
-"""Random per-token adapter indices: which adapter each token of a batch uses."""
+"""Per-token adapter indices: random ones of each distribution, and the sort of a batch's
+tokens by adapter that the segmented impls start from."""
 
 from __future__ import annotations
 
@@ -53,3 +54,12 @@ def random_index(
         index = torch.multinomial(weights, tokens, replacement=True, generator=gen)
     index[torch.rand(tokens, generator=gen) < base_share] = -1
     return index.to(device)
+
+
+def sort_by_adapter(index: Tensor, adapters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The stable sort of the tokens by adapter, order (T,) with the -1 tokens first; each
+    adapter's token count (n,); and its first position in the sort (n,). No host sync."""
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index + 1, minlength=adapters + 1)  # (n + 1,): the -1 tokens first
+    starts = torch.cumsum(counts, 0) - counts
+    return order, counts[1:], starts[1:]

@@ -55,7 +55,7 @@ class MultiLoRALinear(nn.Module):
         if len(names) != w.adapters or len(set(names)) != len(names):
             raise ValueError(f"names must be {w.adapters} distinct names, got {names}")
         self.names = names
-        self._built: tuple[tuple, MultiOp] | None = None
+        self._built: tuple[tuple, MultiLoRAWeights, MultiOp] | None = None
         self.impl = impl
 
     @classmethod
@@ -103,19 +103,23 @@ class MultiLoRALinear(nn.Module):
         out = [-1 if n is None else ids[n] for n in names]
         return torch.tensor(out, dtype=torch.int64, device=self.lora_A.device)
 
-    def _op(self, w: MultiLoRAWeights) -> MultiOp:
-        """The impl's op, rebuilt when a tensor is replaced or updated in place."""
-        key = tuple((id(t), t._version) for t in (w.W, w.b, w.A, w.B) if t is not None)
+    def _current(self) -> tuple[MultiLoRAWeights, MultiOp]:
+        """The weights, validated, and the impl's op on them; both rebuilt only when a tensor
+        is replaced or updated in place."""
+        b = self.base
+        tensors = (b.weight, b.bias, self.lora_A, self.lora_B)
+        key = tuple((id(t), t._version) for t in tensors if t is not None)
         if self._built is None or self._built[0] != key:
-            self._built = (key, self._impl.build(w))
-        return self._built[1]
+            w = self.weights()
+            self._built = (key, w, self._impl.build(w))
+        return self._built[1], self._built[2]
 
     def forward(self, x: Tensor, adapter_ids: Tensor) -> Tensor:
-        w = self.weights()
-        w.check_input(x)
-        if isinstance(adapter_ids, Tensor) and x.dim() > 2 and adapter_ids.shape == x.shape[:1]:
+        w, op = self._current()
+        per_sequence = isinstance(x, Tensor) and x.dim() > 2 and isinstance(adapter_ids, Tensor)
+        if per_sequence and adapter_ids.shape == x.shape[:1]:
             adapter_ids = adapter_ids[:, None].expand(x.shape[:2]).reshape(x.shape[:-1])
-        return self._op(w)(x, w.check_index(adapter_ids, x))
+        return op(x, w.check_index(adapter_ids, x))  # checks x too
 
     def _apply(self, fn, recurse=True):  # nn.Module's signature
         self._built = None  # .to(), .half(), .cuda() swap tensor data behind the same objects

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lora_kernels.impls.triton_fused import next_pow2, target_programs, triton_missing
+from lora_kernels.multi.index import sort_by_adapter
 from lora_kernels.multi.registry import MULTI_IMPLS, MultiImpl, MultiOp, multi_rows
 from lora_kernels.multi.weights import MultiLoRAWeights
 from lora_kernels.registry import register
@@ -87,16 +88,25 @@ def _kernel() -> object:
     return sgmv_kernel
 
 
-def sgmv_add_(y: Tensor, x: Tensor, index: Tensor, w: MultiLoRAWeights) -> Tensor:
+def adapter_table(w: MultiLoRAWeights) -> tuple[Tensor, Tensor]:
+    """The adapters' ranks (n,) int32 and scales (n,) fp32 on w's device, for the kernel."""
+    ranks = torch.tensor(w.ranks, dtype=torch.int32, device=w.device)
+    return ranks, torch.tensor(w.scales, dtype=torch.float32, device=w.device)
+
+
+def sgmv_add_(
+    y: Tensor,
+    x: Tensor,
+    index: Tensor,
+    w: MultiLoRAWeights,
+    table: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """y_t += s_i · (x_t A_iᵀ) B_iᵀ for every token t with adapter i = index_t >= 0, in one
-    kernel launch; x (T, in), index (T,) int64 in [-1, n), y (T, out). Reads no padding."""
+    kernel launch; x (T, in), index (T,) int64 in [-1, n), y (T, out). Reads no padding.
+    `table` is adapter_table(w), made once by a caller that calls often."""
     T = x.shape[0]
-    order = torch.argsort(index, stable=True)  # (T,): -1 tokens first, then adapter by adapter
-    counts = torch.bincount(index + 1, minlength=w.adapters + 1)  # (n + 1,): -1 first
-    starts = torch.cumsum(counts, 0) - counts
-    counts, starts = counts[1:], starts[1:]
-    ranks = torch.tensor(w.ranks, dtype=torch.int32, device=x.device)
-    scales = torch.tensor(w.scales, dtype=torch.float32, device=x.device)
+    order, counts, starts = sort_by_adapter(index, w.adapters)
+    ranks, scales = adapter_table(w) if table is None else table
     block_r = max(16, next_pow2(w.r_max))
     block_m = 16
     block_n = 64 if block_r >= 128 else 128
@@ -120,8 +130,10 @@ def sgmv_add_(y: Tensor, x: Tensor, index: Tensor, w: MultiLoRAWeights) -> Tenso
 
 
 def build_triton_sgmv(w: MultiLoRAWeights) -> MultiOp:
+    table = adapter_table(w)
+
     def rows(x: Tensor, index: Tensor) -> Tensor:
-        return sgmv_add_(F.linear(x, w.W, w.b), x, index, w)  # GEMM by cuBLAS, then ours
+        return sgmv_add_(F.linear(x, w.W, w.b), x, index, w, table)  # GEMM by cuBLAS, then ours
 
     return multi_rows(w, rows)
 

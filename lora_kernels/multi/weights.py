@@ -11,23 +11,15 @@ import torch
 from torch import Tensor
 
 from lora_kernels.weights import (
-    SUPPORTED_DTYPES,
     LayerTensors,
     LoRAWeights,
+    check_dtype,
     check_rank,
+    check_tensor,
     scaling,
 )
 
 INDEX_DTYPES = (torch.int64, torch.int32)
-
-
-def _check_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
-        raise TypeError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
-    return t
 
 
 @dataclass(frozen=True)
@@ -48,8 +40,7 @@ class MultiLoRAWeights(LayerTensors):
     scales: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        named = {"W": self.W, "b": self.b, "A": self.A, "B": self.B}
-        tensors = {n: _check_tensor(n, t) for n, t in named.items() if t is not None or n != "b"}
+        self._check_types()
         if self.W.dim() != 2:
             raise ValueError(f"W must be 2-D (out, in), got shape {tuple(self.W.shape)}")
         out_f, in_f = self.W.shape
@@ -68,12 +59,7 @@ class MultiLoRAWeights(LayerTensors):
             )
         if self.b is not None and tuple(self.b.shape) != (out_f,):
             raise ValueError(f"b must have shape (out,) = {(out_f,)}, got {tuple(self.b.shape)}")
-        dtypes = {k: t.dtype for k, t in tensors.items()}
-        if len(set(dtypes.values())) > 1:
-            raise TypeError(f"W, b, A and B must share one dtype, got {dtypes}")
-        devices = {k: t.device for k, t in tensors.items()}
-        if len(set(devices.values())) > 1:
-            raise ValueError(f"W, b, A and B must be on one device, got {devices}")
+        self._check_one_place()
         self._check_ranks(n, r_max)
         if not isinstance(self.scales, tuple) or len(self.scales) != n:
             raise ValueError(f"scales must be a tuple of one scale per adapter ({n})")
@@ -161,13 +147,13 @@ class MultiLoRAWeights(LayerTensors):
         (n, r_max, in) and (n, out, r_max) tensors, zero-padded past each rank."""
         if len(adapters) == 0:
             raise ValueError("no adapters to stack; need at least one (A, B, scale)")
-        W = _check_tensor("W", W)
+        W = check_tensor("W", W)
         if W.dim() != 2:
             raise ValueError(f"W must be 2-D (out, in), got shape {tuple(W.shape)}")
         out_f, in_f = W.shape
         for i, (A, B, _) in enumerate(adapters):
-            _check_tensor(f"adapter {i}: A", A)
-            _check_tensor(f"adapter {i}: B", B)
+            check_tensor(f"adapter {i}: A", A)
+            check_tensor(f"adapter {i}: B", B)
             if A.dim() != 2 or B.dim() != 2 or A.shape[1] != in_f or B.shape[0] != out_f \
                     or A.shape[0] != B.shape[1]:  # fmt: skip
                 raise ValueError(
@@ -213,9 +199,7 @@ class MultiLoRAWeights(LayerTensors):
         if isinstance(ranks, int) or not ranks:
             raise ValueError(f"ranks must be a non-empty sequence of ints, got {ranks!r}")
         ranks = tuple(check_rank(r, in_features, out_features) for r in ranks)
-        if dtype not in SUPPORTED_DTYPES:
-            allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
-            raise TypeError(f"dtype must be one of {allowed}, got {dtype}")
+        check_dtype(dtype)
         gen = torch.Generator().manual_seed(seed)
 
         def uniform(shape: tuple[int, ...], bound: float | Tensor) -> Tensor:
