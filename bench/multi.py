@@ -103,7 +103,7 @@ FULL_GRID = tuple(
 
 # The anchor: 1024² (GPT-2 medium's attention output), r=8.
 MULTI_PROFILES: dict[str, MultiProfile] = {
-    "tiny": MultiProfile("gpt2-medium.c_proj", ((32, 4, "uniform", "mixed"),), ("segments",),
+    "tiny": MultiProfile("gpt2-medium.c_proj", ((256, 4, "uniform", "mixed"),), ("segments",),
                          ("addmm",), 0.05, 3, 5),
     # The two targets (64 adapters at T=2048 uniform; 1 adapter) and mixed ranks under Zipf.
     "quick": MultiProfile(

@@ -158,8 +158,8 @@ def test_multi_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> 
     got = {e.variant: e for e in run.multi()}
     assert set(got) == {"segments", "single:addmm"}
     multi, single = got["segments"], got["single:addmm"]
-    assert multi.case == "gpt2-medium.c_proj T=32 n=4 uniform r=mixed fp32 cpu"
-    assert single.case == "gpt2-medium.c_proj T=32 n=1 identical r=16 fp32 cpu"
+    assert multi.case == "gpt2-medium.c_proj T=256 n=4 uniform r=mixed fp32 cpu"
+    assert single.case == "gpt2-medium.c_proj T=256 n=1 identical r=16 fp32 cpu"
     assert (multi.origin, single.origin) == ("ours", "single") and multi.r_max == 16
     for e in got.values():
         assert e.ratio_to_base > 0 and len(e.rounds.impl_s) >= 3 and e.threads == 1
