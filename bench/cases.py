@@ -9,6 +9,7 @@ from itertools import product
 import torch
 
 from lora_kernels import LoRAWeights
+from lora_kernels.dora import DoRAWeights
 from lora_kernels.weights import DTYPE_NAMES
 
 DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -108,8 +109,10 @@ class Case:
             elems += t * o + t * i + r * (i + o)
         return elems * DTYPES[self.dtype].itemsize
 
-    def weights(self, seed: int = 0) -> LoRAWeights:
-        return LoRAWeights.random(
+    def weights(self, seed: int = 0, variant: str = "lora") -> LoRAWeights | DoRAWeights:
+        """Seeded weights of the case; variant "dora" adds a magnitude to the same W, b, A, B."""
+        kind = {"lora": LoRAWeights, "dora": DoRAWeights}[variant]
+        return kind.random(
             self.in_features,
             self.out_features,
             self.rank,
@@ -152,6 +155,7 @@ class Profile:
     memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
     timer_grid: tuple[tuple[str, int, int], ...] = ()  # cases of the independent timer check
     cuda_grid: tuple[tuple[str, int, int], ...] = ()  # more cases on CUDA: long prefill
+    dora_grid: tuple[tuple[str, int, int], ...] = ()  # cases the DoRA impls run (time, memory)
 
     def cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         """Every valid case of the grid for each device and that device's dtypes; CUDA adds
@@ -164,6 +168,9 @@ class Profile:
 
     def timer_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         return _expand(self.timer_grid, devices, dtypes)
+
+    def dora_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
+        return _expand(self.dora_grid, devices, dtypes)
 
 
 def _expand(
@@ -188,7 +195,13 @@ QUICK_GRID = (
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
-        "tiny", (("toy", 16, 4), ("toy", 512, 8)), 0.05, 3, 5, timer_grid=(("toy", 512, 8),)
+        "tiny",
+        (("toy", 16, 4), ("toy", 512, 8)),
+        0.05,
+        3,
+        5,
+        timer_grid=(("toy", 512, 8),),
+        dora_grid=(("toy", 512, 8),),
     ),
     "quick": Profile(
         "quick",
@@ -203,6 +216,10 @@ PROFILES: dict[str, Profile] = {
         ),
         timer_grid=(("gpt2.c_attn", 16, 16), ("gpt2-medium.c_proj", 2048, 8)),
         cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
+        dora_grid=(
+            ("gpt2-medium.c_proj", 2048, 8),
+            ("llama3-8b.q_proj", 16, 16),
+        ),  # prefill, decode
     ),
     "full": Profile(
         "full",
@@ -218,5 +235,6 @@ PROFILES: dict[str, Profile] = {
             ("llama3-8b.q_proj", 2048, 16),
         ),
         cuda_grid=tuple(product(SHAPES, LONG_PREFILL, (16,))),
+        dora_grid=(("gpt2-medium.c_proj", 2048, 8), *product(["llama3-8b.q_proj"], TOKENS, [16])),
     ),
 }

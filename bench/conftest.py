@@ -95,10 +95,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash[SETTINGS]
-    if "case" in metafunc.fixturenames:
-        metafunc.parametrize("case", settings.cases(), ids=str)
-    if "memory_case" in metafunc.fixturenames:
-        metafunc.parametrize("memory_case", settings.memory_cases(), ids=str)
+    names = metafunc.fixturenames
+    for case, memory in (("case", False), ("memory_case", True)):
+        if case in names and "impl_name" in names:
+            pairs = settings.case_impls(memory)
+            metafunc.parametrize((case, "impl_name"), pairs, ids=[f"{c}-{i}" for c, i in pairs])
+        elif case in names:
+            metafunc.parametrize(case, settings.memory_cases() if memory else settings.cases(),
+                                 ids=str)  # fmt: skip
     if "model_job" in metafunc.fixturenames:
         metafunc.parametrize("model_job", settings.model_jobs(), ids=str)
     if "multi_job" in metafunc.fixturenames:

@@ -25,6 +25,7 @@ import torch
 from bench.cases import Case
 from bench.session import configure_torch
 from lora_kernels import LoRAWeights, get_impl, load_plugins
+from lora_kernels.dora import DoRAWeights
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
 CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
@@ -32,12 +33,13 @@ CPU_CALL_METHOD = "peak RSS growth (VmHWM) over one call, built and warmed, in a
 CUDA_CALL_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was held before"
 
 
-Inputs = tuple[LoRAWeights, torch.Tensor, torch.Tensor | None]
+Inputs = tuple[LoRAWeights | DoRAWeights, torch.Tensor, torch.Tensor | None]
 
 
-def _inputs(case: Case, mode: str) -> Inputs:
-    """Weights, x and (in train mode) the upstream gradient; x, A and B require grad."""
-    w, x = case.weights(), case.input()
+def _inputs(case: Case, mode: str, impl: str) -> Inputs:
+    """Weights of the impl's variant, x and (in train mode) the upstream gradient; x and the
+    trainable tensors require grad."""
+    w, x = case.weights(variant=get_impl(impl).variant), case.input()
     if mode != "train":
         return w, x, None
     w.requires_grad_()
@@ -56,8 +58,8 @@ def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
 
 def measure_cuda(impl: str, case: Case, mode: str) -> int:
     """Peak bytes allocated above the inputs while building and running the op once."""
-    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, cuBLAS workspaces
-    inputs = _inputs(case, mode)
+    _build_and_run(impl, _inputs(case, mode, impl), mode)  # warm-up: compile, cuBLAS workspaces
+    inputs = _inputs(case, mode, impl)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -83,8 +85,8 @@ def _rss_growth(fn: Callable[[], object]) -> int:
 
 def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
     """In this process: peak RSS growth while building and running the op once (bytes)."""
-    _build_and_run(impl, _inputs(case, mode), mode)  # warm-up: compile, thread pools
-    inputs = _inputs(case, mode)
+    _build_and_run(impl, _inputs(case, mode, impl), mode)  # warm-up: compile, thread pools
+    inputs = _inputs(case, mode, impl)
     return _rss_growth(lambda: _build_and_run(impl, inputs, mode))
 
 

@@ -152,7 +152,8 @@ def variants(mode: str, device: str, only: tuple[str, ...] | None = None) -> lis
     peers = FORWARD_PEERS if mode == "infer" else TRAIN_PEERS
     ours = [
         name for name, impl in IMPLS.items()
-        if impl.origin == "ours" and impl.lora_equivalent and (only is None or name in only)
+        if impl.origin == "ours" and impl.lora_equivalent and impl.variant == "lora"
+        and (only is None or name in only)
         and not impl.unavailable_reason(device, torch.float32, mode)
     ]  # fmt: skip
     return [*peers, *ours]

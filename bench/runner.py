@@ -28,7 +28,10 @@ from bench.timing import (
     torch_timer_s,
 )
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
+from lora_kernels.dora import DoRAWeights
 from lora_kernels.reference import forward_error, gradient_errors
+
+Weights = LoRAWeights | DoRAWeights
 
 
 class Checked(NamedTuple):
@@ -50,12 +53,12 @@ def runnable(impl_name: str, case: Case, mode: str) -> Impl:
     return impl
 
 
-def build_timed(impl: Impl, w: LoRAWeights, first_call: Callable[[Op], object], device: str):
+def build_timed(impl: Impl, w: Weights, first_call: Callable[[Op], object], device: str):
     """Build the op and make its first call (compile, autotune, caches), synchronized.
     Returns (op, build_s): build_s is kept out of the timed rounds and recorded apart."""
     synchronize(device)
     start = time.perf_counter()
-    op = impl.build(w, "train" if w.A.requires_grad else "infer")
+    op = impl.build(w, "train" if w.A.requires_grad else "infer")  # type: ignore[arg-type]
     first_call(op)
     synchronize(device)
     return op, time.perf_counter() - start
@@ -84,22 +87,25 @@ def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float
     return worst
 
 
-def _sets(w: LoRAWeights, x: Tensor, copies: int) -> list[tuple[LoRAWeights, Tensor]]:
+def _sets(w: Weights, x: Tensor, copies: int) -> list[tuple[Weights, Tensor]]:
     """(w, x), then copies - 1 copies of both in fresh memory, with the same values and grad
     flags."""
     out = [(w, x)]
     for _ in range(copies - 1):
-        ts = [None if t is None else t.detach().clone() for t in (w.W, w.b, w.A, w.B)]
-        wi = LoRAWeights(*ts, w.scale).requires_grad_(w.A.requires_grad)
-        out.append((wi, x.detach().clone().requires_grad_(x.requires_grad)))
+        out.append((w.copy(), x.detach().clone().requires_grad_(x.requires_grad)))
     return out
+
+
+def base_of(w: Weights) -> LoRAWeights:
+    """The LoRA tensors of w, on which `base` (the denominator of every ratio) is built."""
+    return w.lora if isinstance(w, DoRAWeights) else w
 
 
 def _call(op: Op, x: Tensor) -> Work:
     return lambda: op(x)
 
 
-def _rebuilt(impl: Impl, w: LoRAWeights, mode: str, copied: bool) -> Op:
+def _rebuilt(impl: Impl, w: Weights, mode: str, copied: bool) -> Op:
     """The impl built again on a copy of the weights, charged the same copy as the first."""
     op = impl.build(w, mode)
     return contiguous(op) if copied else op
@@ -120,28 +126,32 @@ def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     """Checked forward of the impl and of base on the case, rotating over `copies` copies of
     the weights and input (1: always the same, a warm cache)."""
     impl = runnable(impl_name, case, "infer")
-    w, x = case.weights(), case.input()
+    w, x = case.weights(variant=impl.variant), case.input()
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
     op, copied = charge_copy(op, x)
     sets = _sets(w, x, copies)
     ops = [op] + [_rebuilt(impl, wi, "infer", copied) for wi, _ in sets[1:]]
     works = [_call(op, xi) for op, (_, xi) in zip(ops, sets, strict=True)]
-    bases = [_call(IMPLS["base"].build(wi), xi) for wi, xi in sets]
+    bases = [_call(IMPLS["base"].build(base_of(wi)), xi) for wi, xi in sets]
     return Checked(*rotating(works, bases), err, build_s, copied)
 
 
 def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
-    """Checked training step (forward, then dx, dA, dB) of the impl, and the frozen base
-    step (forward, then dx), rotating over `copies` copies of the weights and input."""
+    """Checked training step (forward, then dx and the trainable tensors' gradients) of the
+    impl, and the frozen base step (forward, then dx), rotating over `copies` copies of the
+    weights and input."""
     impl = runnable(impl_name, case, "train")
-    w, x = case.weights().requires_grad_(), case.input().requires_grad_()
+    w = case.weights(variant=impl.variant).requires_grad_()
+    x = case.input().requires_grad_()
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
     grad_out = grad_out.to(x)
 
-    def step_of(op: Op, w: LoRAWeights, x: Tensor) -> Work:
+    def step_of(op: Op, w: Weights, x: Tensor) -> Work:
+        tensors = [x, *w.trainable().values()]
+
         def step() -> None:
-            for t in (x, w.A, w.B):
+            for t in tensors:
                 t.grad = None
             op(x).backward(grad_out)
 
@@ -154,7 +164,7 @@ def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     sets = _sets(w, x, copies)
     ops = [op] + [_rebuilt(impl, wi, "train", copied) for wi, _ in sets[1:]]
     works = [step_of(op, wi, xi) for op, (wi, xi) in zip(ops, sets, strict=True)]
-    bases = [step_of(IMPLS["base"].build(wi, "train"), wi, xi) for wi, xi in sets]
+    bases = [step_of(IMPLS["base"].build(base_of(wi), "train"), wi, xi) for wi, xi in sets]
     return Checked(*rotating(works, bases), err, build_s, copied)
 
 

@@ -108,6 +108,23 @@ class Settings:
     def timer_cases(self) -> list[Case]:
         return self._select(self.profile.timer_cases(self.devices, self.dtypes))
 
+    def dora_cases(self) -> list[Case]:
+        return self._select(self.profile.dora_cases(self.devices, self.dtypes))
+
+    def case_impls(self, memory: bool = False) -> list[tuple[Case, str]]:
+        """(case, impl) pairs of the forward and training benchmarks, or with `memory` of the
+        memory benchmark: the LoRA impls on the profile's (memory) grid, the DoRA impls on its
+        DoRA cases. The id of a pair, "case-impl", is the benchmark's."""
+        lora = self.memory_cases() if memory else self.cases()
+        dora = self.dora_cases()
+        cases = lora + [c for c in dora if c not in lora]
+        return [
+            (c, name)
+            for c in cases
+            for name, impl in IMPLS.items()
+            if c in (dora if impl.variant == "dora" else lora)
+        ]
+
     def model_jobs(self) -> list[ModelJob]:
         jobs = model_jobs(self.profile.name, self.devices)
         return [j for j in jobs if not self.only or str(j.case) in self.only]
@@ -156,7 +173,10 @@ class Settings:
             impl_specs=self.impl_specs,
             cache=self.cache,
             cache_bytes=cache_bytes(device),
-            impls=[ImplInfo(i.name, i.origin, i.source, i.description) for i in IMPLS.values()],
+            impls=[
+                ImplInfo(i.name, i.origin, i.source, i.description, i.variant)
+                for i in IMPLS.values()
+            ],
             shapes=list(SHAPES),
             peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},
             peaks_end={k: p.as_dict() for k, p in self.peaks_end.items() if mine(k)},

@@ -2,10 +2,12 @@
 
 For every device and dtype the impl claims (and this machine has), and each mode it claims:
 - forward against the float64 oracle, on memory poisoned with NaN so an unwritten output shows;
-- the gradients of x, A and B against the oracle, for impls that train;
-- inputs unchanged: x, W, b, A and B hold the same values after the call.
+- the gradients of x, A and B (DoRA: and m) against the oracle, for impls that train;
+- inputs unchanged: x, W, b, A and B (and m) hold the same values after the call.
 Shapes: one token, r=1, r=min(in, out), 1 to 3 leading dims, T=0, non-contiguous x, then
-seeded random shapes. `lora-bench verify NAME` prints the table; the tests run the same checks.
+seeded random shapes. DoRA impls get DoRAWeights: every other shape takes the exact norm
+gradient (where the impl has it), and a row of W + s·B A that is zero. `lora-bench verify
+NAME` prints the table; the tests run the same checks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from tabulate import tabulate
 
+from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.reference import forward_error, gradient_errors, tolerance
 from lora_kernels.registry import DEVICES, MODES, Impl
 from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
@@ -35,14 +38,41 @@ class Shape:
     bias: bool
     strided: bool = False  # x is a view with stride 2 along `in`
 
-    def make(self, dtype: torch.dtype, device: str, seed: int) -> tuple[LoRAWeights, torch.Tensor]:
-        w = LoRAWeights.random(
-            self.in_f, self.out_f, self.rank, bias=self.bias, seed=seed, dtype=dtype, device=device
-        )
+    def make(
+        self,
+        dtype: torch.dtype,
+        device: str,
+        seed: int,
+        impl: Impl | None = None,
+        zero_rows: bool = True,
+    ) -> tuple[Weights, torch.Tensor]:
+        """Weights and x for `impl`'s variant (LoRA when None). DoRA: the exact norm gradient
+        for odd seeds (where the impl has it), a zero row for multiples of 3 (if zero_rows)."""
+        kw = {"bias": self.bias, "seed": seed, "dtype": dtype, "device": device}
+        w: Weights = LoRAWeights.random(self.in_f, self.out_f, self.rank, **kw)
+        if impl is not None and impl.variant == "dora":
+            exact = impl.exact_norm and seed % 2 == 1
+            w = _dora(w, seed, exact, zero_row=zero_rows and seed % 3 == 0)
         gen = torch.Generator().manual_seed(seed + 1)
         width = 2 * self.in_f if self.strided else self.in_f
         x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
         return w, (x[..., ::2] if self.strided else x)
+
+
+Weights = LoRAWeights | DoRAWeights
+
+
+def _dora(w: LoRAWeights, seed: int, exact: bool, zero_row: bool) -> DoRAWeights:
+    """DoRA on w: m random around the row norms; the exact norm gradient when `exact`; with
+    `zero_row`, W's and B's last rows zeroed, so that row of W + s·B A is zero and its output
+    must be the bias alone."""
+    if zero_row:
+        W, B = w.W.clone(), w.B.clone()
+        W[-1], B[-1] = 0, 0
+        w = dataclasses.replace(w, W=W, B=B)
+    d = DoRAWeights.random(w.in_features, w.out_features, w.rank, seed=seed, dtype=w.dtype,
+                           device=w.device)  # fmt: skip
+    return DoRAWeights(w.W, w.b, w.A, w.B, w.scale, d.m, detach_norm=not exact)
 
 
 EDGE_SHAPES = (
@@ -92,20 +122,20 @@ def _unchanged(before: list[torch.Tensor | None], after: list[torch.Tensor | Non
     return all(a is None or torch.equal(a, b.detach()) for a, b in zip(before, after, strict=True))
 
 
-def _tensors(w: LoRAWeights, x: torch.Tensor) -> list[torch.Tensor | None]:
-    return [x, w.W, w.b, w.A, w.B]
+def _tensors(w: Weights, x: torch.Tensor) -> list[torch.Tensor | None]:
+    return [x, *w._named().values()]
 
 
-def _snapshot(w: LoRAWeights, x: torch.Tensor) -> list[torch.Tensor | None]:
+def _snapshot(w: Weights, x: torch.Tensor) -> list[torch.Tensor | None]:
     return [None if t is None else t.detach().clone() for t in _tensors(w, x)]
 
 
-def _oracle_weights(impl: Impl, w: LoRAWeights) -> LoRAWeights:
+def _oracle_weights(impl: Impl, w: Weights) -> Weights:
     """The weights the oracle should see: `base` drops the adapter, so its oracle has s = 0."""
     return w if impl.lora_equivalent else dataclasses.replace(w, scale=0.0)
 
 
-def _one_shape(impl: Impl, mode: str, w: LoRAWeights, x: torch.Tensor) -> tuple[dict, bool]:
+def _one_shape(impl: Impl, mode: str, w: Weights, x: torch.Tensor) -> tuple[dict, bool]:
     """({name: rel error}, inputs unchanged) of one call in `mode`."""
     oracle = _oracle_weights(impl, w)
     if mode == "infer":
@@ -128,14 +158,21 @@ def _one_shape(impl: Impl, mode: str, w: LoRAWeights, x: torch.Tensor) -> tuple[
 
 
 def run_checks(
-    impl: Impl, device: str, dtype: torch.dtype, mode: str, shapes: tuple[Shape, ...] = SHAPES
+    impl: Impl,
+    device: str,
+    dtype: torch.dtype,
+    mode: str,
+    shapes: tuple[Shape, ...] = SHAPES,
+    zero_rows: bool = True,
 ) -> list[CheckResult]:
-    """The equivalence check and the inputs check of impl on one device, dtype and mode."""
+    """The equivalence check and the inputs check of impl on one device, dtype and mode.
+    zero_rows=False leaves DoRA's zero-row shapes out (for PEFT, which gives NaN there)."""
     tol = tolerance(dtype, device)
     check = "forward" if mode == "infer" else "forward and gradients"
     worst, failure, untouched = 0.0, "", ""
     for i, shape in enumerate(shapes):
-        w, x = shape.make(dtype, device, seed=100 + i)
+        seed = 100 + i
+        w, x = shape.make(dtype, device, seed, impl=impl, zero_rows=zero_rows)
         try:
             errors, same = _one_shape(impl, mode, w, x)
         except Exception as err:  # a claimed dtype or shape that the impl cannot run
@@ -145,9 +182,11 @@ def run_checks(
         bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= tol}
         if bad and not failure:
             dims = f"{shape.lead}x{shape.in_f}->{shape.out_f} r={shape.rank}"
+            if impl.variant == "dora" and zero_rows and seed % 3 == 0:
+                dims += " (with a zero row of W + s·B A)"
             failure = f"{shape.label} {dims}: rel errors {bad} above {tol:g}"
         if not same and not untouched:
-            untouched = f"{shape.label}: the op wrote into x, W, b, A or B"
+            untouched = f"{shape.label}: the op wrote into one of x, {', '.join(w._named())}"
     name = dtype_name(dtype)
     return [
         CheckResult(device, name, mode, check, len(shapes), worst, tol, failure),

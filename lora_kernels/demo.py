@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)
-    trainable = [n for n, i in IMPLS.items() if i.lora_equivalent and "train" in i.modes]
+    trainable = [
+        n
+        for n, i in IMPLS.items()
+        if i.lora_equivalent and i.variant == "lora" and "train" in i.modes
+    ]
     parser.add_argument("--impl", default="two_step", choices=trainable)
     args = parser.parse_args(argv)
     if args.epochs < 1:

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lora_kernels.dora.eager import dropout_forward
+from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, get_impl
-from lora_kernels.weights import LoRAWeights, check_rank, scaling
+from lora_kernels.weights import LoRAWeights, all_finite, check_rank, scaling
 
 INITS = ("kaiming", "gaussian")
 
@@ -22,7 +24,7 @@ class _Built:
 
     key: tuple
     op: Op
-    weights: LoRAWeights
+    weights: LoRAWeights | DoRAWeights
     seen: set[tuple]
 
     def check(self, x: Tensor) -> None:
@@ -64,6 +66,12 @@ class LoRALinear(nn.Module):
     `adapter=(A, B)` uses those tensors (no copy) in place of a fresh kaiming A and zero B.
     Active dropout (training, p > 0) feeds the adapter another input than the base, so it runs
     the two-step form whatever `impl` says; `impl` is used whenever dropout is inactive.
+
+    use_dora=True makes it DoRA (see DoRAWeights): y = (m / ‖W + s·B A‖) ⊙ (x (W + s·B A)ᵀ) + b
+    with a trainable magnitude `lora_magnitude` (out,), initialised to the row norms of
+    W + s·B A (‖W‖ for a fresh adapter, so the layer starts as the base layer), or `magnitude`.
+    detach_norm=True treats the norm as a constant in backward (the paper's choice, and
+    PEFT's). `impl` must then be a DoRA impl; the default is dora_factored (two_step for LoRA).
     """
 
     def __init__(
@@ -76,10 +84,13 @@ class LoRALinear(nn.Module):
         use_rslora: bool = False,
         dropout: float = 0.0,
         init: str = "kaiming",
-        impl: str = "two_step",
+        impl: str | None = None,
         bias: bool = True,
         base: nn.Linear | None = None,
         adapter: tuple[Tensor, Tensor] | None = None,
+        use_dora: bool = False,
+        detach_norm: bool = True,
+        magnitude: Tensor | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -108,10 +119,21 @@ class LoRALinear(nn.Module):
             LoRAWeights(w, base.bias, A, B, self.scale)  # shapes, dtypes and devices
         self.lora_A = A if isinstance(A, nn.Parameter) else nn.Parameter(A)
         self.lora_B = B if isinstance(B, nn.Parameter) else nn.Parameter(B)
+        if not isinstance(use_dora, bool):
+            raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
+        if magnitude is not None and not use_dora:
+            raise ValueError("magnitude is DoRA's; pass use_dora=True with it")
+        self.use_dora = use_dora
+        self.detach_norm = detach_norm
+        if use_dora:
+            lora = LoRAWeights(w, base.bias, self.lora_A, self.lora_B, self.scale)
+            m = DoRAWeights.from_lora(lora, magnitude, detach_norm=detach_norm).m
+            self.lora_magnitude = m if isinstance(m, nn.Parameter) else nn.Parameter(m.detach())
         self._dropout_p = float(dropout)
         self._ops: dict[str, _Built] = {}
-        self.impl = impl
+        self.impl = impl or ("dora_factored" if use_dora else "two_step")
         self.merged = False
+        self._merge_scale: Tensor | None = None  # DoRA's m / ‖V‖ at merge, for unmerge
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: object) -> LoRALinear:
@@ -129,12 +151,25 @@ class LoRALinear(nn.Module):
         impl = get_impl(name)
         if not impl.lora_equivalent:
             raise ValueError(f"impl {name!r} drops the adapter; pick a LoRA-equivalent impl")
+        variant = "dora" if self.use_dora else "lora"
+        if impl.variant != variant:
+            from lora_kernels.registry import IMPLS
+
+            fits = [n for n, i in IMPLS.items() if i.variant == variant and i.lora_equivalent]
+            raise ValueError(
+                f"impl {name!r} computes {impl.variant}, but this layer is {variant} "
+                f"(use_dora={self.use_dora}); pick one of: {', '.join(fits)}"
+            )
         self._impl: Impl = impl
         self._ops.clear()
 
-    def weights(self) -> LoRAWeights:
-        """The live tensors as a LoRAWeights (no copies)."""
-        return LoRAWeights(self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scale)
+    def weights(self) -> LoRAWeights | DoRAWeights:
+        """The live tensors as LoRAWeights, or DoRAWeights with use_dora (no copies)."""
+        lora = LoRAWeights(self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scale)
+        if not self.use_dora:
+            return lora
+        return DoRAWeights.from_lora(lora, self._parameters["lora_magnitude"],
+                                     detach_norm=self.detach_norm)  # fmt: skip
 
     def _built(self, mode: str) -> _Built:
         """The op of `mode`, rebuilt (and the weights validated) when a tensor is replaced or
@@ -142,8 +177,9 @@ class LoRALinear(nn.Module):
         serves stale weights. Costs a few dict and attribute reads when nothing changed."""
         base = self._modules["base"]._parameters
         W, b, A, B = base["weight"], base["bias"], *self._lora
+        m = self._parameters.get("lora_magnitude")
         key = (id(W), W._version, id(A), A._version, id(B), B._version, id(b),
-               0 if b is None else b._version)  # fmt: skip
+               0 if b is None else b._version, id(m), 0 if m is None else m._version)  # fmt: skip
         built = self._ops.get(mode)
         if built is None or built.key != key:
             weights = self.weights()
@@ -157,7 +193,10 @@ class LoRALinear(nn.Module):
             return self.base(x)
         A, B = self._lora
         if self.training and self._dropout_p > 0:
-            self._built("train").check(x)
+            built = self._built("train")
+            built.check(x)
+            if self.use_dora:
+                return dropout_forward(x, self.dropout(x), built.weights)  # type: ignore[arg-type]
             xa = F.linear(self.dropout(x), A)  # (..., r)
             return self.base(x) + self.scale * F.linear(xa, B)
         if not isinstance(x, Tensor):
@@ -180,22 +219,47 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold s · B A into W (computed in fp32); W is untouched if the result is not finite."""
+        """Fold the adapter into W (computed in fp32): W + s·B A, or with DoRA
+        (m / ‖W + s·B A‖) ⊙ (W + s·B A). W is untouched if the result is not finite."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        self.base.weight.copy_(self.weights().merged_weight(+1.0))
+        w = self.weights()
+        if isinstance(w, DoRAWeights):
+            c = w.magnitude_scale()
+            zero = int((c == 0).sum())
+            if zero:
+                raise ValueError(
+                    f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
+                    "merging would erase them from W, and unmerge() could not restore them"
+                )
+            self.base.weight.copy_(w.merged_weight())
+            self._merge_scale = c
+        else:
+            self.base.weight.copy_(w.merged_weight(+1.0))
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract s · B A from W again; exact up to fp32 rounding."""
+        """Take the adapter out of W again; exact up to fp32 rounding. DoRA divides by the
+        factor m / ‖W + s·B A‖ that merge() used, then subtracts s·B A."""
         if not self.merged:
             raise ValueError("unmerge() called on a layer that is not merged; merge() first")
-        self.base.weight.copy_(self.weights().merged_weight(-1.0))
+        w = self.weights()
+        if self._merge_scale is None:
+            self.base.weight.copy_(w.merged_weight(-1.0))  # type: ignore[call-arg]
+        else:
+            c = self._merge_scale.to(self.base.weight.device)
+            W = self.base.weight.float().div_(c[:, None])
+            W = W.addmm_(w.B.float(), w.A.float(), alpha=-self.scale).to(w.dtype)
+            if not all_finite(W):
+                raise ValueError("unmerging gives non-finite weights; W is left merged")
+            self.base.weight.copy_(W)
+            self._merge_scale = None
         self.merged = False
 
     def extra_repr(self) -> str:
         return (
             f"in={self.base.in_features}, out={self.base.out_features}, r={self.rank}, "
             f"alpha={self.alpha}, scale={self.scale:.4g}, impl={self.impl}, merged={self.merged}"
+            + (f", dora=True, detach_norm={self.detach_norm}" if self.use_dora else "")
         )

@@ -6,11 +6,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from lora_kernels.weights import LoRAWeights
+
+if TYPE_CHECKING:
+    from lora_kernels.dora.weights import DoRAWeights
 
 # Max ‖y − y_ref‖ / ‖y_ref‖ against the float64 oracle, per dtype (DESIGN.md, section 3).
 TOLERANCES: dict[str, float] = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 5e-3, "bf16": 2e-2}
@@ -42,38 +46,51 @@ def rel_error(y: Tensor, ref: Tensor) -> float:
     return float(diff / norm)
 
 
-def _f64(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach().to("cpu", torch.float64)
+def f64(t: Tensor) -> Tensor:
+    """t detached, as float64 on the CPU."""
+    return t.detach().to("cpu", torch.float64)
 
 
-def reference_forward(weights: LoRAWeights, x: Tensor) -> Tensor:
-    """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in float64 on the CPU; x: (..., in) -> (..., out)."""
+def reference_forward(weights: LoRAWeights | DoRAWeights, x: Tensor) -> Tensor:
+    """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in float64 on the CPU; x: (..., in) -> (..., out).
+    DoRAWeights get DoRA's oracle (`dora_reference_forward`)."""
+    if weights.variant == "dora":
+        from lora_kernels.dora.reference import dora_reference_forward
+
+        return dora_reference_forward(weights, x)  # type: ignore[arg-type]
     weights.check_input(x)
-    W, b, A, B = (_f64(t) for t in (weights.W, weights.b, weights.A, weights.B))
-    x64 = _f64(x)
+    W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
+    x64 = f64(x)
     y = x64 @ W.T + weights.scale * ((x64 @ A.T) @ B.T)
-    return y if b is None else y + b
+    return y if weights.b is None else y + f64(weights.b)
 
 
 @dataclass(frozen=True)
 class Grads:
-    """Gradients of sum(y · grad_out) with respect to x (..., in), A (r, in) and B (out, r)."""
+    """Gradients of sum(y · grad_out) with respect to x (..., in), A (r, in), B (out, r) and,
+    for DoRA, m (out,)."""
 
     x: Tensor
     A: Tensor
     B: Tensor
+    m: Tensor | None = None
 
 
-def reference_grads(weights: LoRAWeights, x: Tensor, grad_out: Tensor) -> Grads:
+def reference_grads(weights: LoRAWeights | DoRAWeights, x: Tensor, grad_out: Tensor) -> Grads:
     """Closed-form float64 gradients for upstream gradient `grad_out` (..., out).
 
     With xa = x Aᵀ and g = grad_out: dB = s gᵀ xa, dA = s (g B)ᵀ x, dx = g W + s (g B) A.
+    DoRAWeights get DoRA's oracle (`dora_reference_grads`).
     """
+    if weights.variant == "dora":
+        from lora_kernels.dora.reference import dora_reference_grads
+
+        return dora_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
     weights.check_input(x)
-    W, A, B = (_f64(t) for t in (weights.W, weights.A, weights.B))
+    W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     s = weights.scale
-    x2 = _f64(x).reshape(-1, weights.in_features)  # (T, in)
-    g = _f64(grad_out).reshape(-1, weights.out_features)  # (T, out)
+    x2 = f64(x).reshape(-1, weights.in_features)  # (T, in)
+    g = f64(grad_out).reshape(-1, weights.out_features)  # (T, out)
     xa = x2 @ A.T  # (T, r)
     gB = g @ B  # (T, r)
     dx = g @ W + s * (gB @ A)  # (T, in)
@@ -101,7 +118,9 @@ def poisoned_memory() -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = was_fill
 
 
-def forward_error(op: Callable[[Tensor], Tensor], weights: LoRAWeights, x: Tensor) -> float:
+def forward_error(
+    op: Callable[[Tensor], Tensor], weights: LoRAWeights | DoRAWeights, x: Tensor
+) -> float:
     """Relative error of op(x), run on poisoned memory, against the float64 oracle."""
     with poisoned_memory():
         y = op(x)
@@ -114,20 +133,26 @@ def forward_error(op: Callable[[Tensor], Tensor], weights: LoRAWeights, x: Tenso
 
 
 def gradient_errors(
-    op: Callable[[Tensor], Tensor], weights: LoRAWeights, x: Tensor, grad_out: Tensor
+    op: Callable[[Tensor], Tensor],
+    weights: LoRAWeights | DoRAWeights,
+    x: Tensor,
+    grad_out: Tensor,
 ) -> dict[str, float]:
-    """Relative errors of dx, dA and dB from op(x).backward(grad_out) against the oracle.
+    """Relative errors of dx and of each trainable tensor's gradient (dA, dB; DoRA adds dm)
+    from op(x).backward(grad_out) against the oracle.
 
-    op must be built on `weights`; x, A and B must require grad. Their .grad is reset first.
-    A missing gradient counts as inf.
+    op must be built on `weights`; x and the trainable tensors must require grad. Their .grad
+    is reset first. A missing gradient counts as inf.
     """
-    for name, t in (("x", x), ("A", weights.A), ("B", weights.B)):
+    tensors = {"x": x, **weights.trainable()}
+    for name, t in tensors.items():
         if not t.requires_grad:
             raise ValueError(f"{name} must require grad to check its gradient")
         t.grad = None
     with poisoned_memory():
         op(x).backward(grad_out)
     ref = reference_grads(weights, x, grad_out)
-    got = {"x": x.grad, "A": weights.A.grad, "B": weights.B.grad}
-    want = {"x": ref.x, "A": ref.A, "B": ref.B}
-    return {k: float("inf") if got[k] is None else rel_error(got[k], want[k]) for k in got}
+    return {
+        k: float("inf") if t.grad is None else rel_error(t.grad, getattr(ref, k))
+        for k, t in tensors.items()
+    }

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
+
+if TYPE_CHECKING:
+    from lora_kernels.dora.weights import DoRAWeights
 
 Op = Callable[[Tensor], Tensor]
 MODES = ("infer", "train")
@@ -17,6 +21,7 @@ DEVICES = ("cpu", "cuda")
 ALL_DEVICES = frozenset(DEVICES)
 ALL_DTYPES = frozenset(SUPPORTED_DTYPES)
 ORIGINS = ("ours", "peer", "plugin")
+VARIANTS = ("lora", "dora")
 
 
 def _subset(name: str, value: object, allowed: tuple, impl: str) -> None:
@@ -36,6 +41,9 @@ class Impl:
     `compiles` marks builders that generate code (slow per new shape; tests use few shapes).
     `requires` says why the impl cannot run here (a missing package), or None.
     `origin` is "ours", "peer" or "plugin"; `source` names the package or module it came from.
+    `variant` is the function computed: "lora" builds on LoRAWeights, "dora" on DoRAWeights.
+    `exact_norm` (DoRA) is False for impls that can only treat the norm as a constant in
+    backward; they refuse to train weights with detach_norm=False.
     """
 
     name: str
@@ -49,6 +57,8 @@ class Impl:
     requires: Callable[[], str | None] = lambda: None
     origin: str = "ours"
     source: str = "lora-bench"
+    variant: str = "lora"
+    exact_norm: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -66,6 +76,8 @@ class Impl:
         _subset("modes", self.modes, MODES, self.name)
         if self.origin not in ORIGINS:
             raise ValueError(f"impl {self.name!r}: origin must be one of {ORIGINS}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"impl {self.name!r}: variant must be one of {VARIANTS}")
 
     def unavailable_reason(self, device: str | torch.device, dtype: torch.dtype, mode: str) -> str:
         """Why this impl cannot run here, or "" when it can."""
@@ -83,12 +95,38 @@ class Impl:
             return f"impl {self.name!r} supports modes {sorted(self.modes)}, not {mode!r}"
         return self.requires() or ""
 
-    def build(self, weights: LoRAWeights, mode: str = "infer") -> Op:
-        """Validate that this impl supports the weights' device, dtype and `mode`; build the op."""
+    def build(self, weights: LoRAWeights | DoRAWeights, mode: str = "infer") -> Op:
+        """Validate that this impl supports the weights' variant, device, dtype and `mode`;
+        build the op."""
+        self.check_variant(weights, mode)
         reason = self.unavailable_reason(weights.device, weights.dtype, mode)
         if reason:
             raise ValueError(reason)
         return self.builder(weights)
+
+    def check_variant(self, weights: object, mode: str) -> None:
+        """Raise unless the weights are of this impl's variant (and, for a DoRA impl that
+        trains them, of a norm gradient it computes)."""
+        variant = getattr(weights, "variant", None)
+        if variant == self.variant:
+            if mode == "train" and not self.exact_norm and not weights.detach_norm:  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"impl {self.name!r} treats the norm as a constant in backward; "
+                    "train it with detach_norm=True, or pick an impl with exact_norm"
+                )
+            return
+        if variant is None:
+            raise TypeError(f"impl {self.name!r} builds on weights, got {type(weights).__name__}")
+        mine = ", ".join(i.name for i in IMPLS.values() if i.variant == variant)
+        if self.variant == "lora":
+            raise ValueError(
+                f"impl {self.name!r} computes LoRA and would ignore DoRA's magnitude; "
+                f"{type(weights).__name__} need a DoRA impl: {mine}"
+            )
+        raise ValueError(
+            f"impl {self.name!r} computes DoRA: it needs DoRAWeights (LoRA's tensors and a "
+            f"magnitude m), got {type(weights).__name__}; DoRAWeights.from_lora(w) adds m"
+        )
 
 
 def rows_op(w: LoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
@@ -134,14 +172,15 @@ def get_impl(name: str) -> Impl:
 
 
 def impls_table(impls: list[Impl] | None = None) -> str:
-    """GitHub-markdown table of impls (default: all registered): name, origin, description,
-    devices, dtypes, modes."""
+    """GitHub-markdown table of impls (default: all registered): name, origin, what it computes
+    (LoRA or DoRA), description, devices, dtypes, modes."""
     from tabulate import tabulate
 
     rows = [
         [
             f"`{impl.name}`",
             impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
+            {"lora": "LoRA", "dora": "DoRA"}[impl.variant],
             impl.description,
             ", ".join(sorted(impl.devices)),
             ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES if d in impl.dtypes),
@@ -149,5 +188,5 @@ def impls_table(impls: list[Impl] | None = None) -> str:
         ]
         for impl in (IMPLS.values() if impls is None else impls)
     ]
-    headers = ["impl", "origin", "what it does", "devices", "dtypes", "modes"]
+    headers = ["impl", "origin", "computes", "what it does", "devices", "dtypes", "modes"]
     return tabulate(rows, headers, tablefmt="github")

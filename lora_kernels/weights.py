@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -71,8 +73,10 @@ def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], meaning: str) 
 
 class LayerTensors:
     """What LoRAWeights and MultiLoRAWeights share: a base layer W (out, in), b, and adapter
-    tensors A and B, all of one dtype on one device."""
+    tensors A and B, all of one dtype on one device. `variant` names the function they define
+    ("lora", or "dora" for DoRAWeights): an impl builds only on weights of its own variant."""
 
+    variant: ClassVar[str] = "lora"
     W: Tensor
     b: Tensor | None
     A: Tensor
@@ -80,6 +84,25 @@ class LayerTensors:
 
     def _named(self) -> dict[str, Tensor | None]:
         return {"W": self.W, "b": self.b, "A": self.A, "B": self.B}
+
+    def trainable(self) -> dict[str, Tensor]:
+        """The tensors that train, by name: A and B."""
+        return {"A": self.A, "B": self.B}
+
+    def copy(self) -> Self:
+        """The same values in fresh memory, each tensor with the same requires_grad."""
+        fresh = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type] (subclasses are dataclasses)
+            t = getattr(self, f.name)
+            if isinstance(t, Tensor):
+                fresh[f.name] = t.detach().clone().requires_grad_(t.requires_grad)
+        return dataclasses.replace(self, **fresh)  # type: ignore[type-var]
+
+    def requires_grad_(self, flag: bool = True) -> Self:
+        """Make the trainable tensors require grad, in place; W and b stay frozen."""
+        for t in self.trainable().values():
+            t.requires_grad_(flag)
+        return self
 
     def _check_types(self) -> None:
         """W, A, B and b (unless None) are tensors of a supported dtype."""
@@ -184,12 +207,6 @@ class LoRAWeights(LayerTensors):
                     f"{self.W.dtype}); W, A and B must be finite and the sum representable"
                 )
         return merged
-
-    def requires_grad_(self, flag: bool = True) -> LoRAWeights:
-        """Make A and B (the trainable pair) require grad, in place; W and b stay frozen."""
-        self.A.requires_grad_(flag)
-        self.B.requires_grad_(flag)
-        return self
 
     @classmethod
     def random(

@@ -28,7 +28,10 @@ def test_conformance(name: str, dtype: str, mode: str) -> None:
     shapes = EDGE_SHAPES[:2] if impl.compiles else SHAPES  # each new shape costs a compile
     if dtype != "fp32":
         shapes = shapes[:6]  # tiny shapes: this CPU has no native half-precision matmul
-    failed = [r for r in run_checks(impl, "cpu", DTYPES[dtype], mode, shapes) if not r.passed]
+    # PEFT's DoRA divides by a zero norm (NaN); test_peft_dora_zero_row pins that down
+    zero_rows = name != "peft_dora"
+    checks = run_checks(impl, "cpu", DTYPES[dtype], mode, shapes, zero_rows=zero_rows)
+    failed = [r for r in checks if not r.passed]
     assert not failed, [f"{r.check}: {r.failure}" for r in failed]
 
 
@@ -79,7 +82,7 @@ def _detached_adapter(w, x):
     ("fn", "dtype", "mode", "failure"),
     [
         (_no_scale, torch.float32, "infer", "rel errors {'y'"),
-        (_writes_x, torch.float32, "infer", "the op wrote into x, W, b, A or B"),
+        (_writes_x, torch.float32, "infer", "the op wrote into one of x, W, b, A, B"),
         (_half_written, torch.float32, "infer", "rel errors {'y': 'inf'}"),
         (_fp32_only, torch.bfloat16, "infer", "raised TypeError: no kernel for torch.bfloat16"),
         (_contiguous_only, torch.float32, "infer", "non-contiguous x: raised RuntimeError"),

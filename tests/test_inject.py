@@ -24,7 +24,8 @@ from lora_kernels import (
 
 TRAIN_IMPLS = [
     n for n, i in IMPLS.items()
-    if i.origin == "ours" and i.lora_equivalent and "train" in i.modes and not i.compiles
+    if i.origin == "ours" and i.lora_equivalent and i.variant == "lora" and "train" in i.modes
+    and not i.compiles
     and not i.unavailable_reason("cpu", torch.float32, "train")
 ]  # fmt: skip
 needs_peft = pytest.mark.skipif(

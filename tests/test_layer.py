@@ -11,7 +11,7 @@ from torch import nn
 from lora_kernels import IMPLS, LoRALinear, reference_forward, rel_error
 
 IN, OUT, RANK = 32, 24, 4
-LORA_IMPLS = [name for name, impl in IMPLS.items() if impl.lora_equivalent]
+LORA_IMPLS = [n for n, i in IMPLS.items() if i.lora_equivalent and i.variant == "lora"]
 CHEAP_LORA_IMPLS = [name for name in LORA_IMPLS if not IMPLS[name].compiles]
 
 

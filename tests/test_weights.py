@@ -130,7 +130,12 @@ def test_registry_entries_are_complete() -> None:
     assert next(iter(IMPLS)) == "base"
     origins = [impl.origin for impl in IMPLS.values()]
     assert origins == sorted(origins, key=["ours", "peer", "plugin"].index), "ours, peers, plugins"
-    assert {n for n, i in IMPLS.items() if i.origin == "peer"} == {"peft", "peft_merged", "loralib"}
+    assert {n for n, i in IMPLS.items() if i.origin == "peer"} == {
+        "peft",
+        "peft_merged",
+        "peft_dora",
+        "loralib",
+    }
     for name, impl in IMPLS.items():
         assert impl.name == name
         assert impl.description and "\n" not in impl.description

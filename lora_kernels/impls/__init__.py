@@ -1,8 +1,9 @@
-"""Importing this package registers every implementation, ours then the peers, in the order
-of the tables."""
+"""Importing this package registers every implementation, ours (LoRA, then DoRA) then the
+peers, in the order of the tables."""
 
 # isort: off
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
+from lora_kernels.dora import eager as dora_eager, autograd as dora_autograd
 from lora_kernels.impls import peers
 # isort: on
 
@@ -10,6 +11,8 @@ __all__ = [
     "autograd",
     "compiled",
     "cuda_graph",
+    "dora_autograd",
+    "dora_eager",
     "eager",
     "merged",
     "peers",

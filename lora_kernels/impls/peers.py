@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, register
 from lora_kernels.weights import LoRAWeights
 
@@ -54,6 +55,23 @@ def build_peft(w: LoRAWeights) -> Op:
     return _peft_layer(w)
 
 
+def build_peft_dora(w: DoRAWeights) -> Op:
+    """PEFT's lora.Linear with use_dora=True on our tensors; its magnitude is our m."""
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear
+
+    alpha = w.scale * w.rank
+    config = LoraConfig(r=w.rank, lora_alpha=alpha, use_dora=True)
+    with torch.device("meta"):  # PEFT takes m from W's norms at init: skip that work
+        layer = Linear(base_linear(w.lora), "default", config=config, r=w.rank,
+                       lora_alpha=alpha, use_dora=True)  # fmt: skip
+    layer.scaling["default"] = w.scale
+    use_tensor(layer.lora_A["default"], "weight", w.A)
+    use_tensor(layer.lora_B["default"], "weight", w.B)
+    use_tensor(layer.lora_magnitude_vector["default"], "weight", w.m)
+    return layer
+
+
 def build_peft_merged(w: LoRAWeights) -> Op:
     own = LoRAWeights(w.W.detach().clone(), w.b, w.A.detach(), w.B.detach(), w.scale)
     layer = _peft_layer(own)
@@ -94,6 +112,18 @@ register(
         requires=peer_missing("peft"),
         origin="peer",
         source="peft",
+    )
+)
+register(
+    Impl(
+        "peft_dora",
+        "HF PEFT lora.Linear with use_dora=True, unmerged: forms W + s·B A on every call",
+        build_peft_dora,
+        requires=peer_missing("peft"),
+        origin="peer",
+        source="peft",
+        variant="dora",
+        exact_norm=False,
     )
 )
 register(
