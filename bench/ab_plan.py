@@ -87,8 +87,11 @@ def select(
             if why:
                 sel.skipped.append(AbProblem("*", name, mode, "current", "skipped", why))
                 continue
+            variant = cur[name].get("variant", "lora")
             for c in cases:
                 dtype = c["fields"]["dtype"]
+                if variant not in c.get("variants", ["lora"]):
+                    continue
                 if c["skip"]:
                     sel.skipped.append(
                         AbProblem(c["id"], name, mode, "current", "skipped", c["skip"])

@@ -254,6 +254,7 @@ class ImplInfo:
     origin: str  # "ours", "peer" or "plugin"
     source: str
     description: str
+    variant: str = "lora"  # the function it computes: "lora" or "dora"
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,10 @@ class Run:
 
     def multi(self) -> list[MultiEntry]:
         return [e for e in self.entries if isinstance(e, MultiEntry)]
+
+    def variant(self, impl: str) -> str:
+        """The function the impl computes, "lora" or "dora", as the run recorded it."""
+        return next((i.variant for i in self.meta.impls if i.name == impl), "lora")
 
     def impl_rank(self, impl: str) -> int:
         """Position of impl in the run's registry order (unknown names last)."""

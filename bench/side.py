@@ -59,6 +59,7 @@ class Side:
                 "devices": sorted(i.devices),
                 "dtypes": sorted(n for n, d in DTYPES.items() if d in i.dtypes),
                 "modes": sorted(i.modes),
+                "variant": i.variant,
                 "unavailable": i.requires(),
             }
             for i in IMPLS.values()
@@ -66,12 +67,15 @@ class Side:
         return {"tree": str(self.tree), "torch": torch.__version__, "impls": impls}
 
     def plan(self, profile: str, device: str, dtypes: list[str], cache: str) -> Reply:
-        """The profile's cases on the device, with the copies a cold cache needs per mode and
-        whether the profile measures the case's memory."""
+        """The profile's cases on the device, with the copies a cold cache needs per mode,
+        whether the profile measures the case's memory, and the variants whose impls it runs
+        there (LoRA on the grid, DoRA on the DoRA cases)."""
         prof = PROFILES[profile]
-        memory = {str(c) for c in prof.memory_cases([device], {device: dtypes})}
+        on = ([device], {device: dtypes})
+        memory = {str(c) for c in prof.memory_cases(*on)}
+        grid, dora = prof.cases(*on), prof.dora_cases(*on)
         cases = []
-        for c in prof.cases([device], {device: dtypes}):
+        for c in grid + [c for c in dora if c not in grid]:
             copies = {
                 mode: copies_needed(c.min_bytes(mode), cache_bytes(device), cache)
                 for mode in ("infer", "train")
@@ -79,6 +83,7 @@ class Side:
             cases.append(
                 {"id": str(c), "key": c.key, "fields": asdict(c), "copies": copies,
                  "flops": {m: c.flops(m) for m in copies}, "memory": str(c) in memory,
+                 "variants": [v for v, cs in (("lora", grid), ("dora", dora)) if c in cs],
                  "skip": c.skip_reason()}
             )  # fmt: skip
         return {"cases": cases}

@@ -59,6 +59,11 @@ def _cases(run: Run, items: list, group_by: str | None) -> list[str]:
     return sorted(first, key=lambda c: key(first[c]))
 
 
+def lora_only(run: Run, items: list) -> list:
+    """The entries of LoRA impls and base: DoRA's have their own tables (bench/dora_tables)."""
+    return [e for e in items if run.variant(e.impl) == "lora"]
+
+
 def _impls(run: Run, items: list) -> list[str]:
     return sorted({e.impl for e in items}, key=run.impl_rank)
 
@@ -80,7 +85,7 @@ def paired_times(items: list[TimeEntry]) -> dict[tuple[str, str], float]:
 
 
 def throughput_table(run: Run, mode: str, group_by: str | None = None) -> Table:
-    items = run.times(mode)
+    items = lora_only(run, run.times(mode))
     cases = _cases(run, items, group_by)
     times = paired_times(items)
     peaks = run.meta.peaks_start
@@ -118,7 +123,7 @@ def throughput_table(run: Run, mode: str, group_by: str | None = None) -> Table:
 
 
 def ratio_table(run: Run, mode: str, group_by: str | None = None) -> Table:
-    items = run.times(mode)
+    items = lora_only(run, run.times(mode))
     cells = {(e.case, e.impl): e for e in items}
     impls = _impls(run, items)
     rows = []
@@ -141,7 +146,7 @@ def ratio_table(run: Run, mode: str, group_by: str | None = None) -> Table:
 
 def roofline_table(run: Run, mode: str, group_by: str | None = None) -> Table:
     """Per case: the floor from the calibrated peaks, and each impl's time over that floor."""
-    items = run.times(mode)
+    items = lora_only(run, run.times(mode))
     times = paired_times(items)
     floors = {e.case: e.floor_s for e in items}
     impls = _impls(run, items)
@@ -162,7 +167,7 @@ def roofline_table(run: Run, mode: str, group_by: str | None = None) -> Table:
 
 
 def memory_table(run: Run, group_by: str | None = None) -> Table:
-    items = run.memory()
+    items = lora_only(run, run.memory())
     impls = _impls(run, items)
     cells = {(e.case, e.mode, e.impl): e.peak_bytes for e in items}
     keys = [(c, m) for c in _cases(run, items, group_by) for m in MODES_ORDER
@@ -219,8 +224,9 @@ def timer_table(run: Run) -> Table:
 def cold_check_table(run: Run) -> Table:
     """Decode with a cold cache must read its bytes from memory: no op may beat bytes / the
     calibrated copy bandwidth by much, or the cache was not cold."""
-    items = [e for e in run.times("infer") if e.tokens <= 16] if run.meta.cache == "cold" else []
-    times = paired_times(run.times("infer"))
+    lora = lora_only(run, run.times("infer"))
+    items = [e for e in lora if e.tokens <= 16] if run.meta.cache == "cold" else []
+    times = paired_times(lora)
     rows = []
     for case in _cases(run, items, None):
         mine = [e for e in items if e.case == case]
@@ -249,7 +255,8 @@ def cold_check_table(run: Run) -> Table:
 def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
     """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
     where the table has them."""
-    from bench.model_tables import model_tables  # they build on this module's Table
+    from bench.dora_tables import dora_tables  # they build on this module's Table
+    from bench.model_tables import model_tables
     from bench.multi_tables import multi_tables
 
     tables = []
@@ -264,6 +271,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         timer_table(run),
         memory_table(run, group_by),
         params_table(run, group_by),
+        *dora_tables(run),
         *model_tables(run),
         *multi_tables(run),
     ]

@@ -167,3 +167,22 @@ def test_multi_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> 
     assert multi.in_use == 4
     md = (tiny_run[0] / "cpu-tiny.md").read_text()
     assert "### Multi-adapter batches" in md and "| single:addmm" in md
+
+
+def test_dora_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> None:
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    variant = {i.name: i.variant for i in run.meta.impls}
+    dora = [e for e in run.times() if variant[e.impl] == "dora"]
+    assert {e.case for e in dora} == {"toy T=512 r=8 fp32 cpu"}, "the tiny profile's DoRA case"
+    ran = {(e.impl, e.mode) for e in dora}
+    ours = {"dora_dense", "dora_factored", "dora_autograd"}
+    assert ran >= {(i, m) for i in ours for m in ("infer", "train")}
+    assert {("dora_cached", "infer"), ("dora_merged", "infer")} <= ran
+    assert ("dora_cached", "train") not in ran
+    for e in dora:
+        assert e.rel_error <= 1e-5 and e.ratio_to_base > 0
+    peaks = {(e.impl, e.mode) for e in run.memory() if variant[e.impl] == "dora"}
+    assert ("dora_autograd", "train") in peaks
+    md = (tiny_run[0] / "cpu-tiny.md").read_text()
+    assert "### DoRA: ratio to base" in md and "### DoRA: peak memory" in md
+    assert "dora_" not in md.split("### Ratio to base (infer)")[1].split("###")[0]
