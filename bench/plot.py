@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bench.compare import pair_runs
 from bench.results import ResultError, Run, TimeEntry, write_atomic
-from bench.tables import paired_times
+from bench.tables import lora_only, paired_times
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +37,7 @@ def _save(fig: Figure, path: Path) -> Path:
 def throughput_vs_rank(run: Run, out: Path) -> Path | None:
     """tokens/s against rank, one line per impl, one panel per (shape, T, dtype) with ranks;
     tokens/s from the paired ratio and the case's one base time, as in the tables."""
-    items = run.times("infer")
+    items = lora_only(run, run.times("infer"))  # DoRA has its own tables
     times = paired_times(items)
     groups: dict[tuple, list[TimeEntry]] = defaultdict(list)
     for e in items:
@@ -69,7 +69,7 @@ def throughput_vs_rank(run: Run, out: Path) -> Path | None:
 
 def ratio_vs_tokens(run: Run, out: Path) -> Path | None:
     """Ratio to base against tokens per impl (forward); labels name the shape and rank."""
-    items = [e for e in run.times("infer") if e.impl != "base"]
+    items = [e for e in lora_only(run, run.times("infer")) if e.impl != "base"]
     if not items:
         return None
     plt = _pyplot()

@@ -313,6 +313,8 @@ def run_header(run: Run) -> str:
             else "; every call reuses one copy)"
         ),
     ]
+    if meta.only:
+        lines.append(f"- only these cases (--lora-only): {', '.join(meta.only)}")
     for key, start in meta.peaks_start.items():
         end = meta.peaks_end.get(key)
         after = f" -> {end['gemm_gflops']:.0f} / {end['copy_gbs']:.1f}" if end else ""

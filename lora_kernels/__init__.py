@@ -1,7 +1,8 @@
-"""lora_kernels: a LoRA linear layer and interchangeable forward implementations; the same for
-many adapters served in one batch."""
+"""lora_kernels: a LoRA linear layer and interchangeable forward implementations, LoRA's and
+DoRA's; the same for many adapters served in one batch."""
 
 from lora_kernels import impls as _impls  # registers every implementation
+from lora_kernels.dora import DoRAWeights
 from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
 from lora_kernels.multi import (
@@ -38,6 +39,7 @@ __all__ = [
     "MULTI_IMPLS",
     "PRESETS",
     "TOLERANCES",
+    "DoRAWeights",
     "Grads",
     "Impl",
     "LoRALinear",
