@@ -98,14 +98,21 @@ def inject(
     alpha: float = 8.0,
     use_rslora: bool = False,
     dropout: float = 0.0,
-    impl: str = "two_step",
+    impl: str | None = None,
+    use_dora: bool = False,
 ) -> dict[str, LoRALinear]:
     """Put a LoRALinear in place of each selected linear layer, sharing its weight and bias,
     and freeze every other parameter of the model. Returns the new layers by name.
+    use_dora=True makes them DoRA layers; impl defaults to LoRALinear's (two_step, or
+    dora_factored with DoRA).
 
     Every selected layer is checked (rank <= min(in, out)) before the model is changed.
     """
-    get_impl(impl)
+    if impl is not None and get_impl(impl).variant != ("dora" if use_dora else "lora"):
+        raise ValueError(
+            f"impl {impl!r} computes {get_impl(impl).variant}; use_dora={use_dora} needs a "
+            f"{'DoRA' if use_dora else 'LoRA'} impl"
+        )
     chosen = select_linears(model, targets)
     bases = {name: as_linear(module) for name, module in chosen.items()}
     for name, base in bases.items():
@@ -120,6 +127,7 @@ def inject(
     for name, base in bases.items():
         layer = LoRALinear.from_linear(
             base, rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout, impl=impl,
+            use_dora=use_dora,
         ).train(chosen[name].training)  # fmt: skip
         _replace(model, name, layer)
         new[name] = layer
@@ -147,7 +155,7 @@ def merge(model: nn.Module) -> None:
     if merged:
         raise ValueError(f"{len(merged)} of {len(layers)} LoRA layers are merged already")
     for layer in layers:
-        layer.weights().merged_weight()  # raises before any weight is written
+        layer.merged_weight()  # raises before any weight is written
     for layer in layers:
         layer.merge()
 

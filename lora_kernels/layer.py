@@ -218,24 +218,29 @@ class LoRALinear(nn.Module):
         return super()._apply(fn, recurse)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the adapter into W (computed in fp32): W + s·B A, or with DoRA
-        (m / ‖W + s·B A‖) ⊙ (W + s·B A). W is untouched if the result is not finite."""
-        if self.merged:
-            raise ValueError("merge() called on a layer that is already merged; unmerge() first")
+    def merged_weight(self) -> Tensor:
+        """The merged W, without writing it: W + s·B A, or with DoRA
+        (m / ‖W + s·B A‖) ⊙ (W + s·B A), computed in fp32. Raises ValueError when it is not
+        finite, or (DoRA) when a row's factor is 0, which unmerge() could not undo."""
         w = self.weights()
         if isinstance(w, DoRAWeights):
-            c = w.magnitude_scale()
-            zero = int((c == 0).sum())
+            zero = int((w.magnitude_scale() == 0).sum())
             if zero:
                 raise ValueError(
                     f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
                     "merging would erase them from W, and unmerge() could not restore them"
                 )
-            self.base.weight.copy_(w.merged_weight())
-            self._merge_scale = c
-        else:
-            self.base.weight.copy_(w.merged_weight(+1.0))
+        return w.merged_weight()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into W (see merged_weight); W is untouched if that raises."""
+        if self.merged:
+            raise ValueError("merge() called on a layer that is already merged; unmerge() first")
+        merged = self.merged_weight()
+        if self.use_dora:
+            self._merge_scale = self.weights().magnitude_scale()  # type: ignore[union-attr]
+        self.base.weight.copy_(merged)
         self.merged = True
 
     @torch.no_grad()

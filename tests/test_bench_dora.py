@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from runs import case_fields, make_run, time_entry
 
 from bench.cases import PROFILES, Case
 from bench.dora_tables import dora_memory_table, dora_ratio_table
@@ -13,7 +14,6 @@ from bench.results import ImplInfo, MemoryEntry, Run
 from bench.session import Settings
 from bench.tables import ratio_table
 from lora_kernels import IMPLS
-from tests.runs import case_fields, make_run, time_entry
 
 KEY = "toy T=512 r=4 fp32"  # a case of tests/runs.py's run
 

@@ -123,3 +123,37 @@ def test_dtype_change_rebuilds(gen: torch.Generator) -> None:
     y = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16
     assert rel_error(y, reference_forward(layer.weights(), x.bfloat16())) < 2e-2
+
+
+def test_inject_dora_and_merge_the_model(gen: torch.Generator) -> None:
+    """inject(use_dora=True) gives DoRA layers that start as the base model; merge(model)
+    refuses, before writing any weight, when one layer cannot be merged."""
+    from torch import nn
+
+    from lora_kernels import inject, merge, unmerge
+
+    model = nn.Sequential(nn.Linear(IN, OUT), nn.ReLU(), nn.Linear(OUT, IN))
+    x = torch.randn(4, IN, generator=gen)
+    with torch.no_grad():
+        y0 = model(x)
+    with pytest.raises(ValueError, match="computes lora; use_dora=True needs a DoRA impl"):
+        inject(model, "all-linear", RANK, use_dora=True, impl="addmm")
+    layers = inject(model, "all-linear", RANK, use_dora=True)
+    assert all(layer.use_dora and layer.impl == "dora_factored" for layer in layers.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y0)
+        for layer in layers.values():
+            layer.lora_B.normal_(generator=gen)
+        y = model(x)
+        first, second = layers.values()
+        second.lora_magnitude[0] = 0
+        W0 = first.base.weight.clone()
+        with pytest.raises(ValueError, match="1 rows have m"):
+            merge(model)
+        assert torch.equal(first.base.weight, W0) and not first.merged
+        second.lora_magnitude[0] = 1
+        y = model(x)
+        merge(model)
+        assert rel_error(model(x), y) < 1e-5
+        unmerge(model)
+        assert rel_error(model(x), y) < 1e-5
