@@ -36,13 +36,13 @@ class DoRAFunction(torch.autograd.Function):
         xa = x @ A.t()  # (T, r)
         z = (x @ w.W.t()).addmm_(xa, B.t(), alpha=w.scale)  # (T, out), kept for dm
         y = scale_rows(z, c.to(x.dtype), w.b, grad=True)
-        ctx.save_for_backward(x, xa, z, B, c, n, positive, P, G)
+        ctx.save_for_backward(x, xa, z, w.W, A, B, m, c, n, positive, P, G)  # version-checked
         ctx.w = w
         return y
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple:
-        x, xa, z, B, c, n, positive, P, G = ctx.saved_tensors
+        x, xa, z, W, A, B, m, c, n, positive, P, G = ctx.saved_tensors
         w: DoRAWeights = ctx.w
         s = w.scale
         need_x, _, need_A, need_B, need_m, _, _, _ = ctx.needs_input_grad
@@ -50,20 +50,20 @@ class DoRAFunction(torch.autograd.Function):
         dc = gc.sum(0, dtype=torch.float32)  # (out,)
         torch.mul(g, c.to(g.dtype), out=gc)
         gB = gc @ B  # (T, r)
-        dx = (gc @ w.W).addmm_(gB, w.A, alpha=s) if need_x else None
+        dx = (gc @ W).addmm_(gB, A, alpha=s) if need_x else None
         dA = (gB.t() @ x).mul_(s) if need_A else None  # (r, in)
         # (xaᵀ gc)ᵀ, not gcᵀ xa: BLAS is several times slower on the transposed, skinny form
         dB = (xa.t() @ gc).mul_(s).t() if need_B else None  # (out, r)
-        dm = torch.where(positive, dc / n, 0.0).to(w.m.dtype) if need_m else None
+        dm = torch.where(positive, dc / n, 0.0).to(m.dtype) if need_m else None
         if not w.detach_norm and (need_A or need_B):
             # through the norm: dV = u ⊙ V with u = -dc m / n³ and V = W + s·B A
-            u = torch.where(positive, -dc * w.m.float() / n**3, 0.0)[:, None]  # (out, 1)
+            u = torch.where(positive, -dc * m.float() / n**3, 0.0)[:, None]  # (out, 1)
             B32 = B.float()
             if need_B:  # s·u ⊙ (V Aᵀ) = s·u ⊙ (P + s·B G)
                 dB = dB + (s * u * torch.addmm(P, B32, G, alpha=s)).to(dB.dtype)
             if need_A:  # s·(u ⊙ B)ᵀ V = s·((u ⊙ B)ᵀ W + s·((u ⊙ B)ᵀ B) A): one r×out×in GEMM
                 uBt = (u * B32).t()  # (r, out)
-                dV_A = (uBt.to(w.W.dtype) @ w.W).float() + s * ((uBt @ B32) @ w.A.float())
+                dV_A = (uBt.to(W.dtype) @ W).float() + s * ((uBt @ B32) @ A.float())
                 dA = dA + (s * dV_A).to(dA.dtype)
         return dx, None, dA, dB, dm, None, None, None
 
