@@ -20,13 +20,9 @@ def _ours_lora(run: Run, cells: dict, case: str, mode: str) -> tuple[str, float]
     mine = [
         (impl, v) for (c, m, impl), v in cells.items()
         if (c, m) == (case, mode) and impl != "base" and run.variant(impl) == "lora"
-        and _origin(run, impl) == "ours"
+        and run.impl_info(impl).origin == "ours"
     ]  # fmt: skip
     return min(mine, key=lambda iv: iv[1]) if mine else None
-
-
-def _origin(run: Run, impl: str) -> str:
-    return next((i.origin for i in run.meta.impls if i.name == impl), "plugin")
 
 
 def _ratio(cell: float | None) -> str:
@@ -42,7 +38,7 @@ def dora_ratio_table(run: Run) -> Table:
     for case, mode in _cases(dora):
         lora = _ours_lora(run, cells, case, mode)
         best = min((cells[(case, mode, i)] for i in impls if (case, mode, i) in cells
-                    and _origin(run, i) == "ours"), default=None)  # fmt: skip
+                    and run.impl_info(i).origin == "ours"), default=None)  # fmt: skip
         peft_lora, peft_dora = (
             cells.get((case, mode, PEFT_LORA)),
             cells.get((case, mode, PEFT_DORA)),

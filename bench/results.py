@@ -306,9 +306,15 @@ class Run:
     def multi(self) -> list[MultiEntry]:
         return [e for e in self.entries if isinstance(e, MultiEntry)]
 
+    def impl_info(self, impl: str) -> ImplInfo:
+        """What the run recorded of the impl; a name it did not record counts as a LoRA
+        plugin."""
+        known = next((i for i in self.meta.impls if i.name == impl), None)
+        return known or ImplInfo(impl, "plugin", "", "")
+
     def variant(self, impl: str) -> str:
         """The function the impl computes, "lora" or "dora", as the run recorded it."""
-        return next((i.variant for i in self.meta.impls if i.name == impl), "lora")
+        return self.impl_info(impl).variant
 
     def impl_rank(self, impl: str) -> int:
         """Position of impl in the run's registry order (unknown names last)."""

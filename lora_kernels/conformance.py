@@ -66,13 +66,12 @@ def _dora(w: LoRAWeights, seed: int, exact: bool, zero_row: bool) -> DoRAWeights
     """DoRA on w: m random around the row norms; the exact norm gradient when `exact`; with
     `zero_row`, W's and B's last rows zeroed, so that row of W + s·B A is zero and its output
     must be the bias alone."""
-    if zero_row:
-        W, B = w.W.clone(), w.B.clone()
-        W[-1], B[-1] = 0, 0
-        w = dataclasses.replace(w, W=W, B=B)
-    d = DoRAWeights.random(w.in_features, w.out_features, w.rank, seed=seed, dtype=w.dtype,
-                           device=w.device)  # fmt: skip
-    return DoRAWeights(w.W, w.b, w.A, w.B, w.scale, d.m, detach_norm=not exact)
+    d = DoRAWeights.with_random_m(w, seed, detach_norm=not exact)
+    if not zero_row:
+        return d
+    W, B = d.W.clone(), d.B.clone()
+    W[-1], B[-1] = 0, 0
+    return dataclasses.replace(d, W=W, B=B)
 
 
 EDGE_SHAPES = (

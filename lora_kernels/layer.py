@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lora_kernels.dora.eager import dropout_forward
+from lora_kernels.dora.eager import FactorCache, dropout_forward
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, get_impl
 from lora_kernels.weights import LoRAWeights, all_finite, check_rank, scaling
@@ -26,6 +26,7 @@ class _Built:
     op: Op
     weights: LoRAWeights | DoRAWeights
     seen: set[tuple]
+    factors: FactorCache | None = None  # DoRA with active dropout: the norm's pieces
 
     def check(self, x: Tensor) -> None:
         """Raise unless x fits the weights; each new (in, dtype, device) is checked once."""
@@ -196,7 +197,8 @@ class LoRALinear(nn.Module):
             built = self._built("train")
             built.check(x)
             if self.use_dora:
-                return dropout_forward(x, self.dropout(x), built.weights)  # type: ignore[arg-type]
+                built.factors = built.factors or FactorCache(built.weights)  # type: ignore[arg-type]
+                return dropout_forward(x, self.dropout(x), built.weights, built.factors)  # type: ignore[arg-type]
             xa = F.linear(self.dropout(x), A)  # (..., r)
             return self.base(x) + self.scale * F.linear(xa, B)
         if not isinstance(x, Tensor):
@@ -222,24 +224,28 @@ class LoRALinear(nn.Module):
         """The merged W, without writing it: W + s·B A, or with DoRA
         (m / ‖W + s·B A‖) ⊙ (W + s·B A), computed in fp32. Raises ValueError when it is not
         finite, or (DoRA) when a row's factor is 0, which unmerge() could not undo."""
+        return self._merged()[0]
+
+    def _merged(self) -> tuple[Tensor, Tensor | None]:
+        """(merged W, DoRA's factor m / ‖W + s·B A‖ or None); see merged_weight."""
         w = self.weights()
-        if isinstance(w, DoRAWeights):
-            zero = int((w.magnitude_scale() == 0).sum())
-            if zero:
-                raise ValueError(
-                    f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
-                    "merging would erase them from W, and unmerge() could not restore them"
-                )
-        return w.merged_weight()
+        if not isinstance(w, DoRAWeights):
+            return w.merged_weight(), None
+        c = w.magnitude_scale()
+        zero = int((c == 0).sum())
+        if zero:
+            raise ValueError(
+                f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
+                "merging would erase them from W, and unmerge() could not restore them"
+            )
+        return w.merged_weight(c), c
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the adapter into W (see merged_weight); W is untouched if that raises."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        merged = self.merged_weight()
-        if self.use_dora:
-            self._merge_scale = self.weights().magnitude_scale()  # type: ignore[union-attr]
+        merged, self._merge_scale = self._merged()
         self.base.weight.copy_(merged)
         self.merged = True
 

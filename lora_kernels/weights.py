@@ -111,14 +111,15 @@ class LayerTensors:
                 check_tensor(name, t)
 
     def _check_one_place(self) -> None:
-        """W, b, A and B share one dtype and one device."""
+        """Every tensor (W, b, A, B, and DoRA's m) shares one dtype and one device."""
         tensors = {n: t for n, t in self._named().items() if t is not None}
+        names = ", ".join(self._named())
         dtypes = {n: t.dtype for n, t in tensors.items()}
         if len(set(dtypes.values())) > 1:
-            raise TypeError(f"W, b, A and B must share one dtype, got {dtypes}")
+            raise TypeError(f"{names} must share one dtype, got {dtypes}")
         devices = {n: t.device for n, t in tensors.items()}
         if len(set(devices.values())) > 1:
-            raise ValueError(f"W, b, A and B must be on one device, got {devices}")
+            raise ValueError(f"{names} must be on one device, got {devices}")
 
     @property
     def in_features(self) -> int:

@@ -8,14 +8,14 @@ import torch
 from torch import Tensor
 
 from lora_kernels.dora.eager import FactorCache, scale_rows
-from lora_kernels.dora.norm import row_sq_norms, weight_sq_norms
+from lora_kernels.dora.norm import row_sq_norms, safe_norms
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, register, rows_op
 
 
 class DoRAFunction(torch.autograd.Function):
     """y = c ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b for x (T, in), c = m / ‖W + s·B A‖ per row; W and b
-    are frozen. P = W Aᵀ and G = A Aᵀ (fp32) come in without a graph."""
+    are frozen. ‖W‖², P = W Aᵀ and G = A Aᵀ (fp32) come in without a graph."""
 
     @staticmethod
     def forward(
@@ -29,9 +29,7 @@ class DoRAFunction(torch.autograd.Function):
         P: Tensor,
         G: Tensor,
     ) -> Tensor:
-        sq = row_sq_norms(w2, P, G, B, w.scale)  # (out,) fp32
-        positive = sq > 0
-        n = torch.where(positive, sq, 1.0).sqrt_()
+        positive, n = safe_norms(row_sq_norms(w2, P, G, B, w.scale))  # (out,) fp32
         c = torch.where(positive, m.float() / n, 0.0)
         xa = x @ A.t()  # (T, r)
         z = (x @ w.W.t()).addmm_(xa, B.t(), alpha=w.scale)  # (T, out), kept for dm
@@ -73,11 +71,10 @@ def build_dora_autograd(w: DoRAWeights) -> Op:
         raise ValueError(
             "impl 'dora_autograd' trains A, B and m only; W and b must not require grad"
         )
-    w2 = weight_sq_norms(w.W)  # W is frozen: once
     cache = FactorCache(w)
 
     def rows(x2: Tensor) -> Tensor:
-        return DoRAFunction.apply(x2, w, w.A, w.B, w.m, w2, *cache.get())
+        return DoRAFunction.apply(x2, w, w.A, w.B, w.m, *cache.get())
 
     return rows_op(w, rows)
 

@@ -39,21 +39,29 @@ def scale_rows(z: Tensor, c: Tensor, b: Tensor | None, grad: bool) -> Tensor:
 
 
 class FactorCache:
-    """P = W Aᵀ and G = A Aᵀ (fp32, no gradient) of the weights' W and A, recomputed only when
-    either has changed in place since (an optimizer step bumps a tensor's version)."""
+    """‖W‖² (out,), P = W Aᵀ (out, r) and G = A Aᵀ (r, r) of the weights' W and A, fp32, no
+    gradient; recomputed only when W or A has changed in place since (an optimizer step bumps
+    a tensor's version). ‖W‖² reads all of W: W is frozen, so it is computed once."""
 
     def __init__(self, w: DoRAWeights) -> None:
         self.W, self.A = w.W, w.A
-        self.key: tuple[int, int] | None = None
-        self.value: tuple[Tensor, Tensor] | None = None
+        self._refresh_w2()
+        self._refresh_factors()
 
-    def get(self) -> tuple[Tensor, Tensor]:
-        key = (self.W._version, self.A._version)
-        if key != self.key or self.value is None:
-            with torch.no_grad():
-                self.value = factors(self.W, self.A)
-            self.key = key
-        return self.value
+    def _refresh_w2(self) -> None:
+        self.w2_version, self.w2 = self.W._version, weight_sq_norms(self.W)
+
+    @torch.no_grad()
+    def _refresh_factors(self) -> None:
+        self.key, self.PG = (self.W._version, self.A._version), factors(self.W, self.A)
+
+    def get(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(‖W‖², P, G), each as of W's and A's current values."""
+        if self.W._version != self.w2_version:
+            self._refresh_w2()
+        if (self.W._version, self.A._version) != self.key:
+            self._refresh_factors()
+        return self.w2, *self.PG
 
 
 def build_dora_dense(w: DoRAWeights) -> Op:
@@ -69,32 +77,32 @@ def build_dora_dense(w: DoRAWeights) -> Op:
     return rows_op(w, rows)
 
 
-def factored_scale(w: DoRAWeights, w2: Tensor, cache: FactorCache, grad: bool) -> Tensor:
-    """c = m / ‖W + s·B A‖ per row (out,), in W's dtype, from ‖W‖² (w2), P and G. The norm
-    joins the graph only for the exact gradient; otherwise P and G come from the cache."""
+def factored_scale(w: DoRAWeights, cache: FactorCache, grad: bool) -> Tensor:
+    """c = m / ‖W + s·B A‖ per row (out,), in W's dtype, from the cache's ‖W‖², P and G. The
+    norm joins the graph only for the exact gradient (P and G then computed afresh)."""
+    w2, P, G = cache.get()
     if grad and not w.detach_norm:
         sq = row_sq_norms(w2, *factors(w.W, w.A), w.B, w.scale)
     else:
-        sq = row_sq_norms(w2, *cache.get(), w.B.detach(), w.scale)
+        sq = row_sq_norms(w2, P, G, w.B.detach(), w.scale)
     return magnitude_scale(w.m, sq).to(w.dtype)
 
 
 def build_dora_factored(w: DoRAWeights) -> Op:
-    w2 = weight_sq_norms(w.W)  # W is frozen: once
     cache = FactorCache(w)
 
     def rows(x2: Tensor) -> Tensor:
         grad = needs_grad(w, x2)
-        return scale_rows(lora_rows(x2, w), factored_scale(w, w2, cache, grad), w.b, grad)
+        return scale_rows(lora_rows(x2, w), factored_scale(w, cache, grad), w.b, grad)
 
     return rows_op(w, rows)
 
 
-def dropout_forward(x: Tensor, xd: Tensor, w: DoRAWeights) -> Tensor:
+def dropout_forward(x: Tensor, xd: Tensor, w: DoRAWeights, cache: FactorCache) -> Tensor:
     """PEFT's DoRA with active dropout, x (..., in) and xd = dropout(x): the base layer sees x,
     the adapter and the rescaled base term see xd: x Wᵀ + b + (c - 1) ⊙ (xd Wᵀ) + c ⊙ s·(xd Aᵀ) Bᵀ.
-    Equal to the DoRA forward when xd = x."""
-    c = factored_scale(w, weight_sq_norms(w.W), FactorCache(w), needs_grad(w, x))
+    Equal to the DoRA forward when xd = x. `cache` holds w's factors across calls."""
+    c = factored_scale(w, cache, needs_grad(w, x))
     base_d = F.linear(xd, w.W)
     lora_d = w.scale * F.linear(F.linear(xd, w.A), w.B)
     return F.linear(x, w.W, w.b) + (c - 1) * base_d + c * lora_d

@@ -31,9 +31,21 @@ def row_sq_norms(w2: Tensor, P: Tensor, G: Tensor, B: Tensor, scale: float) -> T
     return w2 + (2 * scale) * cross + (scale * scale) * inner
 
 
-def magnitude_scale(m: Tensor, sq_norms: Tensor) -> Tensor:
-    """c = m / ‖V‖ per row, fp32 (out,). A row whose squared norm is not positive (V's row is
-    zero) gets c = 0, so that output is the bias alone; the gradients stay finite there."""
-    positive = sq_norms > 0
-    norms = torch.where(positive, sq_norms, 1.0).sqrt()
-    return torch.where(positive, m.float() / norms, 0.0)
+def sq_norms(W: Tensor, A: Tensor, B: Tensor, scale: float) -> Tensor:
+    """‖W_i + s·B_i A‖² per row (out,), fp32, from scratch: ‖W‖², P and G computed here."""
+    return row_sq_norms(weight_sq_norms(W), *factors(W, A), B, scale)
+
+
+def safe_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
+    """(positive, n): which rows have a squared norm > 0, and their norms, with 1 in place of
+    the others (so that dividing by n and differentiating stay finite)."""
+    positive = sq > 0
+    return positive, torch.where(positive, sq, 1.0).sqrt()
+
+
+def magnitude_scale(m: Tensor, sq: Tensor) -> Tensor:
+    """c = m / ‖V‖ per row, fp32 (out,), from the squared norms. A row whose squared norm is
+    not positive (V's row is zero) gets c = 0, so that output is the bias alone; the gradients
+    stay finite there."""
+    positive, n = safe_norms(sq)
+    return torch.where(positive, m.float() / n, 0.0)

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lora_kernels.dora.norm import factors, magnitude_scale, row_sq_norms, weight_sq_norms
+from lora_kernels.dora.norm import magnitude_scale, sq_norms
 from lora_kernels.weights import LayerTensors, LoRAWeights, all_finite, check_tensor
 
 
@@ -64,17 +64,16 @@ class DoRAWeights(LayerTensors):
     def magnitude_scale(self) -> Tensor:
         """m / ‖W + s·B A‖ per row (out,), fp32, no gradient; formed without the out×in matrix."""
         with torch.no_grad():
-            P, G = factors(self.W, self.A)
-            return magnitude_scale(self.m, row_sq_norms(weight_sq_norms(self.W), P, G, self.B,
-                                                        self.scale))  # fmt: skip
+            return magnitude_scale(self.m, sq_norms(self.W, self.A, self.B, self.scale))
 
-    def merged_weight(self) -> Tensor:
+    def merged_weight(self, c: Tensor | None = None) -> Tensor:
         """(m / ‖V‖) ⊙ V with V = W + s·B A, computed in fp32 and cast to W's dtype; (out, in).
+        `c` is magnitude_scale() when the caller has it already.
 
         Raises ValueError when the result is not finite, so a caller can check before writing.
         """
         with torch.no_grad():
-            c = self.magnitude_scale()
+            c = self.magnitude_scale() if c is None else c
             V = torch.addmm(self.W.float(), self.B.float(), self.A.float(), alpha=self.scale)
             merged = V.mul_(c[:, None]).to(self.W.dtype)
             if not all_finite(merged):
@@ -94,10 +93,22 @@ class DoRAWeights(LayerTensors):
             raise TypeError(f"lora must be LoRAWeights, got {type(lora).__name__}")
         if m is None:
             with torch.no_grad():
-                P, G = factors(lora.W, lora.A)
-                sq = row_sq_norms(weight_sq_norms(lora.W), P, G, lora.B, lora.scale)
+                sq = sq_norms(lora.W, lora.A, lora.B, lora.scale)
                 m = sq.clamp_min(0).sqrt().to(lora.W.dtype)
         return cls(lora.W, lora.b, lora.A, lora.B, lora.scale, m, detach_norm)
+
+    @classmethod
+    def with_random_m(
+        cls, lora: LoRAWeights, seed: int = 0, *, detach_norm: bool = True
+    ) -> DoRAWeights:
+        """DoRA on lora's tensors with m = ‖W + s·B A‖ per row times a seeded factor in
+        [0.5, 1.5): every row is rescaled, none by exactly 1, so a wrong norm or a dropped m
+        shows."""
+        gen = torch.Generator().manual_seed(seed + 7)
+        factor = 0.5 + torch.rand(lora.out_features, generator=gen, dtype=torch.float64)
+        norms = cls.from_lora(lora).m.double().cpu()
+        m = (norms * factor).to(device=lora.device, dtype=lora.dtype)
+        return cls.from_lora(lora, m, detach_norm=detach_norm)
 
     @classmethod
     def random(
@@ -110,12 +121,7 @@ class DoRAWeights(LayerTensors):
         seed: int = 0,
         **kwargs: object,
     ) -> DoRAWeights:
-        """Seeded random weights (LoRAWeights.random's, with the same keywords) and m, the row
-        norms of W + s·B A times a seeded factor in [0.5, 1.5): every row is rescaled, none
-        by exactly 1, so a wrong norm or a dropped m shows."""
+        """Seeded random weights (LoRAWeights.random's, with the same keywords) and a seeded
+        random m (see with_random_m)."""
         lora = LoRAWeights.random(in_features, out_features, rank, seed=seed, **kwargs)  # type: ignore[arg-type]
-        gen = torch.Generator().manual_seed(seed + 7)
-        factor = 0.5 + torch.rand(out_features, generator=gen, dtype=torch.float64)
-        norms = DoRAWeights.from_lora(lora).m.double().cpu()
-        m = (norms * factor).to(device=lora.device, dtype=lora.dtype)
-        return cls(lora.W, lora.b, lora.A, lora.B, lora.scale, m, detach_norm)
+        return cls.with_random_m(lora, seed, detach_norm=detach_norm)
