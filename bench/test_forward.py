@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.cases import Case
-from bench.runner import Harness
+from bench.harness.cases import Case
+from bench.harness.runner import Harness
 
 
 def test_forward(benchmark: BenchmarkFixture, harness: Harness, case: Case, impl_name: str) -> None:

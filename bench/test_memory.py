@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.cases import Case
-from bench.memory import CpuProbe
-from bench.runner import Harness
+from bench.harness.cases import Case
+from bench.harness.memory import CpuProbe
+from bench.harness.runner import Harness
 from lora_kernels.registry import MODES
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.model_runner import time_model
-from bench.models import ModelJob
-from bench.runner import Harness
+from bench.families.model_runner import time_model
+from bench.families.models import ModelJob
+from bench.harness.runner import Harness
 
 
 def test_model(benchmark: BenchmarkFixture, harness: Harness, model_job: ModelJob) -> None:

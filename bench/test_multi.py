@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.memory import CpuProbe
-from bench.multi import MultiJob
-from bench.multi_runner import time_multi
-from bench.runner import Harness
+from bench.families.multi import MultiJob
+from bench.families.multi_runner import time_multi
+from bench.harness.memory import CpuProbe
+from bench.harness.runner import Harness
 
 
 def test_multi(

@@ -8,9 +8,9 @@ from itertools import product
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.cases import RANKS, SHAPES
-from bench.results import ParamsEntry
-from bench.runner import Harness
+from bench.harness.cases import RANKS, SHAPES
+from bench.harness.runner import Harness
+from bench.schema.entries import ParamsEntry
 from lora_kernels import LoRALinear, count_parameters, linear_total, lora_trainable
 
 GRID = [

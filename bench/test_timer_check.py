@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.cases import Case
-from bench.runner import Harness
+from bench.harness.cases import Case
+from bench.harness.runner import Harness
 
 TIMER_IMPLS = ["base", "two_step", "triton_fused"]
 

@@ -17,7 +17,7 @@ from lora_kernels.multi import (
 )
 from lora_kernels.params import ParamCount, count_parameters, linear_total, lora_trainable
 from lora_kernels.planner import Plan, plan
-from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, load_plugins
+from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, get_impl, load_plugins
 from lora_kernels.presets import PRESETS, Preset, get_preset
 from lora_kernels.reference import (
     TOLERANCES,
@@ -27,7 +27,7 @@ from lora_kernels.reference import (
     rel_error,
     tolerance,
 )
-from lora_kernels.registry import IMPLS, Impl, Op, get_impl
+from lora_kernels.registry import IMPLS, Impl, Op
 from lora_kernels.weights import LoRAWeights
 
 del _impls

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from torch import Tensor, nn
 
 from lora_kernels.layer import LoRALinear
-from lora_kernels.registry import get_impl
+from lora_kernels.plugins import get_impl
 
 
 def _is_conv1d(module: nn.Module) -> bool:

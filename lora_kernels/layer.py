@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from lora_kernels.dora.eager import FactorCache, dropout_forward
 from lora_kernels.dora.weights import DoRAWeights
-from lora_kernels.registry import Impl, Op, get_impl
+from lora_kernels.plugins import get_impl
+from lora_kernels.registry import Impl, Op
 from lora_kernels.weights import LoRAWeights, all_finite, check_rank, scaling
 
 INITS = ("kaiming", "gaussian")

@@ -122,3 +122,16 @@ def load_plugins(
             _register_all(_impls_of(_import_target(spec), repr(spec)), repr(spec), spec, registry)
             done.add(f"spec:{spec}")
     return [name for name in registry if name not in before]
+
+
+def get_impl(name: str) -> Impl:
+    """The registered impl called `name`; installed plugins are loaded before giving up.
+    The error lists the known names."""
+    if not isinstance(name, str):
+        raise TypeError(f"impl name must be a str, got {type(name).__name__}")
+    if name not in IMPLS:
+        load_plugins()
+    try:
+        return IMPLS[name]
+    except KeyError:
+        raise ValueError(f"unknown impl {name!r}; known: {', '.join(IMPLS)}") from None

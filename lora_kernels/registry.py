@@ -156,21 +156,6 @@ def register(impl: Impl, registry: dict[str, Impl] | None = None) -> Impl:
     return impl
 
 
-def get_impl(name: str) -> Impl:
-    """The registered impl called `name`; installed plugins are loaded before giving up.
-    The error lists the known names."""
-    if not isinstance(name, str):
-        raise TypeError(f"impl name must be a str, got {type(name).__name__}")
-    if name not in IMPLS:
-        from lora_kernels.plugins import load_plugins
-
-        load_plugins()
-    try:
-        return IMPLS[name]
-    except KeyError:
-        raise ValueError(f"unknown impl {name!r}; known: {', '.join(IMPLS)}") from None
-
-
 def impls_table(impls: list[Impl] | None = None) -> str:
     """GitHub-markdown table of impls (default: all registered): name, origin, what it computes
     (LoRA or DoRA), description, devices, dtypes, modes."""

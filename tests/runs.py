@@ -3,16 +3,8 @@ for the report, compare, check and plot tests."""
 
 from __future__ import annotations
 
-from bench.results import (
-    ImplInfo,
-    MemoryEntry,
-    Paired,
-    ParamsEntry,
-    Run,
-    RunMeta,
-    TimeEntry,
-    dump_run,
-)
+from bench.schema.entries import MemoryEntry, Paired, ParamsEntry, TimeEntry
+from bench.schema.run import ImplInfo, Run, RunMeta, dump_run
 
 CASES = ("toy T=512 r=4 fp32", "gpt2.c_attn T=512 r=16 fp32", "llama3-8b.q_proj T=1 r=16 fp32")
 IMPLS = ("base", "two_step", "addmm")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bench import gitref
-from bench.ab import Progress
-from bench.ab_plan import match_cases, select
-from bench.ab_report import ab_markdown
-from bench.ab_results import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
-from bench.report import main
-from bench.results import ResultError
+from bench.cli.main import main
+from bench.gates import gitref
+from bench.gates.ab import Progress
+from bench.gates.plan import match_cases, select
+from bench.report.ab import ab_markdown
+from bench.schema.ab import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
+from bench.schema.io import ResultError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,9 +307,9 @@ def test_a_change_counts_only_when_every_attempt_shows_it() -> None:
 
 def test_the_cli_names_the_bench_profiles_and_dtypes() -> None:
     """ab's options are named without torch; they must stay the bench's."""
-    from bench import ab_cli
-    from bench.cases import DTYPES, PROFILES
-    from bench.session import DEFAULT_DTYPES
+    from bench.cli import ab as ab_cli
+    from bench.harness.cases import DTYPES, PROFILES
+    from bench.harness.session import DEFAULT_DTYPES
 
     assert tuple(PROFILES) == ab_cli.PROFILES
     assert set(ab_cli.DTYPES) == set(DTYPES)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from runs import make_run, time_entry
 
-from bench.cache import MAX_COPIES, copies_needed, cpu_cache_bytes
-from bench.cases import Case
-from bench.runner import forward_work, rotating
-from bench.tables import cold_check_table
+from bench.harness.cache import MAX_COPIES, copies_needed, cpu_cache_bytes
+from bench.harness.cases import Case
+from bench.harness.runner import forward_work, rotating
+from bench.report.layer import cold_check_table
 
 MIB = 2**20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cases import PROFILES, SHAPES, Case
+from bench.harness.cases import PROFILES, SHAPES, Case
 
 
 def test_case_id_and_key() -> None:

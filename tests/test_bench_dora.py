@@ -8,11 +8,12 @@ import dataclasses
 import torch
 from runs import case_fields, make_run, time_entry
 
-from bench.cases import PROFILES, Case
-from bench.dora_tables import dora_memory_table, dora_ratio_table
-from bench.results import ImplInfo, MemoryEntry, Run
-from bench.session import Settings
-from bench.tables import ratio_table
+from bench.harness.cases import PROFILES, Case
+from bench.harness.session import Settings
+from bench.report.dora import dora_memory_table, dora_ratio_table
+from bench.report.layer import ratio_table
+from bench.schema.entries import MemoryEntry
+from bench.schema.run import ImplInfo, Run
 from lora_kernels import IMPLS
 
 KEY = "toy T=512 r=4 fp32"  # a case of tests/runs.py's run

@@ -10,10 +10,11 @@ import torch
 from runs import make_run
 from torch import nn
 
-from bench.model_runner import tensor_bytes
-from bench.model_tables import model_tables
-from bench.models import MODELS, ModelCase, model_jobs, shared_copy, variants
-from bench.results import ModelEntry, Paired, Run, dump_run, parse_run
+from bench.families.model_runner import tensor_bytes
+from bench.families.models import MODELS, ModelCase, model_jobs, shared_copy, variants
+from bench.report.models import model_tables
+from bench.schema.entries import ModelEntry, Paired
+from bench.schema.run import Run, dump_run, parse_run
 from lora_kernels import IMPLS, get_preset
 
 

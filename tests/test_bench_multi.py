@@ -9,9 +9,10 @@ import pytest
 import torch
 from runs import make_run
 
-from bench.multi import SINGLE, Batch, MultiCase, build_work, multi_jobs, variants
-from bench.multi_tables import multi_tables
-from bench.results import MultiEntry, Paired, Run, dump_run, parse_run
+from bench.families.multi import SINGLE, Batch, MultiCase, build_work, multi_jobs, variants
+from bench.report.multi import multi_tables
+from bench.schema.entries import MultiEntry, Paired
+from bench.schema.run import Run, dump_run, parse_run
 from lora_kernels import MULTI_IMPLS, multi_reference_forward, rel_error
 
 

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 from runs import make_run, run_json, time_entry
 
-from bench.results import SCHEMA, ResultError, TimeEntry, entry_dict, load_run, write_atomic
-from bench.tables import (
-    fmt_bytes,
-    fmt_seconds,
-    paired_times,
-    render,
-    run_markdown,
-    run_tables,
-    throughput_table,
-)
+from bench.report.base import fmt_bytes, fmt_seconds, render
+from bench.report.document import run_markdown, run_tables
+from bench.report.figures import paired_times
+from bench.report.layer import throughput_table
+from bench.schema.entries import TimeEntry
+from bench.schema.io import ResultError, write_atomic
+from bench.schema.run import SCHEMA, entry_dict, load_run
 
 
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import TimeEntry, load_run
+from bench.schema.entries import TimeEntry
+from bench.schema.run import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "tests/sample_plugin.py:IMPLS"
@@ -94,7 +95,7 @@ def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
 
 
 def test_recheck_measures_a_flagged_case_again(tiny_run: tuple[Path, str]) -> None:
-    from bench import check as gate
+    from bench.gates import check as gate
 
     run = load_run(tiny_run[0] / "cpu-tiny.json")
     verdicts = gate.verdicts(run, run)
@@ -129,7 +130,7 @@ def test_bad_plugin_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_model_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> None:
-    from bench.models import missing
+    from bench.families.models import missing
 
     if missing():
         pytest.skip(missing())

@@ -7,10 +7,11 @@ import math
 import random
 
 import pytest
+from bench.cli.options import parse_alpha, parse_fraction
 
-from bench.results import ResultError
-from bench.stats import mann_whitney, median_ci, ranks, ratio_summary, wilcoxon
-from bench.verdicts import memory_status, parse_alpha, parse_fraction, time_status
+from bench.schema.io import ResultError
+from bench.stats.ranks import mann_whitney, median_ci, ranks, ratio_summary, wilcoxon
+from bench.stats.verdicts import memory_status, time_status
 
 
 def test_ranks_average_ties() -> None:

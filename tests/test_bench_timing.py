@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.results import Paired, quartiles
-from bench.rounds import choose_inner, choose_rounds
-from bench.timing import PairedTimer, Peaks, make_round, warm_up
+from bench.harness.rounds import choose_inner, choose_rounds
+from bench.harness.timing import PairedTimer, Peaks, make_round, warm_up
+from bench.schema.entries import Paired, quartiles
 
 
 def test_choose_inner_makes_rounds_of_at_least_1ms() -> None:

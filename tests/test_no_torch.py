@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # torch and lora_kernels set to None in sys.modules: importing either raises ImportError.
 RUN_CLI = (
     "import sys; sys.modules['torch'] = None; sys.modules['lora_kernels'] = None; "
-    "from bench.report import main; code = main(sys.argv[1:]); "
+    "from bench.cli.main import main; code = main(sys.argv[1:]); "
     "assert 'torch' not in [m.split('.')[0] for m, v in sys.modules.items() if v is not None]; "
     "sys.exit(code)"
 )

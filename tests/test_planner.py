@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.report import main
+from bench.cli.main import main
 from lora_kernels import PRESETS, LoRALinear, Preset, count_parameters, get_preset, plan
 
 RANK = 8

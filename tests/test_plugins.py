@@ -125,7 +125,7 @@ def test_impl_fields_are_validated(kwargs: dict, error: type, match: str) -> Non
 
 
 def lora_bench(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bench.report", *args]
+    cmd = [sys.executable, "-m", "bench.cli.main", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

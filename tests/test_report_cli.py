@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from runs import CASES, make_run, run_json, time_entry
 
-from bench import check as gate
-from bench.report import main
-from bench.results import MemoryEntry, Run, TimeEntry
+from bench.cli.main import main
+from bench.gates import check as gate
+from bench.schema.entries import MemoryEntry, TimeEntry
+from bench.schema.run import Run
 
 KEY = CASES[1]
 

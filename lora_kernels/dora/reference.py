@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from lora_kernels.dora.weights import DoRAWeights
-from lora_kernels.reference import Grads, f64
+from lora_kernels.numerics import Grads, f64
 
 
 def _parts(w: DoRAWeights) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,86 @@
+"""`lora-bench check`: ratio-to-base and peak-memory regressions of a run against a baseline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.cli.options import add_gate_options, gate_thresholds
+from bench.gates import check as gate
+from bench.report.ab import MEMORY_HEADERS, memory_row
+from bench.report.base import Table, render
+from bench.schema.io import ResultError
+from bench.schema.run import load_run
+from bench.stats.verdicts import IMPROVEMENT, REGRESSION
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    threshold, alpha, mem_rel, mem_mib = gate_thresholds(args)
+    baseline, current = load_run(args.baseline), load_run(args.current)
+    gate.check_comparable(baseline, current)
+    ignored = args.ignore or []
+    verdicts = [v for v in gate.verdicts(baseline, current) if v.impl not in ignored]
+    memory = [m for m in gate.memory_changes(baseline, current) if m.impl not in ignored]
+    if not verdicts:
+        raise ResultError("no timed case is in both runs: nothing to check")
+    for warning in gate.copy_drift(baseline, current):
+        print(warning, file=sys.stderr)
+    flagged = [v for v in verdicts if v.status(threshold, alpha) == REGRESSION]
+    if flagged and args.recheck:
+        project = gate.find_project(Path(args.project or "."))
+        print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
+        rerun = gate.recheck(flagged, current, project)
+        kept = {v: gate.better_of(v, rerun) for v in flagged}
+        for v, k in kept.items():
+            print(
+                f"  {v.case} {v.impl} {v.mode}: {v.cur_ratio:.3f} first, kept {k.cur_ratio:.3f} "
+                f"(baseline {v.base_ratio:.3f})",
+                file=sys.stderr,
+            )
+        verdicts = [kept.get(v, v) for v in verdicts]
+    tables, counts = [], {}
+    headers = ["case", "impl", "mode", "baseline ratio", "current ratio", "change", "p"]
+    for status in (REGRESSION, IMPROVEMENT):
+        rows = [
+            [v.case, v.impl, v.mode, f"{v.base_ratio:.3f} ±{v.base_iqr:.3f}",
+             f"{v.cur_ratio:.3f} ±{v.cur_iqr:.3f}", f"{100 * v.change:+.1f}%", f"{v.p_value:.2g}"]
+            for v in verdicts if v.status(threshold, alpha) == status
+        ]  # fmt: skip
+        mem = [memory_row(m, status) for m in memory
+               if m.status(mem_rel, mem_mib) == status]  # fmt: skip
+        counts[status] = len(rows) + len(mem)
+        if rows:
+            tables.append(Table(f"{status.capitalize()}s: ratio to base", headers, rows))
+        if mem:
+            tables.append(Table(f"{status.capitalize()}s: peak memory", MEMORY_HEADERS, mem))
+    if tables:
+        sys.stdout.write(render(tables, "github"))
+    print(
+        f"{len(verdicts)} timed and {len(memory)} memory cases checked; time: past "
+        f"{100 * threshold:g}%, beyond the IQRs and p < {alpha:g}; memory: past "
+        f"{100 * mem_rel:g}% and {mem_mib:g} MiB: {counts[REGRESSION]} regression(s), "
+        f"{counts[IMPROVEMENT]} improvement(s)"
+    )
+    return 1 if counts[REGRESSION] else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="fail on ratio-to-base regressions against a baseline")
+    p.add_argument("baseline")
+    p.add_argument("current")
+    add_gate_options(p)
+    p.add_argument("--recheck", action="store_true", help="measure flagged cases again first")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="IMPL",
+        help="leave this impl out of the gate; repeatable",
+    )
+    p.add_argument(
+        "--project",
+        metavar="DIR",
+        help="the lora-bench checkout --recheck runs pytest in (default: found from the "
+        "current directory upwards)",
+    )
+    p.set_defaults(func=cmd_check)

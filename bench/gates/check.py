@@ -1,0 +1,184 @@
+"""Regression gate against a committed baseline: compare each case's ratio to base between a
+baseline run and a current one, and each impl's peak memory.
+
+A case regresses only when its ratio grew by more than the threshold, by more than the runs'
+own spread (the median moved past the half-IQRs of both runs added together), AND
+significantly: Mann-Whitney's U test on the per-pair log ratios of the two runs. Runs taken at
+different times drift with the machine, so this gate is for large changes over many commits;
+`lora-bench ab` judges one change in one run.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench.report.figures import time_index
+from bench.schema.ab import AbMemory
+from bench.schema.entries import TimeEntry, quartiles
+from bench.schema.io import ResultError
+from bench.schema.run import Run, load_run
+from bench.stats.ranks import mann_whitney
+from bench.stats.verdicts import SAME, time_status
+
+COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
+RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One (case, impl, mode) in both runs: the per-pair ratios to base of each."""
+
+    case: str
+    impl: str
+    mode: str
+    fullname: str
+    base_ratios: tuple[float, ...]
+    cur_ratios: tuple[float, ...]
+
+    @property
+    def base_ratio(self) -> float:
+        return quartiles(list(self.base_ratios))[1]
+
+    @property
+    def cur_ratio(self) -> float:
+        return quartiles(list(self.cur_ratios))[1]
+
+    @property
+    def base_iqr(self) -> float:
+        q1, _, q3 = quartiles(list(self.base_ratios))
+        return q3 - q1
+
+    @property
+    def cur_iqr(self) -> float:
+        q1, _, q3 = quartiles(list(self.cur_ratios))
+        return q3 - q1
+
+    @property
+    def change(self) -> float:
+        """Relative growth of the ratio to base: +0.10 is 10% slower against base."""
+        return self.cur_ratio / self.base_ratio - 1
+
+    @property
+    def noise(self) -> float:
+        return (self.base_iqr + self.cur_iqr) / 2
+
+    @property
+    def p_value(self) -> float:
+        """Mann-Whitney's two-sided p on the log per-pair ratios of the two runs."""
+        return mann_whitney(
+            [math.log(r) for r in self.base_ratios], [math.log(r) for r in self.cur_ratios]
+        )
+
+    def status(self, threshold: float, alpha: float) -> str:
+        if abs(self.cur_ratio - self.base_ratio) <= self.noise:
+            return SAME
+        return time_status(self.change, self.p_value, threshold, alpha)
+
+
+def verdicts(baseline: Run, current: Run) -> list[Verdict]:
+    """Every timed (case, impl, mode) present in both runs, except base against itself."""
+    old, new = time_index(baseline), time_index(current)
+    out = []
+    for ident in (i for i in old.keys() & new.keys() if i[1] != "base"):
+        b, c = old[ident], new[ident]
+        out.append(
+            Verdict(c.case, c.impl, c.mode, c.fullname, tuple(b.rounds.ratios),
+                    tuple(c.rounds.ratios))
+        )  # fmt: skip
+    return sorted(out, key=lambda v: (v.case, v.impl, v.mode))
+
+
+def memory_changes(baseline: Run, current: Run) -> list[AbMemory]:
+    """Every (case, impl, mode) whose peak memory both runs measured."""
+    old = {(e.key, e.impl, e.mode): e for e in baseline.memory()}
+    out = []
+    for e in current.memory():
+        b = old.get((e.key, e.impl, e.mode))
+        if b is not None:
+            out.append(
+                AbMemory(e.case, e.key, e.impl, e.mode, e.method, b.peak_bytes, e.peak_bytes)
+            )
+    return out
+
+
+def copy_drift(baseline: Run, current: Run) -> list[str]:
+    """Warnings for calibrated copy bandwidths that differ by more than COPY_DRIFT."""
+    old, new = baseline.meta.peaks_start, current.meta.peaks_start
+    warnings = []
+    for key in sorted(old.keys() & new.keys()):
+        a, b = old[key]["copy_gbs"], new[key]["copy_gbs"]
+        if abs(b / a - 1) > COPY_DRIFT:
+            warnings.append(
+                f"warning: copy bandwidth {key} was {a:.1f} GB/s in the baseline and {b:.1f} "
+                f"GB/s now ({100 * (b / a - 1):+.0f}%): not the same machine, or a loaded one; "
+                "memory-bound ratios move with it"
+            )
+    return warnings
+
+
+def check_comparable(baseline: Run, current: Run) -> None:
+    """Refuse runs of two devices or two cache modes: their ratios measure different things."""
+    a, b = baseline.meta, current.meta
+    if a.device != b.device:
+        raise ResultError(
+            f"the baseline is a {a.device} run and the current one a {b.device} run; use compare"
+        )
+    if a.cache != b.cache:
+        raise ResultError(
+            f"the baseline ran with a {a.cache} cache and the current run with a {b.cache} one; "
+            "rerun one of them with --lora-cache to match"
+        )
+
+
+def find_project(start: Path, why: str = "--recheck runs `pytest bench`") -> Path:
+    """The lora-bench source checkout at or above `start`: a folder with bench/conftest.py
+    and a pyproject.toml naming the lora-bench project. ResultError when there is none."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        pyproject = folder / "pyproject.toml"
+        if (
+            (folder / "bench" / "conftest.py").is_file()
+            and pyproject.is_file()
+            and 'name = "lora-bench"' in pyproject.read_text(encoding="utf-8")
+        ):
+            return folder
+    raise ResultError(
+        f"{why} in a lora-bench source checkout, and none is at or "
+        f"above {start.resolve()}; run it from the checkout or pass --project DIR"
+    )
+
+
+def recheck(flagged: list[Verdict], current: Run, project: Path) -> dict[str, TimeEntry]:
+    """Measure each flagged benchmark again with pytest in the checkout `project`, with more
+    rounds than the run had; returns the new entries by fullname (pytest node id)."""
+    meta = current.meta
+    if not (project / "bench" / "conftest.py").is_file():
+        raise ResultError(f"--project {project}: not a lora-bench checkout (no bench/conftest.py)")
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [
+            sys.executable, "-m", "pytest", *sorted({v.fullname for v in flagged}),
+            "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-results", out,
+            "--lora-profile", meta.profile, "--lora-device", meta.device,
+            "--lora-threads", str(meta.threads), "--lora-seconds", str(RECHECK_SECONDS),
+            "--lora-cache", meta.cache,
+            *(f"--lora-impl={spec}" for spec in meta.impl_specs),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        path = Path(out) / f"{meta.device}-{meta.profile}.json"
+        if proc.returncode != 0 or not path.exists():
+            tail = (proc.stdout + proc.stderr)[-2000:]
+            raise ResultError(f"the recheck run failed (exit {proc.returncode}):\n{tail}")
+        rerun = load_run(path)
+    return {e.fullname: e for e in rerun.times()}
+
+
+def better_of(v: Verdict, rerun: dict[str, TimeEntry]) -> Verdict:
+    """Keep the lower of the two measured ratios of a flagged case, with its own rounds."""
+    e = rerun.get(v.fullname)
+    if e is None or e.ratio_to_base >= v.cur_ratio:
+        return v
+    return replace(v, cur_ratios=tuple(e.rounds.ratios))

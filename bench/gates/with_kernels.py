@@ -1,0 +1,67 @@
+"""Run one role of the bench with `lora_kernels` imported from another source tree, the rest
+of the bench from this one: `python -m bench.gates.with_kernels TREE ROLE [ARGS...]`, where
+TREE holds a `lora_kernels/` folder and ROLE is `side` (one side of `lora-bench ab`) or
+`probe` (the memory probe a side starts). Both sides of `lora-bench ab` run this way, so each
+times its own kernels with one harness."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+
+def load_kernels(tree: Path) -> ModuleType:
+    """Import `tree/lora_kernels` as `lora_kernels`; every later import of it, or of its
+    submodules and of plugins that use it, gets this copy. Raises ImportError when another
+    copy is already imported or the tree has none."""
+    init = tree / "lora_kernels" / "__init__.py"
+    if "lora_kernels" in sys.modules:
+        raise ImportError(f"lora_kernels is already imported from {sys.modules['lora_kernels']}")
+    if not init.is_file():
+        raise ImportError(f"{tree} has no lora_kernels package")
+    spec = importlib.util.spec_from_file_location(
+        "lora_kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lora_kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for name in [n for n in sys.modules if n.split(".")[0] == "lora_kernels"]:
+            del sys.modules[name]
+        raise
+    return module
+
+
+def _side(args: list[str]) -> None:
+    # Imported after the kernels, so the side sees the tree's copy; this module by its own
+    # name too (it runs as __main__), for the side to start its memory probe through it.
+    from bench.gates import side, with_kernels
+
+    side.main(args, with_kernels)
+
+
+def _probe(args: list[str]) -> None:
+    from bench.families import probe
+
+    probe.main(args)
+
+
+ROLES: dict[str, Callable[[list[str]], None]] = {"side": _side, "probe": _probe}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in ROLES:
+        raise SystemExit(
+            f"usage: python -m bench.gates.with_kernels TREE {{{','.join(ROLES)}}} [ARGS...]"
+        )
+    tree, role, *args = argv
+    load_kernels(Path(tree).resolve())
+    ROLES[role](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

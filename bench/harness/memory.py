@@ -1,0 +1,148 @@
+"""Peak memory of building and running one impl on one case.
+
+CUDA: allocator statistics in-process: max_memory_allocated after a reset, minus what the
+inputs already held. CPU: growth of the peak RSS (VmHWM) over the RSS before the build, in a
+child process that serves every CPU measurement of a session. The child routes large
+allocations through mmap and trims the heap before each measurement, so memory freed by an
+earlier measurement cannot hide a later peak. It measures resident pages, not bytes asked for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from bench.harness.cases import Case
+from lora_kernels import LoRAWeights, get_impl
+from lora_kernels.dora import DoRAWeights
+
+CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
+CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
+CPU_CALL_METHOD = "peak RSS growth (VmHWM) over one call, built and warmed, in a child process"
+CUDA_CALL_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was held before"
+
+
+Inputs = tuple[LoRAWeights | DoRAWeights, torch.Tensor, torch.Tensor | None]
+
+
+def _inputs(case: Case, mode: str, impl: str) -> Inputs:
+    """Weights of the impl's variant, x and (in train mode) the upstream gradient; x and the
+    trainable tensors require grad."""
+    w, x = case.weights(variant=get_impl(impl).variant), case.input()
+    if mode != "train":
+        return w, x, None
+    w.requires_grad_()
+    x.requires_grad_()
+    return w, x, torch.randn(case.tokens, case.out_features).to(x)
+
+
+def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
+    """Build the op and run it once (forward, plus backward in train mode); returns y."""
+    w, x, grad_out = inputs
+    y = get_impl(impl).build(w, mode)(x)
+    if grad_out is not None:
+        y.backward(grad_out)
+    return y
+
+
+def measure_cuda(impl: str, case: Case, mode: str) -> int:
+    """Peak bytes allocated above the inputs while building and running the op once."""
+    _build_and_run(impl, _inputs(case, mode, impl), mode)  # warm-up: compile, cuBLAS workspaces
+    inputs = _inputs(case, mode, impl)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    _build_and_run(impl, inputs, mode)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+
+
+def rss_growth(fn: Callable[[], object]) -> int:
+    """Peak RSS growth (bytes) over one call of fn, freed memory trimmed first."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
+    """In this process: peak RSS growth while building and running the op once (bytes)."""
+    _build_and_run(impl, _inputs(case, mode, impl), mode)  # warm-up: compile, thread pools
+    inputs = _inputs(case, mode, impl)
+    return rss_growth(lambda: _build_and_run(impl, inputs, mode))
+
+
+@dataclass
+class CpuProbe:
+    """A child process that answers one JSON line per measurement request. It loads the
+    same plugins as the parent: the installed ones and `impl_specs`; and `lora_kernels` from
+    `kernels` when given, else from where the parent would."""
+
+    threads: int
+    impl_specs: list[str]
+    server: ModuleType  # run as `python -m SERVER [*server_args] THREADS [SPEC ...]`
+    server_args: tuple[str, ...] = ()  # e.g. a source tree and a role, for with_kernels
+    proc: subprocess.Popen | None = None
+
+    def measure(self, impl: str, case: Case, mode: str) -> int:
+        """Peak RSS growth of building and running `impl` once on `case`."""
+        return self._ask({"impl": impl, "case": asdict(case), "mode": mode})
+
+    def measure_multi(self, case: object, variant: str) -> int:
+        """Peak RSS growth over one call of a multi-adapter bench variant on `case`."""
+        return self._ask({"kind": "multi", "case": asdict(case), "variant": variant})
+
+    def _ask(self, request: dict) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            # The folder `bench` is imported from, so the child imports the same copy.
+            depth = self.server.__name__.count(".")
+            root = str(Path(self.server.__file__ or "").resolve().parents[depth])
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            env = {
+                **os.environ,
+                "PYTHONPATH": path,
+                "MALLOC_MMAP_THRESHOLD_": "65536",
+                "MALLOC_TRIM_THRESHOLD_": "0",
+            }
+            cmd = [sys.executable, "-m", self.server.__name__, *self.server_args]
+            self.proc = subprocess.Popen(
+                [*cmd, str(self.threads), *self.impl_specs],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"memory probe exited with code {self.proc.wait()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"memory probe failed on {request}: {reply['error']}")
+        return int(reply["peak_bytes"])
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+            self.proc.stdout.close()
+            self.proc = None

@@ -1,0 +1,272 @@
+"""The steps every benchmark takes: skip what cannot run, build (timed apart), check against
+the oracle, time in pairs with base, and record one typed entry of the results."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+from torch import Tensor
+
+from bench.harness.cases import Case
+from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
+from bench.harness.session import Settings
+from bench.harness.timing import (
+    Work,
+    cuda_events_s,
+    do_bench_s,
+    run_paired,
+    synchronize,
+    torch_timer_s,
+)
+from bench.schema.entries import Entry, MemoryEntry, Paired, TimeEntry, TimerCheckEntry
+from bench.schema.run import entry_dict
+from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
+from lora_kernels.dora import DoRAWeights
+from lora_kernels.reference import forward_error, gradient_errors
+
+Weights = LoRAWeights | DoRAWeights
+
+
+class Checked(NamedTuple):
+    """An impl's work and base's work on one case, checked against the oracle first."""
+
+    work: Work
+    base_work: Work
+    rel_error: float
+    build_s: float
+    copied_output: bool  # the op's output is not contiguous: `work` includes the copy
+
+
+def runnable(impl_name: str, case: Case, mode: str) -> Impl:
+    """The impl, or a pytest.skip that says why it cannot run this case."""
+    impl = get_impl(impl_name)
+    reason = case.skip_reason() or impl.unavailable_reason(case.device, case.torch_dtype, mode)
+    if reason:
+        pytest.skip(reason)
+    return impl
+
+
+def build_timed(impl: Impl, w: Weights, first_call: Callable[[Op], object], device: str):
+    """Build the op and make its first call (compile, autotune, caches), synchronized.
+    Returns (op, build_s): build_s is kept out of the timed rounds and recorded apart."""
+    synchronize(device)
+    start = time.perf_counter()
+    op = impl.build(w, "train" if w.A.requires_grad else "infer")  # type: ignore[arg-type]
+    first_call(op)
+    synchronize(device)
+    return op, time.perf_counter() - start
+
+
+def contiguous(op: Op) -> Op:
+    """op followed by the copy of its output to contiguous memory."""
+    return lambda x: op(x).contiguous()
+
+
+def charge_copy(op: Op, x: Tensor) -> tuple[Op, bool]:
+    """op, or when its output is not contiguous, op followed by the copy to contiguous memory
+    that the next op needing it would pay; and whether the copy was added."""
+    if op(x).is_contiguous():
+        return op, False
+    return contiguous(op), True
+
+
+def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float:
+    """Fail unless every error is within the dtype's tolerance; returns the largest.
+    `base` drops the adapter on purpose: its error is recorded, not asserted."""
+    worst = max(errors.values())
+    tol = tolerance(case.torch_dtype, case.device)
+    if impl.lora_equivalent and not worst <= tol:
+        pytest.fail(f"{impl.name} on {case}: rel error {errors} exceeds {tol:g}; not timed")
+    return worst
+
+
+def _sets(w: Weights, x: Tensor, copies: int) -> list[tuple[Weights, Tensor]]:
+    """(w, x), then copies - 1 copies of both in fresh memory, with the same values and grad
+    flags."""
+    out = [(w, x)]
+    for _ in range(copies - 1):
+        out.append((w.copy(), x.detach().clone().requires_grad_(x.requires_grad)))
+    return out
+
+
+def base_of(w: Weights) -> LoRAWeights:
+    """The LoRA tensors of w, on which `base` (the denominator of every ratio) is built."""
+    return w.lora if isinstance(w, DoRAWeights) else w
+
+
+def _call(op: Op, x: Tensor) -> Work:
+    return lambda: op(x)
+
+
+def _rebuilt(impl: Impl, w: Weights, mode: str, copied: bool) -> Op:
+    """The impl built again on a copy of the weights, charged the same copy as the first."""
+    op = impl.build(w, mode)
+    return contiguous(op) if copied else op
+
+
+def rotating(works: list[Work], base_works: list[Work]) -> tuple[Work, Work]:
+    """(work, base_work) that take the copies round robin with one counter shared by both:
+    whichever runs, each call gets the least recently used copy. With copies that overflow the
+    cache, every call reads its weights and input from memory; separate counters would let
+    one side find what the other just loaded."""
+    if len(works) == 1:
+        return works[0], base_works[0]
+    counter, n = itertools.count(), len(works)
+    return (lambda: works[next(counter) % n]()), (lambda: base_works[next(counter) % n]())
+
+
+def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
+    """Checked forward of the impl and of base on the case, rotating over `copies` copies of
+    the weights and input (1: always the same, a warm cache)."""
+    impl = runnable(impl_name, case, "infer")
+    w, x = case.weights(variant=impl.variant), case.input()
+    op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
+    err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
+    op, copied = charge_copy(op, x)
+    sets = _sets(w, x, copies)
+    ops = [op] + [_rebuilt(impl, wi, "infer", copied) for wi, _ in sets[1:]]
+    works = [_call(op, xi) for op, (_, xi) in zip(ops, sets, strict=True)]
+    bases = [_call(IMPLS["base"].build(base_of(wi)), xi) for wi, xi in sets]
+    return Checked(*rotating(works, bases), err, build_s, copied)
+
+
+def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
+    """Checked training step (forward, then dx and the trainable tensors' gradients) of the
+    impl, and the frozen base step (forward, then dx), rotating over `copies` copies of the
+    weights and input."""
+    impl = runnable(impl_name, case, "train")
+    w = case.weights(variant=impl.variant).requires_grad_()
+    x = case.input().requires_grad_()
+    grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
+    grad_out = grad_out.to(x)
+
+    def step_of(op: Op, w: Weights, x: Tensor) -> Work:
+        tensors = [x, *w.trainable().values()]
+
+        def step() -> None:
+            for t in tensors:
+                t.grad = None
+            op(x).backward(grad_out)
+
+        return step
+
+    op, build_s = build_timed(impl, w, lambda op: step_of(op, w, x)(), case.device)
+    errors = {"y": forward_error(op, w, x), **gradient_errors(op, w, x, grad_out)}
+    err = assert_equivalent(impl, case, errors)
+    op, copied = charge_copy(op, x)
+    sets = _sets(w, x, copies)
+    ops = [op] + [_rebuilt(impl, wi, "train", copied) for wi, _ in sets[1:]]
+    works = [step_of(op, wi, xi) for op, (wi, xi) in zip(ops, sets, strict=True)]
+    bases = [step_of(IMPLS["base"].build(base_of(wi), "train"), wi, xi) for wi, xi in sets]
+    return Checked(*rotating(works, bases), err, build_s, copied)
+
+
+@dataclass
+class Harness:
+    """What a benchmark test needs: the run's settings and the test's node id. Each test
+    records one entry, into the run and into pytest-benchmark's extra_info."""
+
+    settings: Settings
+    nodeid: str
+
+    def record(self, benchmark: BenchmarkFixture, entry: Entry) -> None:
+        self.settings.entries.append(entry)
+        benchmark.extra_info.update(entry_dict(entry))
+
+    def _paired(
+        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str
+    ) -> tuple[Checked, int, Paired] | None:
+        """Check the impl on the case, then time it in pairs with base: (checked, copies,
+        paired), or None when pytest-benchmark is disabled (the work then runs once)."""
+        copies = self.settings.copies(case, mode)
+        checked = (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
+        if benchmark.disabled:
+            checked.work()
+            return None
+        profile = self.settings.profile
+        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, profile)
+        return checked, copies, paired
+
+    def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
+        """Check, then time the impl in pairs with base; a forward or a training step."""
+        benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
+        measured = self._paired(benchmark, case, impl_name, mode)
+        if measured is None:
+            return
+        checked, copies, paired = measured
+        peaks = self.settings.peaks(case.device, case.dtype)
+        adapter = get_impl(impl_name).lora_equivalent
+        entry = TimeEntry(
+            fullname=self.nodeid,
+            **case.fields(),
+            impl=impl_name,
+            mode=mode,
+            in_features=case.in_features,
+            out_features=case.out_features,
+            bias=case.bias,
+            flops=case.flops(mode, adapter),
+            min_bytes=case.min_bytes(mode, adapter),
+            floor_s=peaks.floor_s(case.flops(mode), case.min_bytes(mode)),
+            rel_error=checked.rel_error,
+            build_s=checked.build_s,
+            threads=self.settings.threads,
+            tf32=self.settings.tf32(),
+            copied_output=checked.copied_output,
+            copies=copies,
+            rounds=paired,
+        )
+        self.record(benchmark, entry)
+
+    def timer_check(self, benchmark: BenchmarkFixture, case: Case, impl_name: str) -> None:
+        """Our paired per-op time of the impl's forward against independent timers of the same
+        work: torch.utils.benchmark everywhere, CUDA events and triton's do_bench on CUDA."""
+        benchmark.group = "timer check"
+        measured = self._paired(benchmark, case, impl_name, "infer")
+        if measured is None:
+            return
+        checked, copies, paired = measured
+        work = checked.work
+        seconds = self.settings.profile.seconds_per_benchmark
+        refs = {"torch.utils.benchmark": torch_timer_s(work, self.settings.threads, seconds)}
+        if torch.device(case.device).type == "cuda":
+            refs["CUDA events"] = cuda_events_s(work, paired.inner, len(paired.impl_s))
+            if importlib.util.find_spec("triton") is not None:
+                refs["triton do_bench"] = do_bench_s(work)
+        entry = TimerCheckEntry(
+            fullname=self.nodeid,
+            **case.fields(),
+            impl=impl_name,
+            copies=copies,
+            ours_s=paired.impl_median_s,
+            references=refs,
+        )
+        self.record(benchmark, entry)
+
+    def memory(
+        self, benchmark: BenchmarkFixture, probe: CpuProbe, case: Case, impl_name: str, mode: str
+    ) -> None:
+        """Peak memory of building and running the impl once: CUDA in-process, CPU in the
+        probe. The time pytest-benchmark shows for it is the cost of the measurement."""
+        runnable(impl_name, case, mode)
+        benchmark.group = "memory"
+        cuda = torch.device(case.device).type == "cuda"
+        peak = benchmark.pedantic(
+            measure_cuda if cuda else probe.measure, args=(impl_name, case, mode), rounds=1
+        )
+        entry = MemoryEntry(
+            fullname=self.nodeid,
+            **case.fields(),
+            impl=impl_name,
+            mode=mode,
+            method=CUDA_METHOD if cuda else CPU_METHOD,
+            peak_bytes=peak,
+        )
+        self.record(benchmark, entry)

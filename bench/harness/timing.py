@@ -1,0 +1,185 @@
+"""Synchronized timing: warm-up, inner-loop sizing, paired impl/base rounds through
+pytest-benchmark, and calibration of the device's peak GEMM and copy rates."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from bench.harness.cases import Profile
+from bench.harness.rounds import choose_inner, choose_rounds
+from bench.schema.entries import Paired
+
+Work = Callable[[], object]
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued device work; a no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_round(work: Work, inner: int, device: str) -> Callable[[], None]:
+    """A callable that runs `work` `inner` times, then synchronizes before returning."""
+
+    def run() -> None:
+        for _ in range(inner):
+            work()
+        synchronize(device)
+
+    return run
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    """Seconds for one call of `fn`, which must synchronize before it returns."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def warm_up(work: Work, device: str, min_s: float = 0.05, max_calls: int = 20) -> float:
+    """Run `work` until it has run 2 times and `min_s` has passed (at most `max_calls`);
+    returns the median seconds of one call seen during warm-up."""
+    times: list[float] = []
+    one = make_round(work, 1, device)
+    while len(times) < 2 or (sum(times) < min_s and len(times) < max_calls):
+        times.append(time_call(one))
+    return statistics.median(times[1:])
+
+
+class PairedTimer:
+    """Interleaved, synchronized rounds of `work` and `base_work`, `inner` ops each; call
+    `base_round` then `impl_round`, as many times as wanted, and read `paired()`.
+    The only pairing loop: the bench drives it through pytest-benchmark, `bench.pieces` alone."""
+
+    def __init__(self, work: Work, base_work: Work, device: str) -> None:
+        per_call = max(warm_up(work, device), warm_up(base_work, device))
+        self.inner = choose_inner(per_call)
+        self.round_s = per_call * self.inner  # expected seconds of one round
+        self._impl = make_round(work, self.inner, device)
+        self._base = make_round(base_work, self.inner, device)
+        self.impl_s: list[float] = []
+        self.base_s: list[float] = []
+
+    def base_round(self) -> None:
+        self.base_s.append(time_call(self._base) / self.inner)
+
+    def impl_round(self) -> None:
+        self.impl_s.append(time_call(self._impl) / self.inner)
+
+    def run(self, rounds: int) -> Paired:
+        for _ in range(rounds):
+            self.base_round()
+            self.impl_round()
+        return self.paired()
+
+    def paired(self) -> Paired:
+        return Paired(self.inner, list(self.impl_s), list(self.base_s))
+
+
+def run_paired(
+    benchmark: BenchmarkFixture, work: Work, base_work: Work, device: str, profile: Profile
+) -> Paired:
+    """Time `work` in pairs with `base_work` through pytest-benchmark's public `pedantic`:
+    its `setup` runs (and we time) one base round before each impl round.
+
+    pytest-benchmark's own statistics are per round of `inner` ops (it forbids iterations > 1
+    with a setup); the per-op figures of the results come from our own clock around the same
+    calls, one perf_counter pair inside each round pytest-benchmark times.
+    """
+    timer = PairedTimer(work, base_work, device)
+    rounds = choose_rounds(
+        timer.round_s, profile.seconds_per_benchmark, profile.min_rounds, profile.max_rounds
+    )
+    benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=rounds)
+    return timer.paired()
+
+
+def torch_timer_s(work: Work, threads: int, seconds: float) -> float:
+    """Median seconds per call of `work` by torch.utils.benchmark.Timer (blocked_autorange;
+    it synchronizes CUDA around each block)."""
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="work()", globals={"work": work}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=seconds).median
+
+
+def cuda_events_s(work: Work, inner: int, rounds: int) -> float:
+    """Median seconds per call from CUDA events recorded around `inner` calls."""
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / inner)
+    return statistics.median(times)
+
+
+def do_bench_s(work: Work) -> float:
+    """Median seconds per call by triton.testing.do_bench (CUDA events, L2 flushed before
+    every call)."""
+    from triton.testing import do_bench
+
+    return do_bench(work, warmup=25, rep=200, return_mode="median") / 1e3
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Measured ceilings of one device and dtype: a large GEMM and a large copy."""
+
+    gemm_flops_per_s: float
+    copy_bytes_per_s: float
+    gemm_n: int
+    copy_bytes: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "gemm_gflops": self.gemm_flops_per_s / 1e9,
+            "copy_gbs": self.copy_bytes_per_s / 1e9,
+            "gemm_n": self.gemm_n,
+            "copy_mib": self.copy_bytes / 2**20,
+        }
+
+    def floor_s(self, flops: int, nbytes: int) -> float:
+        """Roofline floor: the larger of compute time and memory time."""
+        return max(flops / self.gemm_flops_per_s, nbytes / self.copy_bytes_per_s)
+
+
+def _best_time(fn: Callable[[], object], device: str, reps: int) -> float:
+    """Fastest of `reps` synchronized calls after one warm-up: a peak is the best rate seen."""
+    run = make_round(fn, 1, device)
+    run()
+    return min(time_call(run) for _ in range(reps))
+
+
+def _gemm_flops_per_s(device: str, dtype: torch.dtype, n: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / _best_time(lambda: torch.mm(a, b), device, reps=10)
+
+
+def _copy_bytes_per_s(device: str, nbytes: int) -> float:
+    src = torch.rand(nbytes // 4, generator=torch.Generator().manual_seed(0)).to(device)
+    dst = torch.empty_like(src)
+    return 2 * src.nbytes / _best_time(lambda: dst.copy_(src), device, reps=5)
+
+
+def calibrate(device: str, dtype: torch.dtype) -> Peaks:
+    """Measure the peak GEMM rate (n x n @ n x n) and copy bandwidth (read + write bytes),
+    the best of 10 and of 5 runs.
+
+    Sizes: CUDA 8192 and 1 GiB; CPU fp32 2048 and 256 MiB; CPU half precision 256, since
+    CPUs without native half matmul are about 100x slower there.
+    """
+    cuda = torch.device(device).type == "cuda"
+    n = 8192 if cuda else (2048 if dtype == torch.float32 else 256)
+    nbytes = 2**30 if cuda else 2**28
+    return Peaks(_gemm_flops_per_s(device, dtype, n), _copy_bytes_per_s(device, nbytes), n, nbytes)

@@ -1,0 +1,183 @@
+"""The lora-bench pytest plugin, registered through the `pytest11` entry point so that it
+exists wherever lora-bench is installed: the --lora-* options, the fixtures and
+parametrization of the benchmark modules, machine info, and the session-end writer of
+results/<device>-<profile>.json and .md.
+
+It stays idle in a pytest session that runs none of the benchmark modules: their plugins and
+thread count are set up when the first of them is collected."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+import torch
+
+from bench.families import probe
+from bench.families.models import model_jobs
+from bench.families.multi import multi_jobs
+from bench.harness.memory import CpuProbe
+from bench.harness.runner import Harness
+from bench.harness.session import Settings, configure_torch, physical_cores
+from bench.plugin.options import OPTIONS
+from bench.report.document import run_markdown
+from bench.report.plan import presets_markdown
+from bench.schema.io import ResultError, check_writable, write_atomic
+from bench.schema.run import Run, dump_run
+from lora_kernels import PluginError, load_plugins
+from lora_kernels.planner import plan
+from lora_kernels.presets import PRESETS
+
+SETTINGS = pytest.StashKey[Settings]()
+STARTED = pytest.StashKey[bool]()
+BENCH_FIXTURES = {"case", "memory_case", "model_job", "multi_job", "timer_case"}
+PRESET_TARGETS = ("attn", "all-linear")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lora-bench")
+    for option in OPTIONS:
+        group.addoption(f"--lora-{option.name}", dest=option.dest, help=option.help,
+                        **option.kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Read and check the options, and load the plugins they name; nothing else changes yet."""
+    settings = Settings.from_config(config)
+    if settings.impl_specs:
+        try:
+            load_plugins(settings.impl_specs)
+        except PluginError as err:
+            raise pytest.UsageError(str(err)) from None
+    config.stash[SETTINGS] = settings
+    config.stash[STARTED] = False
+
+
+def started(config: pytest.Config) -> Settings:
+    """The run's settings, with the installed plugins loaded and the threads fixed: done when
+    the first benchmark module is collected."""
+    settings = config.stash[SETTINGS]
+    if not config.stash[STARTED]:
+        load_plugins(settings.impl_specs)
+        configure_torch(settings.threads)
+        config.stash[STARTED] = True
+    return settings
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before any benchmark runs: the results folder must take the files written at the end."""
+    config = session.config
+    if config.stash.get(STARTED, False):
+        try:
+            check_writable(config.stash[SETTINGS].results_dir)
+        except ResultError as err:
+            raise pytest.UsageError(f"--lora-results: {err}") from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.fixturenames
+    if metafunc.module.__name__.partition(".")[0] != "bench" or not BENCH_FIXTURES & set(names):
+        return  # not one of the benchmark modules
+    settings = started(metafunc.config)
+    for case, memory in (("case", False), ("memory_case", True)):
+        if case in names and "impl_name" in names:
+            pairs = settings.case_impls(memory)
+            metafunc.parametrize((case, "impl_name"), pairs, ids=[f"{c}-{i}" for c, i in pairs])
+        elif case in names:
+            metafunc.parametrize(case, settings.memory_cases() if memory else settings.cases(),
+                                 ids=str)  # fmt: skip
+    if "model_job" in names:
+        jobs = model_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("model_job", settings.selected(jobs), ids=str)
+    if "multi_job" in names:
+        jobs = multi_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("multi_job", settings.selected(jobs), ids=str)
+    if "timer_case" in names:
+        metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
+
+
+@pytest.fixture(scope="session")
+def settings(pytestconfig: pytest.Config) -> Settings:
+    return started(pytestconfig)
+
+
+@pytest.fixture
+def harness(settings: Settings, request: pytest.FixtureRequest) -> Harness:
+    return Harness(settings, request.node.nodeid)
+
+
+@pytest.fixture(scope="session")
+def memory_probe(settings: Settings) -> Iterator[CpuProbe]:
+    cpu_probe = CpuProbe(settings.threads, settings.impl_specs, probe)
+    yield cpu_probe
+    cpu_probe.close()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None:
+        return
+    info = {
+        "torch": torch.__version__,
+        "cpu_model": _cpu_model(),
+        "physical_cores": physical_cores(),
+        "threads": settings.threads,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            cuda=torch.version.cuda, gpu=props.name, gpu_memory_gib=props.total_memory / 2**30
+        )
+    machine_info["lora_bench"] = info
+
+
+def planner_markdown(rank: int = 16, tokens: int = 2048) -> str:
+    """The planner's figures for every preset, with LoRA on attn and on all-linear."""
+    plans = [
+        (targets, plan(preset, targets, rank, tokens=tokens))
+        for preset in PRESETS.values()
+        for targets in PRESET_TARGETS
+    ]
+    return presets_markdown(plans, rank, tokens)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write one results JSON and .md per device measured, from the entries the benchmarks
+    recorded. Machine and commit info come from pytest-benchmark's public hooks."""
+    config = session.config
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or not settings.entries:
+        return
+    devices = sorted({e.device for e in settings.entries if hasattr(e, "device")})
+    settings.recalibrate()
+    hook = config.hook
+    machine_info = hook.pytest_benchmark_generate_machine_info(config=config)
+    hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine_info)
+    commit_info = hook.pytest_benchmark_generate_commit_info(config=config)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for device in devices:
+        mine = [e for e in settings.entries if getattr(e, "device", device) == device]
+        run = Run(settings.meta(device, _device_name(device), created), machine_info,
+                  commit_info, mine)  # fmt: skip
+        stem = settings.results_dir / f"{device}-{settings.profile.name}"
+        write_atomic(stem.with_suffix(".json"), dump_run(run))
+        planner = "\n" + planner_markdown() if run.models() else ""
+        write_atomic(stem.with_suffix(".md"), run_markdown(run) + planner)
+        config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

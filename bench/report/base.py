@@ -1,0 +1,54 @@
+"""What every table module builds on: the Table, its formatters, and rendering to markdown,
+plain text or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+MODES_ORDER = ("infer", "train")
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[object]]
+    note: str = ""
+
+
+def fmt_seconds(s: float) -> str:
+    """Seconds with a unit a person reads at a glance: 812 µs, 3.41 ms, 1.20 s."""
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in B, KiB, MiB, GiB or TiB, whichever reads best."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB" if abs(n) >= 2**10 else f"{n:.0f} B"
+
+
+def render(tables: list[Table], fmt: str = "github") -> str:
+    """Markdown (github), plain text or CSV."""
+    parts = []
+    for t in tables:
+        if fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["table", *t.headers])
+            writer.writerows([t.title, *row] for row in t.rows)
+            parts.append(buf.getvalue())
+            continue
+        head = f"### {t.title}\n\n" if fmt == "github" else f"{t.title}\n\n"
+        note = f"\n\n{t.note}" if t.note else ""
+        parts.append(head + tabulate(t.rows, t.headers, tablefmt=fmt, disable_numparse=True) + note)
+    return ("\n\n" if fmt != "csv" else "").join(parts) + "\n"

@@ -1,0 +1,81 @@
+"""The document of one run: its header and every non-empty table, family by family."""
+
+from __future__ import annotations
+
+from bench.report.base import MODES_ORDER, Table, fmt_bytes, render
+from bench.report.dora import dora_tables
+from bench.report.layer import (
+    cold_check_table,
+    memory_table,
+    params_table,
+    ratio_table,
+    roofline_table,
+    throughput_table,
+    timer_table,
+)
+from bench.report.models import model_tables
+from bench.report.multi import multi_tables
+from bench.schema.run import Run
+
+
+def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
+    """Every non-empty table of a run, in reading order; rows grouped by impl, shape or rank
+    where the table has them."""
+
+    tables = []
+    for mode in MODES_ORDER:
+        tables += [
+            throughput_table(run, mode, group_by),
+            ratio_table(run, mode, group_by),
+            roofline_table(run, mode, group_by),
+        ]
+    tables += [
+        cold_check_table(run),
+        timer_table(run),
+        memory_table(run, group_by),
+        params_table(run, group_by),
+        *dora_tables(run),
+        *model_tables(run),
+        *multi_tables(run),
+    ]
+    return [t for t in tables if t.rows]
+
+
+def run_header(run: Run) -> str:
+    """What a reader needs before the tables: device, profile, threads, peaks, versions,
+    and which impls are peers or plugins."""
+    meta = run.meta
+    lines = [
+        f"# lora-bench results: {meta.device}, profile {meta.profile}",
+        "",
+        f"- date: {meta.created}",
+        f"- device: {meta.device_name}",
+        f"- torch {meta.torch}, threads {meta.threads}, TF32 {'on' if meta.tf32 else 'off'}",
+        f"- cache: {meta.cache} (last-level cache {fmt_bytes(meta.cache_bytes)}"
+        + (
+            "; each call takes the next of enough copies of the weights and input to fill it "
+            "twice over)"
+            if meta.cache == "cold"
+            else "; every call reuses one copy)"
+        ),
+    ]
+    if meta.only:
+        lines.append(f"- only these cases (--lora-only): {', '.join(meta.only)}")
+    for key, start in meta.peaks_start.items():
+        end = meta.peaks_end.get(key)
+        after = f" -> {end['gemm_gflops']:.0f} / {end['copy_gbs']:.1f}" if end else ""
+        lines.append(
+            f"- peaks {key}: GEMM GFLOP/s / copy GB/s at start "
+            f"{start['gemm_gflops']:.0f} / {start['copy_gbs']:.1f}{after} at end"
+        )
+    measured = {e.impl for e in run.entries if hasattr(e, "impl")}
+    for origin in ("peer", "plugin"):
+        named = [f"{i.name} ({i.source})" for i in meta.impls
+                 if i.origin == origin and i.name in measured]  # fmt: skip
+        if named:
+            lines.append(f"- {origin}s: {', '.join(named)}")
+    return "\n".join(lines) + "\n"
+
+
+def run_markdown(run: Run) -> str:
+    return run_header(run) + "\n" + render(run_tables(run), "github")

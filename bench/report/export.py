@@ -1,0 +1,33 @@
+"""Export a run for other tools. github-action-benchmark: each (case, impl, mode)'s ratio to
+the base GEMM of the same run as a `customSmallerIsBetter` entry, so that its chart over
+commits follows the ratio, which holds across runs far better than seconds do."""
+
+from __future__ import annotations
+
+from bench.report.base import MODES_ORDER
+from bench.schema.run import Run
+
+FORMATS = ("github-action-benchmark",)
+
+
+def github_action_benchmark(run: Run) -> list[dict[str, object]]:
+    """[{name, unit, value, range, extra}], base itself left out (its ratio is 1 by definition)."""
+    m = run.meta
+    out = []
+    for mode in MODES_ORDER:
+        entries = [e for e in run.times(mode) if e.impl != "base"]
+        entries.sort(
+            key=lambda e: (run.shape_rank(e.shape), e.tokens, e.rank, run.impl_rank(e.impl))
+        )
+        for e in entries:
+            out.append(
+                {
+                    "name": f"{e.case} · {e.impl} {mode}",
+                    "unit": "x base GEMM",
+                    "value": round(e.ratio_to_base, 4),
+                    "range": f"± {e.ratio_iqr / 2:.4f}",
+                    "extra": f"median of {len(e.rounds.impl_s)} paired rounds; {m.device_name}; "
+                    f"{m.threads} threads; {m.cache} cache; torch {m.torch}",
+                }
+            )
+    return out

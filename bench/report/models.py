@@ -1,0 +1,49 @@
+"""The "models" tables of a run: each whole-model variant's paired ratio to the frozen model,
+its tokens/s, the adapted layers' share of the call, and its memory."""
+
+from __future__ import annotations
+
+from bench.report.base import Table, fmt_bytes
+from bench.schema.entries import ModelEntry
+from bench.schema.run import Run
+
+MODE_TITLES = {"infer": "forward", "train": "training step"}
+
+
+def model_rows(entries: list[ModelEntry]) -> list[list[object]]:
+    rows = []
+    for e in entries:
+        rows.append(
+            [
+                f"{e.model} {e.targets} T={e.tokens} r={e.rank}",
+                e.variant,
+                f"{e.ratio_to_base:.3f}",
+                f"{e.rounds.ratio_iqr:.3f}",
+                f"{e.tokens_per_s:,.0f}",
+                f"{100 * e.adapted_share:.0f}% / {100 * e.base_share:.0f}%",
+                fmt_bytes(e.peak_bytes),
+                f"{e.rel_error:.1e}",
+            ]
+        )
+    return rows
+
+
+def model_tables(run: Run) -> list[Table]:
+    """A table per mode, rows in the order the run measured them."""
+    tables = []
+    headers = ["model, targets, tokens, rank", "variant", "x frozen", "IQR", "tokens/s",
+               "in adapted layers (variant / frozen)", "memory", "err vs PEFT"]  # fmt: skip
+    methods = sorted({e.memory_method for e in run.models()})
+    for mode, title in MODE_TITLES.items():
+        entries = [e for e in run.models() if e.mode == mode]
+        if not entries:
+            continue
+        note = (
+            "x frozen = median of per-pair ratios to the frozen model (no adapter), timed "
+            "interleaved; in training the frozen model's step is its forward and backward to the "
+            "input embeddings, the variant's adds the LoRA gradients and an AdamW step. The "
+            "share is of one call instrumented with hooks on the targeted layers (their frozen "
+            "GEMM included), apart from the timed rounds. Memory: " + "; ".join(methods)
+        )
+        tables.append(Table(f"Models ({title})", headers, model_rows(entries), note))
+    return tables

@@ -1,0 +1,230 @@
+"""The typed entries of a run, one dataclass per kind, each tagged by "kind" in the file.
+They import neither torch nor the registry, so a results file stays readable after the code
+that wrote it has changed."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(q1, median, q3) with the inclusive method; a single value gives three equal ones."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Seconds per op of interleaved rounds: base_s[i] ran right before impl_s[i]."""
+
+    inner: int  # ops per round
+    impl_s: list[float]
+    base_s: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.impl_s) != len(self.base_s) or not self.impl_s:
+            raise ValueError(
+                f"paired rounds need as many base as impl rounds, at least one; got "
+                f"{len(self.impl_s)} and {len(self.base_s)}"
+            )
+
+    @property
+    def ratios(self) -> list[float]:
+        return [i / b for i, b in zip(self.impl_s, self.base_s, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-pair ratios impl / base."""
+        return quartiles(self.ratios)[1]
+
+    @property
+    def ratio_iqr(self) -> float:
+        q1, _, q3 = quartiles(self.ratios)
+        return q3 - q1
+
+    @property
+    def impl_median_s(self) -> float:
+        return statistics.median(self.impl_s)
+
+    @property
+    def base_median_s(self) -> float:
+        return statistics.median(self.base_s)
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """What every entry of one impl on one case holds: the benchmark and the case."""
+
+    fullname: str  # pytest node id, what --recheck runs again
+    case: str  # "shape T=.. r=.. dtype device"
+    key: str  # the case without its device: how runs of two devices are matched
+    impl: str
+    shape: str
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+
+
+@dataclass(frozen=True)
+class TimeEntry(CaseEntry):
+    """One timed (case, impl, mode): its paired rounds against base and what was checked."""
+
+    kind: ClassVar[str] = "time"
+    mode: str  # "infer" or "train"
+    in_features: int
+    out_features: int
+    bias: bool
+    flops: int  # useful FLOPs of one op (the base layer's alone for base)
+    min_bytes: int  # fewest bytes one op moves
+    floor_s: float  # roofline floor of the LoRA layer from the run's calibrated peaks
+    rel_error: float  # against the float64 oracle, worst of y and the gradients
+    build_s: float
+    threads: int
+    tf32: bool
+    copied_output: bool  # op's output was not contiguous; the timed op includes the copy
+    copies: int  # sets of weights and input the calls rotated over (1: a warm cache)
+    rounds: Paired
+
+    @property
+    def ratio_to_base(self) -> float:
+        return self.rounds.ratio
+
+    @property
+    def ratio_iqr(self) -> float:
+        return self.rounds.ratio_iqr
+
+    @property
+    def median_s(self) -> float:
+        """The impl's own median: compare within a case only through the paired ratio."""
+        return self.rounds.impl_median_s
+
+    @property
+    def base_median_s(self) -> float:
+        return self.rounds.base_median_s
+
+
+@dataclass(frozen=True)
+class MemoryEntry(CaseEntry):
+    """Peak memory of building and running one impl once on one case."""
+
+    kind: ClassVar[str] = "memory"
+    mode: str
+    method: str
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class ParamsEntry:
+    """Trainable and total parameters of LoRALinear at one shape and rank."""
+
+    kind: ClassVar[str] = "params"
+    fullname: str
+    case: str
+    shape: str
+    in_features: int
+    out_features: int
+    rank: int
+    bias: bool
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class TimerCheckEntry(CaseEntry):
+    """One op's seconds per call by our paired timing and by independent timers of the same
+    work (torch.utils.benchmark's Timer; on CUDA also CUDA events and triton's do_bench)."""
+
+    kind: ClassVar[str] = "timer"
+    copies: int
+    ours_s: float
+    references: dict[str, float]  # timer name -> seconds per call
+
+
+class PairedTokens:
+    """Figures of an entry timed in pairs with its base over `tokens` tokens a call."""
+
+    tokens: int
+    rounds: Paired
+
+    @property
+    def ratio_to_base(self) -> float:
+        return self.rounds.ratio
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.rounds.impl_median_s
+
+
+@dataclass(frozen=True)
+class ModelEntry(PairedTokens):
+    """One variant of a whole model (PEFT's, or ours through from_peft) timed in pairs with
+    the frozen model: a forward, or a training step."""
+
+    kind: ClassVar[str] = "model"
+    fullname: str
+    case: str  # "model targets T=.. r=.. dtype device"
+    key: str
+    model: str
+    targets: str  # "attn" or "all-linear"
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+    variant: str  # "peft", "peft_merged", or one of our impls
+    mode: str
+    adapted_layers: int
+    trainable: int
+    rel_error: float  # against PEFT's model: logits, and in training the LoRA gradients
+    build_s: float
+    threads: int
+    adapted_share: float  # share of the variant's call spent inside the adapted layers
+    base_share: float  # share of the frozen model's call spent inside the same layers
+    peak_bytes: int
+    memory_method: str
+    rounds: Paired
+
+
+@dataclass(frozen=True)
+class MultiEntry(PairedTokens):
+    """One variant on one multi-adapter case, timed in pairs with the base GEMM: a
+    multi-adapter impl (ours, or PEFT's mixed batch), or a single-adapter impl on the same
+    shape and tokens ("single:<impl>", one adapter of rank r_max), the reference of what
+    mixing adapters costs."""
+
+    kind: ClassVar[str] = "multi"
+    fullname: str
+    case: str  # "shape T=.. n=.. distribution r=.. dtype device"
+    key: str
+    shape: str
+    tokens: int
+    adapters: int
+    distribution: str
+    ranks: str  # "8", or "mixed"
+    dtype: str
+    device: str
+    r_max: int  # the widest adapter: the rank of the single-adapter references
+    variant: str
+    origin: str  # "ours", "peer", or "single"
+    in_use: int  # distinct adapters the batch's index uses
+    rel_error: float  # against the float64 oracle (per token for the multi-adapter impls)
+    build_s: float
+    threads: int
+    peak_bytes: int  # above the inputs, over one call
+    memory_method: str
+    rounds: Paired
+
+
+Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry
+ENTRY_KINDS: dict[str, type] = {
+    c.kind: c
+    for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry, ModelEntry, MultiEntry)
+}
