@@ -48,11 +48,12 @@ class Shape:
     ) -> tuple[Weights, torch.Tensor]:
         """Weights and x for `impl`'s variant (LoRA when None). DoRA: the exact norm gradient
         for odd seeds (where the impl has it), a zero row for multiples of 3 (if zero_rows)."""
-        kw = {"bias": self.bias, "seed": seed, "dtype": dtype, "device": device}
-        w: Weights = LoRAWeights.random(self.in_f, self.out_f, self.rank, **kw)
+        lora = LoRAWeights.random(self.in_f, self.out_f, self.rank, bias=self.bias, seed=seed,
+                                  dtype=dtype, device=device)  # fmt: skip
+        w: Weights = lora
         if impl is not None and impl.variant == "dora":
             exact = impl.exact_norm and seed % 2 == 1
-            w = _dora(w, seed, exact, zero_row=zero_rows and seed % 3 == 0)
+            w = _dora(lora, seed, exact, zero_row=zero_rows and seed % 3 == 0)
         gen = torch.Generator().manual_seed(seed + 1)
         width = 2 * self.in_f if self.strided else self.in_f
         x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
@@ -118,7 +119,8 @@ class CheckResult:
 
 
 def _unchanged(before: list[torch.Tensor | None], after: list[torch.Tensor | None]) -> bool:
-    return all(a is None or torch.equal(a, b.detach()) for a, b in zip(before, after, strict=True))
+    pairs = zip(before, after, strict=True)
+    return all(a is None or (b is not None and torch.equal(a, b.detach())) for a, b in pairs)
 
 
 def _tensors(w: Weights, x: torch.Tensor) -> list[torch.Tensor | None]:

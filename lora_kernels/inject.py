@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -18,7 +19,9 @@ from lora_kernels.plugins import get_impl
 
 def _is_conv1d(module: nn.Module) -> bool:
     """transformers' Conv1D: y = x W + b with W (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+    weight = getattr(module, "weight", None)
+    is_conv = type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return is_conv and isinstance(weight, Tensor) and weight.dim() == 2
 
 
 def as_linear(module: nn.Module) -> nn.Linear:
@@ -26,10 +29,11 @@ def as_linear(module: nn.Module) -> nn.Linear:
     for a Conv1D an nn.Linear whose weight is a transposed view of the Conv1D's."""
     if isinstance(module, nn.Linear):
         return module
-    in_f, out_f = module.weight.shape
-    linear = nn.Linear(in_f, out_f, bias=module.bias is not None, device="meta")
-    linear.weight = nn.Parameter(module.weight.detach().t(), requires_grad=False)
-    linear.bias = None if module.bias is None else module.bias
+    conv: Any = module  # a Conv1D: weight (in, out), bias (out,)
+    in_f, out_f = conv.weight.shape
+    linear = nn.Linear(in_f, out_f, bias=conv.bias is not None, device="meta")
+    linear.weight = nn.Parameter(conv.weight.detach().t(), requires_grad=False)
+    linear.bias = conv.bias
     return linear
 
 
@@ -180,13 +184,14 @@ def set_impl(model: nn.Module, impl: str) -> None:
 # --- PEFT ------------------------------------------------------------------------------------
 
 
-def _peft_lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def _peft_lora_layers(model: nn.Module) -> dict[str, Any]:
+    """PEFT's LoRA layers by name (typed Any: their adapters are dynamic attributes)."""
     from peft.tuners.lora import LoraLayer
 
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def peft_refusal(name: str, layer: nn.Module, adapter: str | None) -> str | None:
+def peft_refusal(name: str, layer: Any, adapter: str) -> str | None:
     """Why this PEFT LoRA layer cannot become a LoRALinear, or None."""
     from peft.tuners.lora import Linear
 
@@ -214,7 +219,7 @@ def peft_refusal(name: str, layer: nn.Module, adapter: str | None) -> str | None
     return None
 
 
-def _adapter_of(layers: dict[str, nn.Module], adapter: str | None) -> str:
+def _adapter_of(layers: dict[str, Any], adapter: str | None) -> str:
     names = sorted({a for layer in layers.values() for a in layer.lora_A})
     if adapter is not None:
         if adapter not in names:
@@ -262,7 +267,7 @@ def from_peft(
     return new
 
 
-def _convert(layer: nn.Module, adapter: str, impl: str) -> LoRALinear:
+def _convert(layer: Any, adapter: str, impl: str) -> LoRALinear:
     base = as_linear(layer.get_base_layer())
     A: Tensor = layer.lora_A[adapter].weight
     B: Tensor = layer.lora_B[adapter].weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,7 @@ class LoRALinear(nn.Module):
         self._merge_scale: Tensor | None = None  # DoRA's m / ‖V‖ at merge, for unmerge
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: object) -> LoRALinear:
+    def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: Any) -> LoRALinear:
         """Adapt an existing nn.Linear in place of a copy; its weight and bias are frozen."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
@@ -177,7 +178,8 @@ class LoRALinear(nn.Module):
         """The op of `mode`, rebuilt (and the weights validated) when a tensor is replaced or
         updated in place: an optimizer step bumps `_version`, so a merged or compiled op never
         serves stale weights. Costs a few dict and attribute reads when nothing changed."""
-        base = self._modules["base"]._parameters
+        base_layer: Any = self._modules["base"]
+        base: dict[str, Any] = base_layer._parameters
         W, b, A, B = base["weight"], base["bias"], *self._lora
         m = self._parameters.get("lora_magnitude")
         key = (id(W), W._version, id(A), A._version, id(B), B._version, id(b),
@@ -213,7 +215,7 @@ class LoRALinear(nn.Module):
     def _lora(self) -> tuple[Tensor, Tensor]:
         """(A, B), read from the parameter dict: nn.Module.__getattr__ costs about 0.5 µs a
         name, which a decode step pays per layer."""
-        params = self._parameters
+        params: dict[str, Any] = self._parameters
         return params["lora_A"], params["lora_B"]
 
     def _apply(self, fn, recurse=True):  # nn.Module's signature
@@ -258,7 +260,7 @@ class LoRALinear(nn.Module):
             raise ValueError("unmerge() called on a layer that is not merged; merge() first")
         w = self.weights()
         if self._merge_scale is None:
-            self.base.weight.copy_(w.merged_weight(-1.0))  # type: ignore[call-arg]
+            self.base.weight.copy_(cast(LoRAWeights, w).merged_weight(-1.0))  # LoRA: no factor
         else:
             c = self._merge_scale.to(self.base.weight.device)
             W = self.base.weight.float().div_(c[:, None])

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,9 +66,10 @@ def poisoned_memory() -> Iterator[None]:
     """
     was_on = torch.are_deterministic_algorithms_enabled()
     was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    deterministic: Any = torch.utils.deterministic  # the flag is missing from torch's stubs
+    was_fill = deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
+    deterministic.fill_uninitialized_memory = True
     try:
         with warnings.catch_warnings():
             # warn-only mode reports ops without a deterministic kernel; we want the fill only
@@ -75,4 +77,4 @@ def poisoned_memory() -> Iterator[None]:
             yield
     finally:
         torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
-        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+        deterministic.fill_uninitialized_memory = was_fill

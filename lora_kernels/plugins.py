@@ -37,7 +37,7 @@ def _impls_of(value: object, label: str) -> list[Impl]:
             f"plugin {label}: expected an lora_kernels.Impl or a list of them, got "
             f"{', '.join(bad) or 'an empty list'}"
         )
-    return items
+    return [v for v in items if isinstance(v, Impl)]
 
 
 def _register_all(impls: list[Impl], label: str, source: str, registry: dict[str, Impl]) -> None:
@@ -74,6 +74,8 @@ def _import_target(spec: str) -> object:
                 raise PluginError(f"plugin {spec!r}: no such file {path}")
             name = f"lora_bench_plugin_{path.stem}"
             loader_spec = importlib.util.spec_from_file_location(name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise PluginError(f"plugin {spec!r}: {path} cannot be imported as a module")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[name] = module
             loader_spec.loader.exec_module(module)

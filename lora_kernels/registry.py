@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import Tensor
 
-from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
+from lora_kernels.weights import SUPPORTED_DTYPES, LayerTensors, LoRAWeights, dtype_name
 
 if TYPE_CHECKING:
     from lora_kernels.dora.weights import DoRAWeights
@@ -48,7 +48,7 @@ class Impl:
 
     name: str
     description: str
-    builder: Callable[[LoRAWeights], Op]
+    builder: Callable[[Any], Callable[..., Tensor]]  # weights of `variant` -> op
     devices: frozenset[str] = ALL_DEVICES
     dtypes: frozenset[torch.dtype] = ALL_DTYPES
     modes: frozenset[str] = frozenset(MODES)
@@ -129,7 +129,7 @@ class Impl:
         )
 
 
-def rows_op(w: LoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
+def rows_op(w: LayerTensors, fn: Callable[[Tensor], Tensor]) -> Op:
     """An op that runs fn on x flattened to (T, in) rows and gives y back as (..., out)."""
 
     def op(x: Tensor) -> Tensor:
@@ -141,9 +141,12 @@ def rows_op(w: LoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
 IMPLS: dict[str, Impl] = {}
 
 
-def register(impl: Impl, registry: dict[str, Impl] | None = None) -> Impl:
+AnyImpl = TypeVar("AnyImpl", bound=Impl)
+
+
+def register(impl: AnyImpl, registry: dict[str, AnyImpl] | None = None) -> AnyImpl:
     """Add `impl` to the registry (IMPLS by default); names are unique."""
-    registry = IMPLS if registry is None else registry
+    registry = cast("dict[str, AnyImpl]", IMPLS) if registry is None else registry
     if not isinstance(impl, Impl):
         raise TypeError(f"only an Impl can be registered, got {type(impl).__name__}")
     if impl.name in registry:

@@ -92,7 +92,7 @@ class LayerTensors:
     def copy(self) -> Self:
         """The same values in fresh memory, each tensor with the same requires_grad."""
         fresh = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type] (subclasses are dataclasses)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # subclasses are dataclasses
             t = getattr(self, f.name)
             if isinstance(t, Tensor):
                 fresh[f.name] = t.detach().clone().requires_grad_(t.requires_grad)

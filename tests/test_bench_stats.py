@@ -7,8 +7,8 @@ import math
 import random
 
 import pytest
-from bench.cli.options import parse_alpha, parse_fraction
 
+from bench.cli.options import parse_alpha, parse_fraction
 from bench.schema.io import ResultError
 from bench.stats.ranks import mann_whitney, median_ci, ranks, ratio_summary, wilcoxon
 from bench.stats.verdicts import memory_status, time_status

@@ -46,5 +46,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     for option in OPTIONS:
         p.add_argument(f"--{option.name}", dest=option.dest, help=option.help,
-                       **option.kwargs)  # type: ignore[arg-type]  # fmt: skip
+                       **option.kwargs)  # fmt: skip
     p.set_defaults(func=cmd_run)

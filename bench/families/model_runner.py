@@ -101,7 +101,7 @@ def check(variant: str, model: nn.Module, b: Built, mode: str) -> float:
     worst = max(errors.values())
     tol = models.MODEL_TOLERANCE[b.case.dtype]
     if not worst <= tol:
-        name = max(errors, key=errors.get)
+        name = max(errors, key=lambda k: errors[k])
         pytest.fail(f"{variant} on {b.case}: rel error {worst:.3g} ({name}) > {tol:g}; not timed")
     return worst
 
@@ -122,6 +122,8 @@ def time_model(
     synchronize(case.device)
     build_s = time.perf_counter() - start
     error = check(variant, model, b, mode)
+    work: Work
+    base_work: Work
     if mode == "infer":
         work, base_work = (
             (lambda: models.forward(model, b.inputs)),

@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ class ModelCase:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         return {"case": str(self), "key": self.key, **asdict(self)}
 
 
@@ -191,7 +192,7 @@ def peft_model(base: nn.Module, case: ModelCase) -> nn.Module:
     return get_peft_model(shared_copy(base), config, autocast_adapter_dtype=False).eval()
 
 
-def build(variant: str, peft: nn.Module) -> nn.Module:
+def build(variant: str, peft: Any) -> nn.Module:  # peft: a PeftModel
     """The model of one variant: PEFT's model, PEFT merged into its own copy of the weights,
     or our impl through from_peft on a copy sharing PEFT's tensors."""
     if variant == "peft":
@@ -211,7 +212,7 @@ class Inputs:
     labels: Tensor
 
     @classmethod
-    def of(cls, base: nn.Module, case: ModelCase) -> Inputs:
+    def of(cls, base: Any, case: ModelCase) -> Inputs:  # base: a transformers model
         gen = torch.Generator().manual_seed(2)
         ids = torch.randint(0, case.preset.vocab, (1, case.tokens), generator=gen)
         with torch.no_grad():

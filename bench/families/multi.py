@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,7 @@ class MultiCase:
         return MultiCase(self.shape, self.tokens, 1, "identical", str(self.r_max), self.dtype,
                          self.device)  # fmt: skip
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         return {"case": str(self), "key": self.key, **asdict(self)}
 
 

@@ -8,6 +8,8 @@ python -m bench.pieces gpt2-medium.c_proj --tokens 2048 --rank 8 [--seconds 5] [
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,9 @@ from bench.harness.timing import PairedTimer
 from lora_kernels import IMPLS, load_plugins
 
 
-def paired_ratio(work: object, base: object, device: str, seconds: float) -> float:
+def paired_ratio(
+    work: Callable[[], object], base: Callable[[], object], device: str, seconds: float
+) -> float:
     """Median of per-pair ratios work / base, over the bench's own paired rounds."""
     timer = PairedTimer(work, base, device)
     return timer.run(max(9, int(seconds / (2 * timer.round_s)))).ratio
@@ -35,8 +39,8 @@ def neighbours_table(case: Case, seconds: float) -> str:
         gen = torch.Generator().manual_seed(pad)
         xp = torch.randn(case.tokens, case.in_features + pad, generator=gen).to(x)
         Wp = torch.randn(case.out_features + pad, case.in_features + pad, generator=gen).to(W)
-        time_ratio = paired_ratio(lambda xp=xp, Wp=Wp: F.linear(xp, Wp),
-                                  lambda: F.linear(x, W), case.device, seconds)  # fmt: skip
+        padded, plain = functools.partial(F.linear, xp, Wp), functools.partial(F.linear, x, W)
+        time_ratio = paired_ratio(padded, plain, case.device, seconds)
         flop_ratio = (case.in_features + pad) * (case.out_features + pad) / W.numel()
         rows.append([f"+{pad}", f"{time_ratio:.3f}", f"{flop_ratio:.3f}",
                      f"{time_ratio / flop_ratio:.3f}"])  # fmt: skip
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, impl in IMPLS.items():
         if not impl.unavailable_reason(case.device, case.torch_dtype, "infer"):
             op, _ = charge_copy(impl.build(w), x)
-            rows[name] = lambda op=op: op(x)
+            rows[name] = functools.partial(op, x)
     table = [
         [k, f"{paired_ratio(f, lambda: base(x), case.device, args.seconds):.3f}"]
         for k, f in rows.items()

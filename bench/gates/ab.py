@@ -74,14 +74,17 @@ class SideProcess:
             cmd, cwd=opts.project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             text=True,
         )  # fmt: skip
+        if self.proc.stdin is None or self.proc.stdout is None:
+            raise RuntimeError("the side was started without stdin and stdout pipes")
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
 
     def send(self, op: str, **request: object) -> None:
         self.op = op
-        self.proc.stdin.write(json.dumps({"op": op, **request}) + "\n")
-        self.proc.stdin.flush()
+        self.stdin.write(json.dumps({"op": op, **request}) + "\n")
+        self.stdin.flush()
 
     def receive(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self.stdout.readline()
         if not line:
             code = self.proc.wait()
             self.log.flush()
@@ -95,12 +98,12 @@ class SideProcess:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
+            self.stdin.close()
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.proc.stdout.close()
+        self.stdout.close()
 
 
 class Progress:
@@ -155,7 +158,9 @@ def compare_item(
     copies = item.case["copies"][item.mode]
     request = {"case": item.case["fields"], "impl": item.impl, "mode": item.mode}
     replies = both(sides, "setup", **request, copies=copies)
-    problems = [_problem(item, s, r) for s, r in replies.items() if "rel_error" not in r]
+    problems: list[AbEntry] = [
+        _problem(item, s, r) for s, r in replies.items() if "rel_error" not in r
+    ]
     if problems:
         return problems
     warm = {s: sides[s].ask("warm") for s in SIDES}

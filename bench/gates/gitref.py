@@ -14,7 +14,7 @@ KERNELS = "lora_kernels"
 PLUGIN_INTERFACE = f"{KERNELS}/plugins.py"  # the base must have it: the contract the sides use
 
 
-def git(project: Path, *args: str, binary: bool = False) -> str | bytes:
+def git_bytes(project: Path, *args: str) -> bytes:
     """Output of `git args` in `project`; ResultError with git's message when it fails."""
     try:
         proc = subprocess.run(["git", *args], cwd=project, capture_output=True, check=False)
@@ -23,7 +23,12 @@ def git(project: Path, *args: str, binary: bool = False) -> str | bytes:
     if proc.returncode != 0:
         message = proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
         raise ResultError(f"git {' '.join(args)}: {message}")
-    return proc.stdout if binary else proc.stdout.decode().strip()
+    return proc.stdout
+
+
+def git(project: Path, *args: str) -> str:
+    """git's output as text, stripped."""
+    return git_bytes(project, *args).decode().strip()
 
 
 def resolve(project: Path, ref: str) -> str:
@@ -53,14 +58,14 @@ def check_plugin_interface(project: Path, commit: str, ref: str) -> None:
 
 def dirty_paths(project: Path) -> list[str]:
     """Paths with uncommitted changes, untracked files included (ignored ones not)."""
-    lines = bytes(git(project, "status", "--porcelain", binary=True)).decode().splitlines()
+    lines = git_bytes(project, "status", "--porcelain").decode().splitlines()
     return [line[3:] for line in lines if line.strip()]
 
 
 def export_kernels(project: Path, commit: str, dest: Path) -> Path:
     """Write the commit's lora_kernels/ under `dest`; returns `dest`, the tree to import from.
     Only that package is taken: the harness that times both sides is the working tree's."""
-    data = git(project, "archive", "--format=tar", commit, KERNELS, binary=True)
+    data = git_bytes(project, "archive", "--format=tar", commit, KERNELS)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, filter="data")

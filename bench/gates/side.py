@@ -127,6 +127,8 @@ class Side:
 
     def _round(self, inner: int) -> Callable[[], None]:
         """The synchronized round of `inner` ops of the current work, built once."""
+        if self.work is None:
+            raise RuntimeError("no work set up: ask 'setup' first")
         if inner not in self.rounds:
             self.rounds[inner] = make_round(self.work, inner, self.device)
         return self.rounds[inner]
@@ -142,7 +144,7 @@ class Side:
         return {"peak_bytes": self.probe.measure(impl, c, mode), "method": CPU_METHOD}
 
     def handle(self, request: dict) -> Reply:
-        ops = {
+        ops: dict[str, Callable[..., Reply]] = {
             "hello": self.hello,
             "plan": self.plan,
             "setup": self.setup,
@@ -177,7 +179,3 @@ def main(argv: list[str], launcher: ModuleType) -> None:
     sys.stdout = sys.stderr
     os.chdir(argv[1])
     serve(sys.stdin, replies, Side(int(argv[0]), [absolute_spec(s) for s in argv[2:]], launcher))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

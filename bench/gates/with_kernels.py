@@ -25,6 +25,8 @@ def load_kernels(tree: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "lora_kernels", init, submodule_search_locations=[str(init.parent)]
     )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{init} cannot be imported as a package")
     module = importlib.util.module_from_spec(spec)
     sys.modules["lora_kernels"] = module
     try:

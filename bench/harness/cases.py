@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import product
+from typing import Any
 
 import torch
 
@@ -111,16 +112,11 @@ class Case:
 
     def weights(self, seed: int = 0, variant: str = "lora") -> LoRAWeights | DoRAWeights:
         """Seeded weights of the case; variant "dora" adds a magnitude to the same W, b, A, B."""
-        kind = {"lora": LoRAWeights, "dora": DoRAWeights}[variant]
-        return kind.random(
-            self.in_features,
-            self.out_features,
-            self.rank,
-            bias=self.bias,
-            seed=seed,
-            dtype=self.torch_dtype,
-            device=self.device,
-        )
+        if variant not in ("lora", "dora"):
+            raise ValueError(f"variant must be 'lora' or 'dora', got {variant!r}")
+        kind = LoRAWeights if variant == "lora" else DoRAWeights
+        return kind.random(self.in_features, self.out_features, self.rank, bias=self.bias,
+                           seed=seed, dtype=self.torch_dtype, device=self.device)  # fmt: skip
 
     def input(self, seed: int = 1) -> torch.Tensor:
         """x: (T, in), standard normal, on the case's device and dtype."""
@@ -138,7 +134,7 @@ class Case:
             )
         return None
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         """The case's fields of a results entry: its id, key and parts."""
         return {"case": str(self), "key": self.key, **asdict(self)}
 

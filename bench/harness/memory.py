@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import IO, Any
 
 import torch
 
@@ -70,7 +71,10 @@ def measure_cuda(impl: str, case: Case, mode: str) -> int:
 
 def _status_kib(field: str) -> int:
     text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line")
+    return int(found.group(1))
 
 
 def rss_growth(fn: Callable[[], object]) -> int:
@@ -90,6 +94,13 @@ def measure_cpu_here(impl: str, case: Case, mode: str) -> int:
     return rss_growth(lambda: _build_and_run(impl, inputs, mode))
 
 
+def pipes(proc: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
+    """(stdin, stdout) of a process started with both piped."""
+    if proc.stdin is None or proc.stdout is None:
+        raise RuntimeError("the child process was started without stdin and stdout pipes")
+    return proc.stdin, proc.stdout
+
+
 @dataclass
 class CpuProbe:
     """A child process that answers one JSON line per measurement request. It loads the
@@ -100,13 +111,13 @@ class CpuProbe:
     impl_specs: list[str]
     server: ModuleType  # run as `python -m SERVER [*server_args] THREADS [SPEC ...]`
     server_args: tuple[str, ...] = ()  # e.g. a source tree and a role, for with_kernels
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[str] | None = None
 
     def measure(self, impl: str, case: Case, mode: str) -> int:
         """Peak RSS growth of building and running `impl` once on `case`."""
         return self._ask({"impl": impl, "case": asdict(case), "mode": mode})
 
-    def measure_multi(self, case: object, variant: str) -> int:
+    def measure_multi(self, case: Any, variant: str) -> int:  # a families.multi.MultiCase
         """Peak RSS growth over one call of a multi-adapter bench variant on `case`."""
         return self._ask({"kind": "multi", "case": asdict(case), "variant": variant})
 
@@ -130,9 +141,10 @@ class CpuProbe:
                 text=True,
                 env=env,
             )
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        stdin, stdout = pipes(self.proc)
+        stdin.write(json.dumps(request) + "\n")
+        stdin.flush()
+        line = stdout.readline()
         if not line:
             raise RuntimeError(f"memory probe exited with code {self.proc.wait()}")
         reply = json.loads(line)
@@ -142,7 +154,8 @@ class CpuProbe:
 
     def close(self) -> None:
         if self.proc is not None:
-            self.proc.stdin.close()
+            stdin, stdout = pipes(self.proc)
+            stdin.close()
             self.proc.wait(timeout=30)
-            self.proc.stdout.close()
+            stdout.close()
             self.proc = None

@@ -59,7 +59,7 @@ def build_timed(impl: Impl, w: Weights, first_call: Callable[[Op], object], devi
     Returns (op, build_s): build_s is kept out of the timed rounds and recorded apart."""
     synchronize(device)
     start = time.perf_counter()
-    op = impl.build(w, "train" if w.A.requires_grad else "infer")  # type: ignore[arg-type]
+    op = impl.build(w, "train" if w.A.requires_grad else "infer")
     first_call(op)
     synchronize(device)
     return op, time.perf_counter() - start

@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lora-bench")
     for option in OPTIONS:
         group.addoption(f"--lora-{option.name}", dest=option.dest, help=option.help,
-                        **option.kwargs)  # type: ignore[arg-type]  # fmt: skip
+                        **option.kwargs)  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,11 +89,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(case, settings.memory_cases() if memory else settings.cases(),
                                  ids=str)  # fmt: skip
     if "model_job" in names:
-        jobs = model_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("model_job", settings.selected(jobs), ids=str)
+        models = model_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("model_job", settings.selected(models), ids=str)
     if "multi_job" in names:
-        jobs = multi_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("multi_job", settings.selected(jobs), ids=str)
+        multis = multi_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("multi_job", settings.selected(multis), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

@@ -5,6 +5,7 @@ tests keep the choices equal to the harness's PROFILES, DTYPES and CACHE_MODES."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 PROFILE_NAMES = ("tiny", "quick", "full")
 DEVICE_CHOICES = ("cpu", "cuda", "all")
@@ -18,7 +19,7 @@ class Option:
 
     name: str
     help: str
-    kwargs: dict[str, object] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # argparse's add_argument keywords
 
     @property
     def dest(self) -> str:

@@ -4,6 +4,7 @@ memory, parameters. The order of impls and shapes is the one the run recorded.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_seconds
 from bench.report.figures import lora_only, paired_times
@@ -22,7 +23,7 @@ def _case_key(run: Run, group_by: str | None) -> Callable[[TimeEntry | MemoryEnt
 
 def _cases(run: Run, items: list, group_by: str | None) -> list[str]:
     """Case ids in the order of the run, or grouped by shape or rank."""
-    first = {}
+    first: dict[str, Any] = {}
     for e in items:
         first.setdefault(e.case, e)
     key = _case_key(run, group_by)

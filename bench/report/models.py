@@ -11,7 +11,7 @@ MODE_TITLES = {"infer": "forward", "train": "training step"}
 
 
 def model_rows(entries: list[ModelEntry]) -> list[list[object]]:
-    rows = []
+    rows: list[list[object]] = []
     for e in entries:
         rows.append(
             [

@@ -180,7 +180,9 @@ def dump_ab(run: AbRun) -> str:
 def load_ab(path: str | Path) -> AbRun:
     """Read an A/B JSON written by `lora-bench ab`; ResultError says what is wrong."""
     data = read_json(path, "A/B results file")
-    meta = data.get("lora_bench_ab") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ResultError(f"{path}: not an A/B file of lora-bench (not a JSON object)")
+    meta = data.get("lora_bench_ab")
     if not isinstance(meta, dict):
         raise ResultError(f"{path}: not an A/B file of lora-bench (no 'lora_bench_ab' section)")
     if meta.get("schema") != AB_SCHEMA:

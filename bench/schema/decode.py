@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 
-def _check_value(where: str, value: object, typ: object) -> object:
+def _check_value(where: str, value: object, typ: Any) -> object:
     """Value converted to `typ` (dataclasses built from dicts), or ValueError saying why not."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be an object, got {type(value).__name__}")
-        return from_dict(typ, value, where)
+        return _from_dict(typ, value, where)
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {type(value).__name__}")
@@ -27,8 +30,12 @@ def _check_value(where: str, value: object, typ: object) -> object:
     return float(value) if typ is float else value
 
 
-def from_dict(cls: type, data: dict, where: str) -> object:
+def from_dict(cls: type[T], data: dict, where: str) -> T:
     """Build dataclass `cls` from JSON data; extra keys (summaries, kind) are ignored."""
+    return cast(T, _from_dict(cls, data, where))
+
+
+def _from_dict(cls: Any, data: dict, where: str) -> object:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
@@ -50,7 +57,7 @@ def parse_entries(entries: object, kinds: dict[str, type]) -> list:
     is wrong and why."""
     if not isinstance(entries, list):
         raise ValueError("no 'entries' list")
-    parsed = []
+    parsed: list[Any] = []
     for i, e in enumerate(entries):
         kind = e.get("kind") if isinstance(e, dict) else None
         if kind not in kinds:

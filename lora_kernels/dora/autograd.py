@@ -4,6 +4,8 @@ are computed by hand, the norm's own term only when the exact gradient is asked 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -19,7 +21,7 @@ class DoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # FunctionCtx, with the attributes forward sets
         x: Tensor,
         w: DoRAWeights,
         A: Tensor,
@@ -39,7 +41,7 @@ class DoRAFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple:
+    def backward(ctx: Any, g: Tensor) -> tuple:
         x, xa, z, W, A, B, m, c, n, positive, P, G = ctx.saved_tensors
         w: DoRAWeights = ctx.w
         s = w.scale
@@ -57,9 +59,11 @@ class DoRAFunction(torch.autograd.Function):
             # through the norm: dV = u ⊙ V with u = -dc m / n³ and V = W + s·B A
             u = torch.where(positive, -dc * m.float() / n**3, 0.0)[:, None]  # (out, 1)
             B32 = B.float()
-            if need_B:  # s·u ⊙ (V Aᵀ) = s·u ⊙ (P + s·B G)
+            if dB is not None:  # s·u ⊙ (V Aᵀ) = s·u ⊙ (P + s·B G)
                 dB = dB + (s * u * torch.addmm(P, B32, G, alpha=s)).to(dB.dtype)
-            if need_A:  # s·(u ⊙ B)ᵀ V = s·((u ⊙ B)ᵀ W + s·((u ⊙ B)ᵀ B) A): one r×out×in GEMM
+            if (
+                dA is not None
+            ):  # s·(u ⊙ B)ᵀ V = s·((u ⊙ B)ᵀ W + s·((u ⊙ B)ᵀ B) A): one r×out×in GEMM
                 uBt = (u * B32).t()  # (r, out)
                 dV_A = (uBt.to(W.dtype) @ W).float() + s * ((uBt @ B32) @ A.float())
                 dA = dA + (s * dV_A).to(dA.dtype)

@@ -4,6 +4,8 @@ product in the operand order BLAS runs fastest (see bench/NOTES.md)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,7 @@ class LoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # FunctionCtx, with the attributes forward sets
         x: Tensor,
         W: Tensor,
         b: Tensor | None,
@@ -32,16 +34,17 @@ class LoRAFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple:
+    def backward(ctx: Any, g: Tensor) -> tuple:
         x, xa, W, A, B = ctx.saved_tensors
         s = ctx.scale
         need_x, _, _, need_A, need_B, _ = ctx.needs_input_grad
-        gB = g @ B if (need_x or need_A) else None  # (T, r)
         dx = dA = dB = None
-        if need_x:
-            dx = (g @ W).addmm_(gB, A, alpha=s)  # (T, in)
-        if need_A:
-            dA = (gB.t() @ x).mul_(s)  # (r, in)
+        if need_x or need_A:
+            gB = g @ B  # (T, r)
+            if need_x:
+                dx = (g @ W).addmm_(gB, A, alpha=s)  # (T, in)
+            if need_A:
+                dA = (gB.t() @ x).mul_(s)  # (r, in)
         if need_B:
             # (xaᵀ g)ᵀ, not gᵀ xa: BLAS is several times slower on the transposed, skinny form
             dB = (xa.t() @ g).mul_(s).t()  # (out, r)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, register
-from lora_kernels.weights import LoRAWeights
+from lora_kernels.weights import LayerTensors, LoRAWeights
 
 
 def peer_missing(module: str) -> Callable[[], str | None]:
@@ -31,14 +32,14 @@ def use_tensor(module: nn.Module, name: str, tensor: Tensor | None) -> None:
     setattr(module, name, tensor)
 
 
-def base_linear(w: LoRAWeights) -> nn.Linear:
+def base_linear(w: LayerTensors) -> nn.Linear:
     base = nn.Linear(w.in_features, w.out_features, bias=w.b is not None, device="meta")
     use_tensor(base, "weight", w.W)
     use_tensor(base, "bias", w.b)
     return base
 
 
-def _peft_layer(w: LoRAWeights) -> nn.Module:
+def _peft_layer(w: LoRAWeights) -> Any:  # peft.tuners.lora.Linear
     from peft import LoraConfig
     from peft.tuners.lora import Linear
 

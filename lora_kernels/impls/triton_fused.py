@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def triton_missing(impl: str = "triton_fused") -> str | None:
 
 
 @cache
-def _kernel() -> object:
+def _kernel() -> Any:  # a triton.JITFunction, launched as kernel[grid](...)
     """Define the kernel on first use, so TRITON_INTERPRET set by then takes effect."""
     import triton
     import triton.language as tl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ class MultiLoRALinear(nn.Module):
     (batch, seq, in) -> y (..., out). A is stacked (n, r_max, in), B (n, out, r_max), each
     adapter at its own rank. For serving: the stacks are buffers, nothing trains.
     """
+
+    lora_A: Tensor  # buffers, registered in __init__
+    lora_B: Tensor
 
     def __init__(
         self,
@@ -46,7 +50,7 @@ class MultiLoRALinear(nn.Module):
             raise ValueError("pass exactly one of ranks (fresh adapters) and adapters")
         self.base = base = frozen_base(in_features, out_features, base, bias, device, dtype)
         if adapters is None:
-            adapters = _fresh(base.weight, ranks, alpha, use_rslora)
+            adapters = _fresh(base.weight, ranks or (), alpha, use_rslora)
         w = MultiLoRAWeights.stack(base.weight, base.bias, adapters)
         self.register_buffer("lora_A", w.A)  # (n, r_max, in)
         self.register_buffer("lora_B", w.B)  # (n, out, r_max)
@@ -60,7 +64,7 @@ class MultiLoRALinear(nn.Module):
 
     @classmethod
     def from_adapters(
-        cls, base: nn.Linear, adapters: Sequence[Adapter], **kwargs: object
+        cls, base: nn.Linear, adapters: Sequence[Adapter], **kwargs: Any
     ) -> MultiLoRALinear:
         """Serve `adapters` [(A_i (r_i, in), B_i (out, r_i), s_i), ...] of `base`, copied into
         stacks; base's weight and bias are used as they are (frozen)."""

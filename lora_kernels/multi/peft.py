@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,18 +49,18 @@ def peft_adapters(
     return as_linear(layer.get_base_layer()), loaded, names
 
 
-def _peft_layer(w: MultiLoRAWeights) -> nn.Module:
+def _peft_layer(w: MultiLoRAWeights) -> Any:  # peft.tuners.lora.Linear
     """A PEFT LoRA Linear on w's base tensors holding w's adapters "a0", "a1", ... at their own
     ranks and scales (contiguous copies of the stacks' slices)."""
     from peft import LoraConfig
     from peft.tuners.lora import Linear
 
-    layer = None
+    layer: Any = None  # peft.tuners.lora.Linear, made with the first adapter
     for i in range(w.adapters):
         one = w.adapter(i)
         name, alpha = f"a{i}", one.scale * one.rank
         config = LoraConfig(r=one.rank, lora_alpha=alpha)
-        if layer is None:
+        if i == 0:
             layer = Linear(base_linear(w), name, config=config, r=one.rank, lora_alpha=alpha)
         else:
             layer.update_layer(name, r=one.rank, lora_alpha=alpha, config=config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,10 +26,8 @@ class MultiImpl(Impl):
     only: every multi-adapter impl runs the "infer" mode.
     """
 
-    builder: Callable[[MultiLoRAWeights], MultiOp]
-
     def build(self, weights: MultiLoRAWeights, mode: str = "infer") -> MultiOp:  # type: ignore[override]
-        return super().build(weights, mode)  # type: ignore[arg-type]
+        return cast(MultiOp, super().build(weights, mode))  # type: ignore[arg-type]
 
 
 MULTI_IMPLS: dict[str, MultiImpl] = {}

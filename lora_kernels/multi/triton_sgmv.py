@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from lora_kernels.registry import register
 
 
 @cache
-def _kernel() -> object:
+def _kernel() -> Any:  # a triton.JITFunction, launched as kernel[grid](...)
     """Define the kernel on first use, so TRITON_INTERPRET set by then takes effect."""
     import triton
     import triton.language as tl

@@ -163,9 +163,8 @@ class MultiLoRAWeights(LayerTensors):
                 )
         ranks = tuple(int(A.shape[0]) for A, _, _ in adapters)
         r_max = max(ranks)
-        new = {"dtype": W.dtype, "device": W.device}
-        A_stack = torch.zeros(len(adapters), r_max, in_f, **new)
-        B_stack = torch.zeros(len(adapters), out_f, r_max, **new)
+        A_stack = torch.zeros(len(adapters), r_max, in_f, dtype=W.dtype, device=W.device)
+        B_stack = torch.zeros(len(adapters), out_f, r_max, dtype=W.dtype, device=W.device)
         for i, (A, B, _) in enumerate(adapters):
             if A.dtype != W.dtype or A.device != W.device or B.dtype != W.dtype \
                     or B.device != W.device:  # fmt: skip
@@ -208,11 +207,12 @@ class MultiLoRAWeights(LayerTensors):
         n, r_max, bound = len(ranks), max(ranks), 1 / math.sqrt(in_features)
         scales = tuple(scaling(alpha, r, use_rslora) for r in ranks)
         spread = torch.tensor([1 / (math.sqrt(r) * s) for r, s in zip(ranks, scales, strict=True)])
-        tensors = (
+        W, b, A, B = (
             uniform((out_features, in_features), bound),
             uniform((out_features,), bound) if bias else None,
             uniform((n, r_max, in_features), bound),
             uniform((n, out_features, r_max), spread[:, None, None]),
         )
-        W, b, A, B = (None if t is None else t.to(device=device, dtype=dtype) for t in tensors)
+        W, A, B = (t.to(device=device, dtype=dtype) for t in (W, A, B))
+        b = None if b is None else b.to(device=device, dtype=dtype)
         return cls(W, b, A, B, ranks, scales)
