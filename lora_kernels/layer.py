@@ -14,7 +14,15 @@ from lora_kernels.dora.eager import FactorCache, dropout_forward
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.plugins import get_impl
 from lora_kernels.registry import Impl, Op
-from lora_kernels.weights import LoRAWeights, all_finite, check_rank, scaling
+from lora_kernels.weights import (
+    SUPPORTED_DTYPES,
+    LoRAWeights,
+    all_finite,
+    check_dtype,
+    check_rank,
+    check_tensor,
+    scaling,
+)
 
 INITS = ("kaiming", "gaussian")
 
@@ -48,9 +56,24 @@ def frozen_base(
     device: str | torch.device | None,
     dtype: torch.dtype | None,
 ) -> nn.Linear:
-    """`base` checked against in_features -> out_features, or a new nn.Linear; frozen."""
+    """`base` checked against in_features -> out_features, or a new nn.Linear; frozen.
+    Refuses a dtype outside SUPPORTED_DTYPES and a device torch does not know, by name."""
+    if dtype is not None:
+        check_dtype(dtype)
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+            ) from None
     if base is None:
         base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if base.weight.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"dtype: torch's default dtype is {base.weight.dtype}; pass dtype= one of "
+                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+            )
     elif not isinstance(base, nn.Linear):
         raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
     elif (base.in_features, base.out_features) != (in_features, out_features):
@@ -58,6 +81,8 @@ def frozen_base(
             f"base is {base.in_features}->{base.out_features}, "
             f"but in_features->out_features is {in_features}->{out_features}"
         )
+    else:
+        check_tensor("base.weight", base.weight)
     return base.requires_grad_(False)
 
 

@@ -1,0 +1,80 @@
+"""`lora-bench run` and the bench options it shares with the pytest plugin: one table of
+options, refusals in one line with exit 2 before anything is measured, and a run from a
+folder outside the checkout that writes only to that folder's results/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli.main import main
+from bench.harness.cache import CACHE_MODES
+from bench.harness.cases import DTYPES, PROFILES
+from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, OPTIONS, PROFILE_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_option_table_matches_the_harness() -> None:
+    assert tuple(PROFILES) == PROFILE_NAMES
+    assert set(DTYPE_NAMES) == set(DTYPES)
+    assert CACHE_CHOICES == CACHE_MODES
+    assert len({o.name for o in OPTIONS}) == len(OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--profile", "huge"], "invalid choice: 'huge'"),
+        (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["run", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["report", "x.json", "--", "-k", "forward"], "only `run` passes options after --"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_unwritable_results_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["run", "--profile", "tiny", "--results", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker / "results") in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.slow
+def test_a_run_from_another_folder_writes_there_only(tmp_path: Path) -> None:
+    """The installed benchmark modules run (`--pyargs bench`) and the results land in the
+    current folder's results/, not in the checkout's."""
+    before = sorted(p.name for p in (ROOT / "results").iterdir())
+    cmd = [sys.executable, "-m", "bench.cli.main", "run", "--profile", "tiny", "--threads", "1",
+           "--only", "toy T=16 r=4 fp32 cpu", "--", "-q", "-k", "forward and addmm"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "cpu-tiny.json",
+        "cpu-tiny.md",
+    ]
+    assert sorted(p.name for p in (ROOT / "results").iterdir()) == before
+
+
+def test_the_plugin_is_idle_outside_the_bench(pytestconfig: pytest.Config) -> None:
+    """This session runs unit tests: the plugin loaded (its options exist) but set nothing
+    up, so the thread count and the registry are the tests' own."""
+    from bench.plugin.hooks import STARTED
+
+    assert pytestconfig.getoption("lora_profile") == "quick"
+    assert pytestconfig.stash.get(STARTED, False) is False
