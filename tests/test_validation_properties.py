@@ -36,7 +36,7 @@ CHECKS = settings(
     deadline=None,
     derandomize=True,  # the same examples in every CI run; explore with --hypothesis-seed
     suppress_health_check=[HealthCheck.too_slow],
-)  # fmt: skip
+)
 
 
 def attempt(build: Callable[[], T]) -> T | Exception:
