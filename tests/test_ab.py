@@ -314,3 +314,41 @@ def test_the_cli_names_the_bench_profiles_and_dtypes() -> None:
     assert tuple(PROFILES) == ab_cli.PROFILES
     assert set(ab_cli.DTYPES) == set(DTYPES)
     assert {d: v.split(",") for d, v in ab_cli.DEFAULT_DTYPES.items()} == DEFAULT_DTYPES
+
+
+OLDEST_KERNELS = "09cf713"  # the first commit with the plugin interface: the oldest ab accepts
+
+
+def test_the_base_side_imports_only_the_base_commits_kernels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The base commit's kernels lack lora_kernels.dora, .multi and .numerics, which the
+    installed copy has: the base side must run on its own kernels, not borrow those."""
+    try:
+        archive = subprocess.run(["git", "archive", OLDEST_KERNELS, "lora_kernels"], cwd=ROOT,
+                                 check=True, capture_output=True).stdout  # fmt: skip
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pytest.skip(f"this checkout lacks commit {OLDEST_KERNELS} (a shallow clone?)")
+    for name in ("bench", "lora_kernels"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    git(tmp_path, "init", "-q")
+    current = tmp_path.parent / f"{tmp_path.name}-current"
+    shutil.move(tmp_path / "lora_kernels", current)
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    assert not (tmp_path / "lora_kernels" / "dora").exists()
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "old kernels")
+    shutil.rmtree(tmp_path / "lora_kernels")
+    shutil.move(current, tmp_path / "lora_kernels")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "current kernels")
+    out_json = tmp_path / "ab.json"
+    code = ab(tmp_path, "HEAD~1", "--cases", "toy T=16", "--impls", "addmm", "--seconds", "0.05",
+              "--rechecks", "0", "--json", str(out_json))  # fmt: skip
+    out = capsys.readouterr().out
+    run = load_ab(out_json)
+    assert [p.message for p in run.of(AbProblem)] == [], out
+    assert code == 0, out
+    assert {(t.impl, t.mode) for t in run.of(AbTime)} == {("addmm", "infer"), ("addmm", "train")}
+    assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("addmm", "infer"), ("addmm", "train")}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.families.multi import Batch, MultiCase, build_work
 from bench.harness.cases import Case
 from bench.harness.memory import measure_cpu_here, rss_growth
 from bench.harness.session import configure_torch
@@ -18,6 +17,10 @@ from lora_kernels import load_plugins
 def measure_multi_cpu_here(case: dict, variant: str) -> int:
     """In this process: peak RSS growth over one call of a multi-adapter bench variant, built
     and run once before (bytes)."""
+    # Imported here: the layer's probe also serves `lora-bench ab`'s base side, whose kernels
+    # may predate lora_kernels.multi.
+    from bench.families.multi import Batch, MultiCase, build_work
+
     work, _ = build_work(variant, Batch.of(MultiCase(**case)))
     work()
     return rss_growth(work)

@@ -28,6 +28,7 @@ import torch
 import lora_kernels
 from bench.harness.cache import cache_bytes, copies_needed
 from bench.harness.cases import DTYPES, PROFILES, Case
+from bench.harness.kernels import variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
 from bench.harness.runner import forward_work, train_work
 from bench.harness.session import configure_torch
@@ -61,7 +62,7 @@ class Side:
                 "devices": sorted(i.devices),
                 "dtypes": sorted(n for n, d in DTYPES.items() if d in i.dtypes),
                 "modes": sorted(i.modes),
-                "variant": i.variant,
+                "variant": variant_of(i),
                 "unavailable": i.requires(),
             }
             for i in IMPLS.values()

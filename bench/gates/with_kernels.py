@@ -6,6 +6,9 @@ times its own kernels with one harness."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -13,29 +16,48 @@ from pathlib import Path
 from types import ModuleType
 
 
+class TreeFinder(importlib.abc.MetaPathFinder):
+    """Finds `lora_kernels` and its submodules in one source tree and nowhere else: first on
+    sys.meta_path, so an editable install's finder (which maps the package's submodules to
+    its own checkout whatever the package's __path__) never supplies a module the tree lacks.
+    A module the tree lacks is a ModuleNotFoundError, as it would be in that commit."""
+
+    def __init__(self, tree: Path) -> None:
+        self.tree = tree
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.split(".")[0] != "lora_kernels":
+            return None
+        where = self.tree.joinpath(*fullname.split("."))
+        if (where / "__init__.py").is_file():
+            init = where / "__init__.py"
+            return importlib.util.spec_from_file_location(
+                fullname, init, submodule_search_locations=[str(where)]
+            )
+        if where.with_suffix(".py").is_file():
+            return importlib.util.spec_from_file_location(fullname, where.with_suffix(".py"))
+        raise ModuleNotFoundError(f"No module named {fullname!r} in {self.tree}", name=fullname)
+
+
 def load_kernels(tree: Path) -> ModuleType:
     """Import `tree/lora_kernels` as `lora_kernels`; every later import of it, or of its
     submodules and of plugins that use it, gets this copy. Raises ImportError when another
     copy is already imported or the tree has none."""
-    init = tree / "lora_kernels" / "__init__.py"
     if "lora_kernels" in sys.modules:
         raise ImportError(f"lora_kernels is already imported from {sys.modules['lora_kernels']}")
-    if not init.is_file():
+    if not (tree / "lora_kernels" / "__init__.py").is_file():
         raise ImportError(f"{tree} has no lora_kernels package")
-    spec = importlib.util.spec_from_file_location(
-        "lora_kernels", init, submodule_search_locations=[str(init.parent)]
-    )
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{init} cannot be imported as a package")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lora_kernels"] = module
+    finder = TreeFinder(tree)
+    sys.meta_path.insert(0, finder)
     try:
-        spec.loader.exec_module(module)
+        return importlib.import_module("lora_kernels")
     except BaseException:
+        sys.meta_path.remove(finder)
         for name in [n for n in sys.modules if n.split(".")[0] == "lora_kernels"]:
             del sys.modules[name]
         raise
-    return module
 
 
 def _side(args: list[str]) -> None:

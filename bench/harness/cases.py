@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_kernels import LoRAWeights
-from lora_kernels.dora import DoRAWeights
 from lora_kernels.weights import DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from lora_kernels.dora import DoRAWeights
 
 DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
@@ -114,7 +116,12 @@ class Case:
         """Seeded weights of the case; variant "dora" adds a magnitude to the same W, b, A, B."""
         if variant not in ("lora", "dora"):
             raise ValueError(f"variant must be 'lora' or 'dora', got {variant!r}")
-        kind = LoRAWeights if variant == "lora" else DoRAWeights
+        if variant == "lora":
+            kind: type[LoRAWeights | DoRAWeights] = LoRAWeights
+        else:  # imported here: kernels from before DoRA (ab's base side) lack the package
+            from lora_kernels.dora import DoRAWeights
+
+            kind = DoRAWeights
         return kind.random(self.in_features, self.out_features, self.rank, bias=self.bias,
                            seed=seed, dtype=self.torch_dtype, device=self.device)  # fmt: skip
 

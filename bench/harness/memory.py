@@ -20,13 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from bench.harness.cases import Case
+from bench.harness.kernels import variant_of
 from lora_kernels import LoRAWeights, get_impl
-from lora_kernels.dora import DoRAWeights
+
+if TYPE_CHECKING:
+    from lora_kernels.dora import DoRAWeights
 
 CPU_METHOD = "peak RSS growth (VmHWM) in a child process"
 CUDA_METHOD = "torch.cuda.max_memory_allocated minus inputs"
@@ -34,13 +37,13 @@ CPU_CALL_METHOD = "peak RSS growth (VmHWM) over one call, built and warmed, in a
 CUDA_CALL_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was held before"
 
 
-Inputs = tuple[LoRAWeights | DoRAWeights, torch.Tensor, torch.Tensor | None]
+Inputs: TypeAlias = "tuple[LoRAWeights | DoRAWeights, torch.Tensor, torch.Tensor | None]"
 
 
 def _inputs(case: Case, mode: str, impl: str) -> Inputs:
     """Weights of the impl's variant, x and (in train mode) the upstream gradient; x and the
     trainable tensors require grad."""
-    w, x = case.weights(variant=get_impl(impl).variant), case.input()
+    w, x = case.weights(variant=variant_of(get_impl(impl))), case.input()
     if mode != "train":
         return w, x, None
     w.requires_grad_()

@@ -8,7 +8,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from torch import Tensor
 
 from bench.harness.cases import Case
+from bench.harness.kernels import copy_weights, trainable, variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
 from bench.harness.session import Settings
 from bench.harness.timing import (
@@ -29,10 +30,12 @@ from bench.harness.timing import (
 from bench.schema.entries import Entry, MemoryEntry, Paired, TimeEntry, TimerCheckEntry
 from bench.schema.run import entry_dict
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
-from lora_kernels.dora import DoRAWeights
 from lora_kernels.reference import forward_error, gradient_errors
 
-Weights = LoRAWeights | DoRAWeights
+if TYPE_CHECKING:
+    from lora_kernels.dora import DoRAWeights
+
+Weights: TypeAlias = "LoRAWeights | DoRAWeights"
 
 
 class Checked(NamedTuple):
@@ -93,13 +96,13 @@ def _sets(w: Weights, x: Tensor, copies: int) -> list[tuple[Weights, Tensor]]:
     flags."""
     out = [(w, x)]
     for _ in range(copies - 1):
-        out.append((w.copy(), x.detach().clone().requires_grad_(x.requires_grad)))
+        out.append((copy_weights(w), x.detach().clone().requires_grad_(x.requires_grad)))
     return out
 
 
 def base_of(w: Weights) -> LoRAWeights:
     """The LoRA tensors of w, on which `base` (the denominator of every ratio) is built."""
-    return w.lora if isinstance(w, DoRAWeights) else w
+    return w.lora if variant_of(w) == "dora" else w  # type: ignore[union-attr,return-value]
 
 
 def _call(op: Op, x: Tensor) -> Work:
@@ -127,7 +130,7 @@ def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     """Checked forward of the impl and of base on the case, rotating over `copies` copies of
     the weights and input (1: always the same, a warm cache)."""
     impl = runnable(impl_name, case, "infer")
-    w, x = case.weights(variant=impl.variant), case.input()
+    w, x = case.weights(variant=variant_of(impl)), case.input()
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
     op, copied = charge_copy(op, x)
@@ -143,13 +146,13 @@ def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     impl, and the frozen base step (forward, then dx), rotating over `copies` copies of the
     weights and input."""
     impl = runnable(impl_name, case, "train")
-    w = case.weights(variant=impl.variant).requires_grad_()
+    w = case.weights(variant=variant_of(impl)).requires_grad_()
     x = case.input().requires_grad_()
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
     grad_out = grad_out.to(x)
 
     def step_of(op: Op, w: Weights, x: Tensor) -> Work:
-        tensors = [x, *w.trainable().values()]
+        tensors = [x, *trainable(w)]
 
         def step() -> None:
             for t in tensors:

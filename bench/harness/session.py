@@ -12,6 +12,7 @@ import torch
 
 from bench.harness.cache import cache_bytes, copies_needed
 from bench.harness.cases import DTYPES, PROFILES, SHAPES, Case, Profile
+from bench.harness.kernels import variant_of
 from bench.harness.timing import Peaks, calibrate
 from bench.schema.entries import Entry
 from bench.schema.run import ImplInfo, RunMeta
@@ -131,7 +132,7 @@ class Settings:
             (c, name)
             for c in cases
             for name, impl in IMPLS.items()
-            if c in (dora if impl.variant == "dora" else lora)
+            if c in (dora if variant_of(impl) == "dora" else lora)
         ]
 
     def selected(self, jobs: list[J]) -> list[J]:
@@ -179,7 +180,7 @@ class Settings:
             cache=self.cache,
             cache_bytes=cache_bytes(device),
             impls=[
-                ImplInfo(i.name, i.origin, i.source, i.description, i.variant)
+                ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
                 for i in IMPLS.values()
             ],
             shapes=list(SHAPES),
