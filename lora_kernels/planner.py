@@ -10,6 +10,7 @@ out: both ways of training need them, and they depend on the attention kernel. N
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lora_kernels.presets import Preset
@@ -90,8 +91,8 @@ def plan(
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
         raise ValueError(f"tokens must be an int > 0 (tokens per training step), got {tokens!r}")
     alpha = float(rank if alpha is None else alpha)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
     names = preset.resolve(targets)
     for name in names:
         spec = preset.linears[name]

@@ -13,7 +13,7 @@ from bench.gates.ab import Options, run_ab
 from bench.gates.check import find_project
 from bench.report.ab import ab_markdown
 from bench.schema.ab import dump_ab
-from bench.schema.io import ResultError, write_atomic
+from bench.schema.io import ResultError, check_output, write_atomic
 
 PROFILES = ("tiny", "quick", "full")  # bench.cases.PROFILES, named here without torch
 DTYPES = ("fp32", "bf16", "fp16")
@@ -62,13 +62,18 @@ def options(args: argparse.Namespace) -> Options:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
+    outputs = [(Path(p), o) for p, o in ((args.json, "--json"), (args.markdown, "--markdown")) if p]
+    for path, option in outputs:  # before the first measurement
+        check_output(path, [], option)
+    if len(outputs) == 2 and outputs[0][0].resolve() == outputs[1][0].resolve():
+        raise ResultError("--json and --markdown name the same file; give two")
     run = run_ab(options(args))
     text = ab_markdown(run)
+    sys.stdout.write(text)  # the tables first: a file that fails to write loses nothing
     if args.json:
         write_atomic(Path(args.json), dump_ab(run))
     if args.markdown:
         write_atomic(Path(args.markdown), text)
-    sys.stdout.write(text)
     return 1 if run.regressions() else 0
 
 

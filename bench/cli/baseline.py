@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.schema.io import ResultError, write_atomic
+from bench.schema.io import ResultError, check_output, write_atomic
 from bench.schema.run import load_run
 
 
@@ -13,8 +13,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     run = load_run(args.result)
     folder = Path(args.dir) if args.dir else Path(args.result).parent
     target = folder / f"baseline-{run.meta.device}.json"
+    if target.resolve() == Path(args.result).resolve():
+        raise ResultError(f"{target} is the run itself; give another --dir")
     if target.exists() and not args.force:
         raise ResultError(f"{target} exists; pass --force to replace it")
+    check_output(target, [Path(args.result)], "--dir")
     write_atomic(target, Path(args.result).read_bytes())
     print(f"wrote {target}")
     return 0

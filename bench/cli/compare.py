@@ -8,11 +8,13 @@ from pathlib import Path
 
 from bench.report.base import render
 from bench.report.compare import compare_tables, one_sided
-from bench.schema.io import write_atomic
+from bench.schema.io import check_output, write_atomic
 from bench.schema.run import load_run
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output(Path(args.output), [Path(args.a), Path(args.b)], "-o")
     a, b = load_run(args.a), load_run(args.b)
     tables, only_a, only_b = compare_tables(a, b)
     text = render(tables, args.format)

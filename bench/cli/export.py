@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from bench.report.export import FORMATS, github_action_benchmark
-from bench.schema.io import write_atomic
+from bench.schema.io import check_output, write_atomic
 from bench.schema.run import load_run
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output(Path(args.output), [Path(args.result)], "-o")
     entries = github_action_benchmark(load_run(args.result))
     text = json.dumps(entries, indent=1, ensure_ascii=False) + "\n"
     if args.output:

@@ -51,8 +51,28 @@ def pytest_configure(config: pytest.Config) -> None:
             load_plugins(settings.impl_specs)
         except PluginError as err:
             raise pytest.UsageError(str(err)) from None
+    unknown = [i for i in settings.only if i not in case_ids(settings)]
+    if unknown:
+        pytest.exit(  # exit 2, as lora-bench ab refuses it: unusable input
+            f"--lora-only {', '.join(map(repr, unknown))}: no such case in profile "
+            f"{settings.profile.name!r}; its cases: {', '.join(case_ids(settings))}",
+            returncode=2,
+        )
     config.stash[SETTINGS] = settings
     config.stash[STARTED] = False
+
+
+def case_ids(settings: Settings) -> list[str]:
+    """Every case and job id of the profile on the run's devices, in order, once each."""
+    profile, devices, dtypes = settings.profile, settings.devices, settings.dtypes
+    cases = [
+        *profile.cases(devices, dtypes),
+        *profile.memory_cases(devices, dtypes),
+        *profile.timer_cases(devices, dtypes),
+        *profile.dora_cases(devices, dtypes),
+    ]
+    jobs = [*model_jobs(profile.name, devices), *multi_jobs(profile.name, devices)]
+    return list(dict.fromkeys([*map(str, cases), *(str(j.case) for j in jobs)]))
 
 
 def started(config: pytest.Config) -> Settings:

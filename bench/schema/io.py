@@ -17,8 +17,11 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder and os.replace, so a
     reader never sees a half-written file and a failed write leaves the old one intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise ResultError(f"{path}: cannot write it ({err.strerror})") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -44,6 +47,21 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise ResultError(f"{folder}: cannot write results there ({err.strerror})") from None
+
+
+def check_output(path: Path, inputs: list[Path], option: str) -> None:
+    """Before any work: `path` (what `option` names) must not be one of the inputs, nor a
+    folder, and its folder must take a file. ResultError naming the path when not."""
+    path = Path(path)
+    for given in inputs:
+        if path.resolve() == Path(given).resolve():
+            raise ResultError(f"{option} {path}: that is an input of this command; write elsewhere")
+    if path.is_dir():
+        raise ResultError(f"{option} {path}: is a folder; give a file name")
+    try:
+        check_writable(path.parent)
+    except ResultError:
+        raise ResultError(f"{option} {path}: its folder cannot be written") from None
 
 
 def read_json(path: str | Path, what: str = "results file") -> object:
