@@ -71,8 +71,9 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    jobs = [*model_jobs(profile.name, devices), *multi_jobs(profile.name, devices)]
-    return list(dict.fromkeys([*map(str, cases), *(str(j.case) for j in jobs)]))
+    models, multis = model_jobs(profile.name, devices), multi_jobs(profile.name, devices)
+    jobs = [str(j.case) for j in models] + [str(j.case) for j in multis]
+    return list(dict.fromkeys([*map(str, cases), *jobs]))
 
 
 def started(config: pytest.Config) -> Settings:
