@@ -34,7 +34,7 @@ HALF_BOUND = 0.05
 CHECKS = settings(
     max_examples=150,
     deadline=None,
-    derandomize=True,  # the same examples in every CI run; explore with --hypothesis-seed
+    derandomize=True,  # the same examples in every CI run; False locally to explore
     suppress_health_check=[HealthCheck.too_slow],
 )
 

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
-from bench.schema.decode import from_dict, parse_entries
+from bench.schema.decode import from_dict, parse_entries, positive_seconds
 from bench.schema.io import ResultError, read_json
 from bench.stats.ranks import ratio_summary
 from bench.stats.verdicts import REGRESSION, SAME, memory_status, time_status
@@ -72,6 +72,10 @@ class AbTime:
     def __post_init__(self) -> None:
         if len(self.base_s) != len(self.current_s) or not self.base_s:
             raise ValueError("an A/B entry needs as many base as current rounds, at least one")
+        if self.inner < 1:
+            raise ValueError(f"inner must be >= 1 op a round, got {self.inner}")
+        positive_seconds("base_s", self.base_s)
+        positive_seconds("current_s", self.current_s)
 
     @cached_property
     def summary(self) -> tuple[float, float, float, float]:

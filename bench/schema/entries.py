@@ -8,6 +8,8 @@ import statistics
 from dataclasses import dataclass
 from typing import ClassVar
 
+from bench.schema.decode import positive, positive_seconds
+
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """(q1, median, q3) with the inclusive method; a single value gives three equal ones."""
@@ -31,6 +33,10 @@ class Paired:
                 f"paired rounds need as many base as impl rounds, at least one; got "
                 f"{len(self.impl_s)} and {len(self.base_s)}"
             )
+        if self.inner < 1:
+            raise ValueError(f"inner must be >= 1 op a round, got {self.inner}")
+        positive_seconds("impl_s", self.impl_s)
+        positive_seconds("base_s", self.base_s)
 
     @property
     def ratios(self) -> list[float]:
@@ -90,6 +96,9 @@ class TimeEntry(CaseEntry):
     copies: int  # sets of weights and input the calls rotated over (1: a warm cache)
     rounds: Paired
 
+    def __post_init__(self) -> None:
+        positive("flops, min_bytes and floor_s", [self.flops, self.min_bytes, self.floor_s])
+
     @property
     def ratio_to_base(self) -> float:
         return self.rounds.ratio
@@ -147,6 +156,9 @@ class TimerCheckEntry(CaseEntry):
     copies: int
     ours_s: float
     references: dict[str, float]  # timer name -> seconds per call
+
+    def __post_init__(self) -> None:
+        positive_seconds("ours_s", [self.ours_s, *self.references.values()])
 
 
 class PairedTokens:

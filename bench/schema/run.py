@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.schema.decode import from_dict, parse_entries
+from bench.schema.decode import from_dict, parse_entries, positive
 from bench.schema.entries import (
     ENTRY_KINDS,
     Entry,
@@ -27,6 +27,7 @@ from bench.schema.entries import (
 from bench.schema.io import ResultError, read_json
 
 SCHEMA = 2  # version of the whole file; load_run refuses any other
+PEAKS = ("gemm_gflops", "copy_gbs")  # the calibrated peaks the tables divide by
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class RunMeta:
     peaks_start: dict[str, dict[str, float]]  # "device/dtype" -> gemm_gflops, copy_gbs, ...
     peaks_end: dict[str, dict[str, float]]
     schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        for name, peaks in (("peaks_start", self.peaks_start), ("peaks_end", self.peaks_end)):
+            for key, peak in peaks.items():
+                if set(peak) < set(PEAKS):
+                    raise ValueError(f"{name}[{key!r}] needs {', '.join(PEAKS)}, got {set(peak)}")
+                positive(f"{name}[{key!r}]", [peak[p] for p in PEAKS])
 
 
 @dataclass(frozen=True)
