@@ -279,5 +279,6 @@ def _convert(layer: Any, adapter: str, impl: str) -> LoRALinear:
     )  # fmt: skip
     new.scale = float(layer.scaling[adapter])
     new.alpha = float(layer.lora_alpha[adapter])
-    new.merged = adapter in layer.merged_adapters
+    if adapter in layer.merged_adapters:
+        new.adopt_merged()  # PEFT folded this adapter into W already
     return new.train(layer.training)

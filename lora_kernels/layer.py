@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,46 @@ def frozen_base(
     return base.requires_grad_(False)
 
 
+@dataclass
+class _Folded:
+    """The adapter merge() folded into W: copies of A and B, the scale and DoRA's factor."""
+
+    A: Tensor
+    B: Tensor
+    scale: float
+    factor: Tensor | None
+    key: tuple  # LoRALinear._adapter_key() at the fold
+
+
+def _fold(w: LoRAWeights | DoRAWeights) -> tuple[Tensor, Tensor | None]:
+    """(merged W, DoRA's factor m / ‖W + s·B A‖ or None), without writing anything."""
+    if not isinstance(w, DoRAWeights):
+        return w.merged_weight(), None
+    c = w.magnitude_scale()
+    zero = int((c == 0).sum())
+    if zero:
+        raise ValueError(
+            f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
+            "merging would erase them from W, and unmerge() could not restore them"
+        )
+    return w.merged_weight(c), c
+
+
+class _MergedCannotTrain(torch.autograd.Function):
+    """y unchanged, tied to A and B so that a backward says why it cannot reach them."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, A: Tensor, B: Tensor) -> Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        raise RuntimeError(
+            "this LoRALinear is merged: W holds s·B A, so no gradient reaches lora_A or "
+            "lora_B; call unmerge() before training it"
+        )
+
+
 class LoRALinear(nn.Module):
     """LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) on a frozen linear layer.
 
@@ -161,7 +202,7 @@ class LoRALinear(nn.Module):
         self._ops: dict[str, _Built] = {}
         self.impl = impl or ("dora_factored" if use_dora else "two_step")
         self.merged = False
-        self._merge_scale: Tensor | None = None  # DoRA's m / ‖V‖ at merge, for unmerge
+        self._folded: _Folded | None = None  # what merge() folded into W, to take it out
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: Any) -> LoRALinear:
@@ -217,10 +258,15 @@ class LoRALinear(nn.Module):
         return built
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged:
-            self._built("infer").check(x)
-            return self.base(x)
         A, B = self._lora
+        if self.merged:
+            if self._folded is None or self._folded.key != self._adapter_key():
+                self._refold()  # the adapter changed since merge(): W follows it
+            self._built("infer").check(x)
+            y = self.base(x)
+            if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+                return _MergedCannotTrain.apply(y, A, B)
+            return y
         if self.training and self._dropout_p > 0:
             built = self._built("train")
             built.check(x)
@@ -256,45 +302,73 @@ class LoRALinear(nn.Module):
 
     def _merged(self) -> tuple[Tensor, Tensor | None]:
         """(merged W, DoRA's factor m / ‖W + s·B A‖ or None); see merged_weight."""
-        w = self.weights()
-        if not isinstance(w, DoRAWeights):
-            return w.merged_weight(), None
-        c = w.magnitude_scale()
-        zero = int((c == 0).sum())
-        if zero:
-            raise ValueError(
-                f"{zero} rows have m / ‖W + s·B A‖ = 0 (a zero magnitude or a zero row): "
-                "merging would erase them from W, and unmerge() could not restore them"
-            )
-        return w.merged_weight(c), c
+        return _fold(self.weights())
+
+    def _adapter_key(self) -> tuple:
+        """What identifies the adapter now: its tensors, their versions and the scale."""
+        A, B = self._lora
+        m = self._parameters.get("lora_magnitude")
+        return (id(A), A._version, id(B), B._version, id(m), 0 if m is None else m._version,
+                self.scale)  # fmt: skip
+
+    def _remember_fold(self, factor: Tensor | None) -> None:
+        A, B = self._lora
+        self._folded = _Folded(A.detach().clone(), B.detach().clone(), self.scale, factor,
+                               self._adapter_key())  # fmt: skip
+
+    def _unfolded_weight(self) -> Tensor:
+        """W as it was before merge(): the merged W less the adapter that merge() folded in
+        (not the adapter of now, which may have changed since). Exact up to fp32 rounding."""
+        if self._folded is None:
+            raise ValueError("the layer is marked merged but holds no record of what it merged")
+        f = self._folded
+        W = self.base.weight.float()
+        if f.factor is not None:
+            W = W.div(f.factor.to(W.device)[:, None])
+        W = W.addmm_(f.B.float(), f.A.float(), alpha=-f.scale).to(self.base.weight.dtype)
+        if not all_finite(W):
+            raise ValueError("unmerging gives non-finite weights; W is left merged")
+        return W
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the adapter into W (see merged_weight); W is untouched if that raises."""
+        """Fold the adapter into W (see merged_weight); W is untouched if that raises. The
+        folded adapter is kept (r·(in + out) values), so unmerge() restores W even if lora_A
+        or lora_B change meanwhile; a merged forward follows such a change."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        merged, self._merge_scale = self._merged()
+        merged, factor = self._merged()
         self.base.weight.copy_(merged)
+        self._remember_fold(factor)
+        self.merged = True
+
+    @torch.no_grad()
+    def adopt_merged(self) -> None:
+        """Mark the layer merged because W already holds the current adapter (PEFT merged it);
+        LoRA only, as DoRA's factor cannot be recovered from W."""
+        if self.use_dora:
+            raise ValueError("adopt_merged() is for LoRA layers; DoRA's factor is not in W")
+        self._remember_fold(None)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take the adapter out of W again; exact up to fp32 rounding. DoRA divides by the
-        factor m / ‖W + s·B A‖ that merge() used, then subtracts s·B A."""
+        """Take out of W the adapter that merge() folded in (DoRA: divide by the factor
+        m / ‖W + s·B A‖ it used, then subtract s·B A); exact up to fp32 rounding."""
         if not self.merged:
             raise ValueError("unmerge() called on a layer that is not merged; merge() first")
-        w = self.weights()
-        if self._merge_scale is None:
-            self.base.weight.copy_(cast(LoRAWeights, w).merged_weight(-1.0))  # LoRA: no factor
-        else:
-            c = self._merge_scale.to(self.base.weight.device)
-            W = self.base.weight.float().div_(c[:, None])
-            W = W.addmm_(w.B.float(), w.A.float(), alpha=-self.scale).to(w.dtype)
-            if not all_finite(W):
-                raise ValueError("unmerging gives non-finite weights; W is left merged")
-            self.base.weight.copy_(W)
-            self._merge_scale = None
+        self.base.weight.copy_(self._unfolded_weight())
+        self._folded = None
         self.merged = False
+
+    @torch.no_grad()
+    def _refold(self) -> None:
+        """Replace the folded adapter with the current one, computed in full before W is
+        written, so a refusal (non-finite, a zero DoRA factor) leaves W as it was."""
+        original = dataclasses.replace(self.weights(), W=self._unfolded_weight())
+        merged, factor = _fold(original)
+        self.base.weight.copy_(merged)
+        self._remember_fold(factor)
 
     def extra_repr(self) -> str:
         return (

@@ -227,3 +227,31 @@ def test_compiled_never_falls_back_to_eager() -> None:
         assert rel_error(y, ref) <= 1e-5 and rel_error(y_infer, ref) <= 1e-5
     assert counters["stats"]["unique_graphs"] >= 24, dict(counters["stats"])
     assert torch._dynamo.config.fail_on_recompile_limit_hit
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_a_change_to_the_adapter_while_merged_is_followed_and_undone(use_dora: bool) -> None:
+    """lora_A changed in place while merged: the merged forward computes the new adapter,
+    and unmerge() restores the original W (it takes out what merge() folded in)."""
+    torch.manual_seed(0)
+    layer = LoRALinear(32, 24, 4, use_dora=use_dora)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    W0, x = layer.base.weight.detach().clone(), torch.randn(5, 32)
+    layer.merge()
+    with torch.no_grad():
+        layer.lora_A.add_(0.5)
+    merged_y = layer(x)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, W0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged_y, layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_a_merged_layer_says_why_it_cannot() -> None:
+    layer = LoRALinear(16, 8, 2)
+    layer.merge()
+    y = layer(torch.randn(3, 16))
+    with pytest.raises(RuntimeError, match="merged: W holds s·B A.*call unmerge"):
+        y.sum().backward()
+    with torch.no_grad():
+        assert not layer(torch.randn(3, 16)).requires_grad  # inference pays nothing
