@@ -110,8 +110,16 @@ def inject(
     use_dora=True makes them DoRA layers; impl defaults to LoRALinear's (two_step, or
     dora_factored with DoRA).
 
-    Every selected layer is checked (rank <= min(in, out)) before the model is changed.
+    Everything is checked before the model changes: a model that holds LoRA layers already,
+    the targets, the rank of every layer, and every LoRALinear argument (dropout, alpha, the
+    base's dtype); the layers are built first and put in place only when all of them built.
     """
+    held = [name for name, _ in lora_layers(model)] if isinstance(model, nn.Module) else []
+    if held:
+        raise ValueError(
+            f"the model already holds {len(held)} LoRA layers ({held[0]}, ...); inject() once, "
+            "and use set_impl() or merge() to change them"
+        )
     if impl is not None and get_impl(impl).variant != ("dora" if use_dora else "lora"):
         raise ValueError(
             f"impl {impl!r} computes {get_impl(impl).variant}; use_dora={use_dora} needs a "
@@ -126,15 +134,24 @@ def inject(
                 f"rank must be an int in [1, {limit}] for {name} "
                 f"({base.in_features} -> {base.out_features}), got {rank!r}"
             )
-    model.requires_grad_(False)
+    flags = {p: p.requires_grad for p in model.parameters()}
     new = {}
-    for name, base in bases.items():
-        layer = LoRALinear.from_linear(
-            base, rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout, impl=impl,
-            use_dora=use_dora,
-        ).train(chosen[name].training)  # fmt: skip
+    try:  # building freezes each base: undone if a later one is refused
+        for name, base in bases.items():
+            try:
+                new[name] = LoRALinear.from_linear(
+                    base, rank, alpha=alpha, use_rslora=use_rslora, dropout=dropout, impl=impl,
+                    use_dora=use_dora,
+                ).train(chosen[name].training)  # fmt: skip
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{name}: {err}") from None
+    except (TypeError, ValueError):
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        raise
+    model.requires_grad_(False)
+    for name, layer in new.items():
         _replace(model, name, layer)
-        new[name] = layer
     return new
 
 
@@ -175,9 +192,16 @@ def unmerge(model: nn.Module) -> None:
 
 
 def set_impl(model: nn.Module, impl: str) -> None:
-    """Use `impl` for every LoRALinear of the model."""
-    get_impl(impl)
-    for layer in _all(model):
+    """Use `impl` for every LoRALinear of the model; none changes if one cannot take it."""
+    variant = get_impl(impl).variant
+    layers = _all(model)
+    wrong = [layer for layer in layers if variant != ("dora" if layer.use_dora else "lora")]
+    if wrong:
+        raise ValueError(
+            f"impl {impl!r} computes {variant}, but {len(wrong)} of {len(layers)} LoRA layers "
+            f"are {'dora' if wrong[0].use_dora else 'lora'}; pick an impl of their variant"
+        )
+    for layer in layers:
         layer.impl = impl
 
 
@@ -241,8 +265,9 @@ def from_peft(
     stays merged. Returns the new layers by name; the model computes the same function.
 
     Refused, before anything changes: not a PEFT model, LoRA layers that are not Linear,
-    DoRA and other variants, lora_bias, disabled adapters, mixed dtypes, and several adapters
-    unless `adapter` names one (the others are dropped from the converted layers).
+    DoRA and other variants, lora_bias, disabled adapters, mixed dtypes, several adapters
+    unless `adapter` names one (the others are dropped from the converted layers), and an
+    `adapter` other than the one PEFT runs (the model would mix the two).
     """
     if importlib.util.find_spec("peft") is None:
         raise TypeError("from_peft needs a PEFT model, and peft is not installed")
@@ -256,6 +281,12 @@ def from_peft(
     if not layers:
         raise ValueError("the PEFT model has no LoRA layer (is it a LoRA model?)")
     adapter = _adapter_of(layers, adapter)
+    others = sorted({a for m in layers.values() for a in m.active_adapters if a != adapter})
+    if others:  # those layers would keep computing another adapter: a hybrid of two
+        raise ValueError(
+            f"adapter {adapter!r} is not the one PEFT runs: its layers run {others}; call "
+            f"model.set_adapter({adapter!r}) first, or convert {others[0]!r}"
+        )
     layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
     reasons = [r for n, m in layers.items() if (r := peft_refusal(n, m, adapter))]
     if reasons:

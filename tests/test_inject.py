@@ -221,10 +221,80 @@ def test_from_peft_refusals_change_nothing() -> None:
     two.add_adapter("other", LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"2 adapters \['default', 'other'\]; pass adapter="):
         from_peft(two)
+    state = {k: v.clone() for k, v in two.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'other' is not the one PEFT runs: .* \['default'\]"):
+        from_peft(two, adapter="other")  # the layers it leaves would still run 'default'
+    assert not list(lora_layers(two))
+    assert all(torch.equal(state[k], v) for k, v in two.state_dict().items())
+    two.set_adapter("other")
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(3))
+    want = two(ids).logits.detach()
     assert len(from_peft(two, adapter="other")) == 2  # q_proj of both blocks
+    assert rel_error(two(ids).logits, want) <= 1e-5  # the function of 'other' alone
     half = peft_model("llama").to(torch.bfloat16)
     for module in half.modules():
         if hasattr(module, "lora_A"):
             module.lora_A.float()
     with pytest.raises(ValueError, match="LoRALinear keeps one dtype"):
         from_peft(half)
+
+
+def snapshot(model: nn.Module) -> tuple:
+    """Everything a refusal must leave as it was: each module's type and mode, each
+    parameter's and buffer's values, identity and grad flag, and each layer's merged state."""
+    return (
+        [(n, type(m), m.training, getattr(m, "merged", None)) for n, m in model.named_modules()],
+        [(n, id(p), p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()],
+        [(n, b.clone()) for n, b in model.named_buffers()],
+    )
+
+
+def same(a: tuple, b: tuple) -> bool:
+    modules_a, params_a, buffers_a = a
+    modules_b, params_b, buffers_b = b
+    return (
+        modules_a == modules_b
+        and [(n, i, g) for n, i, _, g in params_a] == [(n, i, g) for n, i, _, g in params_b]
+        and all(torch.equal(x[2], y[2]) for x, y in zip(params_a, params_b, strict=True))
+        and all(torch.equal(x[1], y[1]) for x, y in zip(buffers_a, buffers_b, strict=True))
+    )
+
+
+class Mixed(Block):
+    """Block with one fp64 layer, which LoRALinear cannot hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v_proj = nn.Linear(16, 8, bias=False, dtype=torch.float64)
+
+
+REFUSALS = [
+    ("inject: dropout", Block, lambda m: inject(m, "all-linear", 2, dropout=1.5), "dropout"),
+    ("inject: alpha", Block, lambda m: inject(m, "all-linear", 2, alpha=-1.0), "alpha"),
+    ("inject: fp64 layer", Mixed, lambda m: inject(m, "all-linear", 2), "v_proj: base.weight"),
+    ("inject: rank", Block, lambda m: inject(m, "all-linear", 9), "rank must be an int"),
+    ("inject: impl", Block, lambda m: inject(m, "all-linear", 2, impl="nope"), "unknown impl"),
+    ("inject twice", "injected", lambda m: inject(m, "all-linear", 2), "already holds 3 LoRA"),
+    ("merge twice", "merged", merge, "merged already"),
+    ("unmerge unmerged", "injected", unmerge, "not merged"),
+    ("set_impl: unknown", "injected", lambda m: set_impl(m, "nope"), "unknown impl"),
+    ("set_impl: DoRA impl", "injected", lambda m: set_impl(m, "dora_factored"), "computes dora"),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "make", "refused", "message"), REFUSALS, ids=[r[0] for r in REFUSALS]
+)
+def test_a_refusal_changes_nothing(what: str, make: object, refused, message: str) -> None:
+    torch.manual_seed(0)
+    if isinstance(make, str):
+        model = Block()
+        inject(model, "all-linear", 2)
+        if make == "merged":
+            merge(model)
+    else:
+        model = make()  # type: ignore[operator]
+    before = snapshot(model)
+    with pytest.raises((TypeError, ValueError), match=message):
+        refused(model)
+    assert same(before, snapshot(model)), what

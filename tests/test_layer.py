@@ -251,7 +251,7 @@ def test_training_a_merged_layer_says_why_it_cannot() -> None:
     layer = LoRALinear(16, 8, 2)
     layer.merge()
     y = layer(torch.randn(3, 16))
-    with pytest.raises(RuntimeError, match="merged: W holds s·B A.*call unmerge"):
+    with pytest.raises(RuntimeError, match=r"merged: W holds s·B A.*call unmerge"):
         y.sum().backward()
     with torch.no_grad():
         assert not layer(torch.randn(3, 16)).requires_grad  # inference pays nothing
