@@ -112,6 +112,7 @@ class CheckResult:
     worst: float  # largest relative error seen (0 for the inputs check)
     tol: float
     failure: str = ""  # the first failing shape and why; "" when it passed
+    computed: int | None = None  # shapes whose error was measured (None: all of them)
 
     @property
     def passed(self) -> bool:
@@ -170,7 +171,7 @@ def run_checks(
     zero_rows=False leaves DoRA's zero-row shapes out (for PEFT, which gives NaN there)."""
     tol = tolerance(dtype, device)
     check = "forward" if mode == "infer" else "forward and gradients"
-    worst, failure, untouched = 0.0, "", ""
+    worst, failure, untouched, computed = 0.0, "", "", 0
     for i, shape in enumerate(shapes):
         seed = 100 + i
         w, x = shape.make(dtype, device, seed, impl=impl, zero_rows=zero_rows)
@@ -179,7 +180,7 @@ def run_checks(
         except Exception as err:  # a claimed dtype or shape that the impl cannot run
             failure = failure or f"{shape.label}: raised {type(err).__name__}: {err}"
             continue
-        worst = max(worst, *errors.values())
+        worst, computed = max(worst, *errors.values()), computed + 1
         bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= tol}
         if bad and not failure:
             dims = f"{shape.lead}x{shape.in_f}->{shape.out_f} r={shape.rank}"
@@ -190,9 +191,17 @@ def run_checks(
             untouched = f"{shape.label}: the op wrote into one of x, {', '.join(w._named())}"
     name = dtype_name(dtype)
     return [
-        CheckResult(device, name, mode, check, len(shapes), worst, tol, failure),
+        CheckResult(device, name, mode, check, len(shapes), worst, tol, failure, computed),
         CheckResult(device, name, mode, "inputs unchanged", len(shapes), 0.0, 0.0, untouched),
     ]
+
+
+def _worst(r: CheckResult) -> str:
+    """The worst error, over the shapes that ran: none, when every one raised."""
+    if r.computed == 0:
+        return "none ran"
+    partly = "" if r.computed in (None, r.shapes) else f" ({r.computed} of {r.shapes} ran)"
+    return f"{r.worst:.2e}{partly}"
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,7 @@ class Report:
     def render(self) -> str:
         rows = [
             [r.device, r.dtype, r.mode, r.check, r.shapes,
-             "" if r.check == "inputs unchanged" else f"{r.worst:.2e}",
+             "" if r.check == "inputs unchanged" else _worst(r),
              "" if r.check == "inputs unchanged" else f"{r.tol:g}",
              "pass" if r.passed else f"FAIL: {r.failure}"]
             for r in self.results

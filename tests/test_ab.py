@@ -349,6 +349,6 @@ def test_the_base_side_imports_only_the_base_commits_kernels(
     out = capsys.readouterr().out
     run = load_ab(out_json)
     assert [p.message for p in run.of(AbProblem)] == [], out
-    assert code == 0, out
+    assert code in (0, 1), out  # 1: a timing verdict, which 0.05 s of rounds may give
     assert {(t.impl, t.mode) for t in run.of(AbTime)} == {("addmm", "infer"), ("addmm", "train")}
     assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("addmm", "infer"), ("addmm", "train")}

@@ -108,6 +108,10 @@ def test_verify_reports_and_counts() -> None:
     bad = verify(_broken("bad", _fp32_only), shapes=SHAPES[:3])
     assert not bad.passed
     assert "4 of 12 checks failed" in bad.render()
+    # a check whose op raised on every shape shows no error figure, not 0.00e+00
+    half = [r for r in bad.results if r.dtype == "fp16" and r.check.startswith("forward")]
+    assert half and all(r.computed == 0 for r in half)
+    assert "none ran" in bad.render() and "| 0.00e+00" not in bad.render()
     cuda_only = verify(_broken("gpu", _lora, devices=frozenset({"cuda"})))
     if not torch.cuda.is_available():
         assert not cuda_only.passed

@@ -85,6 +85,9 @@ def test_bad_input_changes_nothing() -> None:
         layer(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown multi-adapter impl 'sgmv'"):
         layer.impl = "sgmv"
+    per_sequence = r"give one id per sequence, shape \(batch,\) = \(2,\), or one per token"
+    with pytest.raises(ValueError, match=per_sequence):
+        layer(torch.randn(2, 3, 24), torch.tensor([0, 1, 2]))
     assert torch.equal(layer.lora_A, before) and torch.equal(ids, torch.tensor([0, 3, 1]))
 
 

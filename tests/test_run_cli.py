@@ -32,6 +32,7 @@ def test_the_option_table_matches_the_harness() -> None:
         (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["run", "--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["report", "x.json", "--", "-k", "forward"], "only `run` passes options after --"),
+        (["check", "a.json", "b.json", "--max-slowdown", "-5%"], "goes after '='"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(

@@ -35,6 +35,8 @@ class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line on stderr and exit 2."""
 
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):  # argparse takes "-5%" for an option
+            message += " (a value that starts with '-' goes after '=': --max-slowdown=-5%)"
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 

@@ -123,6 +123,15 @@ class MultiLoRALinear(nn.Module):
         per_sequence = isinstance(x, Tensor) and x.dim() > 2 and isinstance(adapter_ids, Tensor)
         if per_sequence and adapter_ids.shape == x.shape[:1]:
             adapter_ids = adapter_ids[:, None].expand(x.shape[:2]).reshape(x.shape[:-1])
+        elif per_sequence:
+            tokens = (x.numel() // x.shape[-1],)
+            allowed = {tuple(x.shape[:1]), tuple(x.shape[:-1]), tokens}
+            if tuple(adapter_ids.shape) not in allowed:
+                raise ValueError(
+                    f"adapter_ids has shape {tuple(adapter_ids.shape)}: give one id per sequence, "
+                    f"shape (batch,) = {tuple(x.shape[:1])}, or one per token, shape "
+                    f"{tuple(x.shape[:-1])} or {tokens}"
+                )
         return op(x, w.check_index(adapter_ids, x))  # checks x too
 
     def _apply(self, fn, recurse=True):  # nn.Module's signature
