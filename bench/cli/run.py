@@ -6,6 +6,8 @@ after `--`."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from bench.plugin.options import OPTIONS
@@ -30,9 +32,9 @@ def pytest_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     check_writable(Path(args.lora_results))  # before anything is measured
-    import pytest  # the bench's own dependency; the readers never need it
-
-    code = int(pytest.main(pytest_argv(args, args.pytest_args)))
+    # pytest in a fresh interpreter: none of this command's imports leak into the run
+    cmd = [sys.executable, "-m", "pytest", *pytest_argv(args, args.pytest_args)]
+    code = subprocess.run(cmd, check=False).returncode
     return 2 if code == PYTEST_USAGE_ERROR else code
 
 
