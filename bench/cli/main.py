@@ -1,6 +1,7 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
-JSONs and import neither torch nor the registry; ab drives two side processes and imports no
-torch itself; run, impls, verify and plan load torch.
+report, compare, check, plot, baseline and export read results JSONs and import neither torch
+nor the registry; ab drives two side processes and imports no torch itself; run, impls,
+verify and plan load torch.
 
 Exit codes: 0 fine, 1 regressions found by `check` or `ab` or failures found by `verify`,
 2 unusable input (one line on stderr).

@@ -106,9 +106,9 @@ def pipes(proc: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
 
 @dataclass
 class CpuProbe:
-    """A child process that answers one JSON line per measurement request. It loads the
-    same plugins as the parent: the installed ones and `impl_specs`; and `lora_kernels` from
-    `kernels` when given, else from where the parent would."""
+    """A child process that answers one JSON line per measurement request: `server` run as a
+    module, with the same plugins as the parent (the installed ones and `impl_specs`). ab's
+    sides start it through bench.gates.with_kernels, so it imports their tree's kernels."""
 
     threads: int
     impl_specs: list[str]

@@ -51,11 +51,12 @@ def pytest_configure(config: pytest.Config) -> None:
             load_plugins(settings.impl_specs)
         except PluginError as err:
             raise pytest.UsageError(str(err)) from None
-    unknown = [i for i in settings.only if i not in case_ids(settings)]
+    known = case_ids(settings) if settings.only else []
+    unknown = [i for i in settings.only if i not in known]
     if unknown:
         pytest.exit(  # exit 2, as lora-bench ab refuses it: unusable input
             f"--lora-only {', '.join(map(repr, unknown))}: no such case in profile "
-            f"{settings.profile.name!r}; its cases: {', '.join(case_ids(settings))}",
+            f"{settings.profile.name!r}; its cases: {', '.join(known)}",
             returncode=2,
         )
     config.stash[SETTINGS] = settings

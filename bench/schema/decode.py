@@ -47,18 +47,16 @@ def _check_value(where: str, value: object, typ: Any) -> object:
     return float(value) if typ is float else value
 
 
-def positive(where: str, values: list[float]) -> None:
+def positive(where: str, values: list[float], unit: str = "") -> None:
     """ValueError unless every value is > 0: what the tables divide by."""
     bad = [v for v in values if not v > 0]
     if bad:
-        raise ValueError(f"{where} must be > 0, got {bad[0]!r}")
+        raise ValueError(f"{where} must be {unit + ' ' if unit else ''}> 0, got {bad[0]!r}")
 
 
 def positive_seconds(where: str, seconds: list[float]) -> None:
     """ValueError unless every time is > 0: a round cannot take no time."""
-    bad = [s for s in seconds if not s > 0]
-    if bad:
-        raise ValueError(f"{where} must be seconds > 0, got {bad[0]!r}")
+    positive(where, seconds, "seconds")
 
 
 def from_dict(cls: type[T], data: dict, where: str) -> T:
