@@ -13,8 +13,8 @@ import pytest
 
 from bench.cli.main import main
 from bench.gates import gitref
-from bench.gates.ab import Progress
-from bench.gates.plan import match_cases, select
+from bench.gates.ab import Options, Progress, compare_item
+from bench.gates.plan import Item, match_cases, select
 from bench.report.ab import ab_markdown
 from bench.schema.ab import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
 from bench.schema.io import ResultError
@@ -352,3 +352,46 @@ def test_the_base_side_imports_only_the_base_commits_kernels(
     assert code in (0, 1), out  # 1: a timing verdict, which 0.05 s of rounds may give
     assert {(t.impl, t.mode) for t in run.of(AbTime)} == {("addmm", "infer"), ("addmm", "train")}
     assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("addmm", "infer"), ("addmm", "train")}
+
+
+class FakeSide:
+    """A side whose op takes `op_s`, except right after the other side ran: then `penalty`
+    times as long (the other side's idle threads still hold a core)."""
+
+    def __init__(self, name: str, op_s: float, log: list[str], penalty: float = 2.0) -> None:
+        self.name, self.op_s, self.log, self.penalty = name, op_s, log, penalty
+
+    def ask(self, op: str, **request: object) -> dict:
+        self.send(op, **request)
+        return self.receive()
+
+    def send(self, op: str, **request: object) -> None:
+        self.op = op
+
+    def receive(self) -> dict:
+        if self.op == "setup":
+            return {"rel_error": 1e-7, "build_s": 0.0, "copied_output": False}
+        if self.op == "warm":
+            return {"per_call_s": self.op_s}
+        after_other = bool(self.log) and self.log[-1] != self.name
+        self.log.append(self.name)
+        return {"s": self.op_s * (self.penalty if after_other else 1.0)}
+
+
+def test_abba_quads_cancel_what_the_side_before_leaves_behind() -> None:
+    """Whichever side runs second in a pair is twice as slow: base-first pairs would read 2.0;
+    quads of base, current, current, base read the true 1.0, and stop once that is sure."""
+    log: list[str] = []
+    sides = {"base": FakeSide("base", 1e-3, log), "current": FakeSide("current", 1e-3, log)}
+    item = Item(CASES[0], "addmm", "infer")
+    opts = Options("HEAD", ROOT, memory=False, seconds=60.0)
+    (entry,) = compare_item(sides, item, opts)  # type: ignore[arg-type]
+    assert isinstance(entry, AbTime) and entry.order == "abba"
+    assert log[:8] == ["base", "current", "current", "base"] * 2
+    assert entry.ratio == pytest.approx(1.0) and entry.stopped == "sure"
+    assert len(entry.base_s) == 2 * opts.min_quads
+    slower = {"base": FakeSide("base", 1e-3, []), "current": FakeSide("current", 1.06e-3, [])}
+    slower["base"].log = slower["current"].log  # one machine, one log
+    (entry,) = compare_item(slower, item, opts)  # type: ignore[arg-type]
+    assert entry.ratio == pytest.approx(1.06)
+    assert entry.status(0.05, 0.01) == "regression"  # type: ignore[union-attr]

@@ -68,6 +68,7 @@ def test_profiles_expand_to_valid_cases() -> None:
     quick = PROFILES["quick"].cases(["cpu", "cuda"], {"cpu": ["fp32"], "cuda": ["bf16"]})
     assert {c.device for c in quick} == {"cpu", "cuda"}
     assert len({str(c) for c in quick}) == len(quick), "ids must be unique"
-    assert {c.tokens for c in quick} >= {1, 16, 512, 2048}
+    cpu = [c for c in quick if c.device == "cpu"]
+    assert any(c.tokens <= 16 for c in cpu) and any(c.tokens >= 512 for c in cpu)
     long = {(c.device, c.tokens) for c in quick if c.tokens >= 4096}
     assert long == {("cuda", 4096), ("cuda", 8192)}, "long prefill on CUDA only"

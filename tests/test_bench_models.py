@@ -20,8 +20,8 @@ from lora_kernels import IMPLS, get_preset
 
 def test_quick_jobs_stay_small_and_full_runs_every_impl() -> None:
     quick = model_jobs("quick", ["cpu"])
-    assert {str(j.case) for j in quick} == {
-        "llama-cpu attn T=128 r=16 fp32 cpu",
+    assert {str(j.case) for j in quick} == {  # a decode-sized step and a prefill
+        "llama-cpu all-linear T=1 r=16 fp32 cpu",
         "llama-cpu all-linear T=128 r=16 fp32 cpu",
     }
     assert len(quick) == 2 * (5 + 4)

@@ -10,7 +10,14 @@ import pytest
 
 from bench.cli.options import parse_alpha, parse_fraction
 from bench.schema.io import ResultError
-from bench.stats.ranks import mann_whitney, median_ci, ranks, ratio_summary, wilcoxon
+from bench.stats.ranks import (
+    mann_whitney,
+    median_ci,
+    ranks,
+    ratio_summary,
+    shift_ci,
+    wilcoxon,
+)
 from bench.stats.verdicts import memory_status, time_status
 
 
@@ -57,6 +64,9 @@ def test_mann_whitney_edges() -> None:
 def test_median_ci_is_the_binomial_interval() -> None:
     assert median_ci(list(range(1, 21))) == (6, 15)  # the textbook 95% interval for n = 20
     assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few values: the range
+    for n in (1000, 1001, 5000):  # exact sums, then log-gamma terms: near n/2 - 0.98 sqrt(n)
+        k = median_ci(list(range(n)))[0] + 1
+        assert abs(k - (n / 2 - 0.98 * n**0.5)) <= 1.5
     with pytest.raises(ValueError, match="at least one"):
         median_ci([])
 
@@ -74,11 +84,28 @@ def test_ratio_summary_finds_a_10_percent_change() -> None:
     assert math.isfinite(ratio_summary([2.0], [1.0])[3])
 
 
-def test_time_verdict_needs_threshold_and_significance() -> None:
-    assert time_status(0.15, 0.001, 0.10, 0.01) == "regression"
-    assert time_status(-0.15, 0.001, 0.10, 0.01) == "improvement"
-    assert time_status(0.15, 0.05, 0.10, 0.01) == "same"  # not significant
-    assert time_status(0.05, 1e-9, 0.10, 0.01) == "same"  # significant, below the threshold
+def test_time_verdict_needs_significance_and_a_ci_that_reaches_the_threshold() -> None:
+    assert time_status(0.15, (0.12, 0.18), 0.001, 0.10, 0.01) == "regression"
+    assert time_status(-0.15, (-0.18, -0.12), 0.001, 0.10, 0.01) == "improvement"
+    assert time_status(0.15, (0.12, 0.18), 0.05, 0.10, 0.01) == "same"  # not significant
+    # A change of the threshold whose estimate fell just under it is caught ...
+    assert time_status(0.048, (0.041, 0.056), 1e-9, 0.05, 0.01) == "regression"
+    assert time_status(-0.048, (-0.056, -0.041), 1e-9, 0.05, 0.01) == "improvement"
+    # ... one whose CI stays under the threshold is not, however significant ...
+    assert time_status(0.033, (0.026, 0.043), 1e-9, 0.05, 0.01) == "same"
+    # ... nor one under half the threshold, however wide its CI.
+    assert time_status(0.02, (0.001, 0.09), 1e-9, 0.05, 0.01) == "same"
+
+
+def test_shift_ci_brackets_the_shift() -> None:
+    a = [0.01 * i for i in range(30)]
+    b = [x + 0.5 for x in a]
+    lo, hi = shift_ci(a, b)
+    assert lo < 0.5 < hi and hi - lo < 0.2
+    lo, hi = shift_ci(a, a)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="both sides"):
+        shift_ci([], a)
 
 
 def test_memory_verdict_needs_both_margins() -> None:

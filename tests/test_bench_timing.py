@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 
-from bench.harness.rounds import choose_inner, choose_rounds
+from bench.harness.rounds import (
+    BUDGET,
+    PAIRS,
+    SURE,
+    Budget,
+    choose_inner,
+    ci_halfwidth,
+    stop_reason,
+)
 from bench.harness.timing import PairedTimer, Peaks, make_round, warm_up
 from bench.schema.entries import Paired, quartiles
 
@@ -16,10 +27,34 @@ def test_choose_inner_makes_rounds_of_at_least_1ms() -> None:
     assert choose_inner(1e-6) == 1000
 
 
-def test_choose_rounds_is_clamped() -> None:
-    assert choose_rounds(0.01, budget_s=1.0, min_rounds=5, max_rounds=100) == 50
-    assert choose_rounds(1.0, budget_s=1.0, min_rounds=5, max_rounds=100) == 5
-    assert choose_rounds(1e-6, budget_s=1.0, min_rounds=5, max_rounds=30) == 30
+def test_rounds_stop_when_the_ratio_is_sure() -> None:
+    budget = Budget(seconds=10.0, min_pairs=5, max_pairs=1000, target=0.01)
+    tight = [1.0 + 0.001 * (i % 3) for i in range(30)]
+    assert stop_reason(tight[:4], 0.1, budget) is None  # fewer than min_pairs
+    assert stop_reason(tight[:5], 0.1, budget) is None  # 5 values: no 95% CI yet
+    assert stop_reason(tight[:9], 0.1, budget) == SURE
+    wide = [1.0, 1.2] * 20
+    assert stop_reason(wide, 0.1, budget) is None  # still wide, time left
+    assert stop_reason(wide, 10.0, budget) == BUDGET
+    assert stop_reason(wide, 0.1, Budget(10.0, 5, 40, 0.01)) == PAIRS
+    assert stop_reason(tight, 99.0, budget) == SURE  # sure wins over an ended budget
+
+
+def test_ci_halfwidth_is_relative_to_the_median() -> None:
+    assert ci_halfwidth([1.0] * 5) == math.inf
+    assert ci_halfwidth([2.0] * 20) == 0.0
+    values = [1.0 + 0.01 * i for i in range(20)]  # median 1.095; CI x(6), x(15) = 1.05, 1.14
+    assert ci_halfwidth(values) == pytest.approx(max(1.14 / 1.095 - 1, 1 - 1.05 / 1.095))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"seconds": 0.0}, {"seconds": -1.0}, {"seconds": math.nan}, {"target": 0.0},
+     {"target": math.inf}, {"min_pairs": 0}, {"min_pairs": 9, "max_pairs": 8}],
+)  # fmt: skip
+def test_budget_refuses_what_cannot_stop(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        Budget(**{"seconds": 1.0, "min_pairs": 3, "max_pairs": 9, **kwargs})
 
 
 def test_make_round_runs_inner_times() -> None:
@@ -58,11 +93,25 @@ def test_paired_timer_alternates_base_then_impl() -> None:
     order: list[str] = []
     timer = PairedTimer(lambda: order.append("impl"), lambda: order.append("base"), "cpu")
     order.clear()  # drop the warm-up calls
-    paired = timer.run(3)
+    paired = timer.run(Budget(seconds=60.0, min_pairs=3, max_pairs=3))
     inner = timer.inner
     assert order == (["base"] * inner + ["impl"] * inner) * 3
     assert len(paired.impl_s) == len(paired.base_s) == 3
     assert paired.inner == inner
+    assert paired.stopped == PAIRS and paired.target == 0.01
+
+
+def test_paired_timer_stops_once_sure() -> None:
+    """Work whose ratio is exactly known stops at the first pair count with a 95% CI; a
+    ratio that alternates far stops at the end of its budget."""
+    timer = PairedTimer(lambda: None, lambda: None, "cpu")
+    timer.impl_s, timer.base_s = [2.0] * 6, [1.0] * 6
+    timer.started = 0.0
+    assert timer.run(Budget(600.0, 3, 1000)).stopped == SURE
+    sway = itertools.cycle([0.5, 2.0])
+    timer = PairedTimer(lambda: [sum(range(int(5000 * next(sway))))], lambda: None, "cpu")
+    paired = timer.run(Budget(seconds=0.05, min_pairs=3, max_pairs=10**6, target=1e-6))
+    assert paired.stopped == BUDGET
 
 
 def test_roofline_floor() -> None:

@@ -107,6 +107,19 @@ def test_lora_threads_below_one_is_refused(threads: str) -> None:
     assert f"--lora-threads must be >= 1, got {threads}" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--lora-target", "0"), ("--lora-target", "-1%"), ("--lora-seconds", "inf"),
+     ("--lora-seconds", "x")],
+)  # fmt: skip
+def test_a_budget_or_target_that_is_not_a_positive_number_is_a_usage_error(
+    option: str, value: str
+) -> None:
+    proc = bench(f"{option}={value}")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"argument {option}: '{value}'" in proc.stderr
+
+
 def test_an_unwritable_results_folder_is_refused_before_any_benchmark(blocked: Path) -> None:
     proc = bench("--lora-results", str(blocked.parent / "results"))
     assert proc.returncode == 4, proc.stdout + proc.stderr

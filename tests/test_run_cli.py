@@ -33,6 +33,11 @@ def test_the_option_table_matches_the_harness() -> None:
         (["run", "--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["report", "x.json", "--", "-k", "forward"], "only `run` passes options after --"),
         (["check", "a.json", "b.json", "--max-slowdown", "-5%"], "goes after '='"),
+        (["run", "--target", "0"], "--target: '0': must be a number > 0, as 1% or 0.01"),
+        (["run", "--target", "1.5"], "--target: '1.5': must be under 100%"),
+        (["run", "--seconds", "nan"], "--seconds: 'nan': must be a finite number > 0"),
+        (["ab", "HEAD", "--target", "x%"], "--target: 'x%': must be a number > 0"),
+        (["ab", "HEAD", "--seconds=-1"], "--seconds: '-1': must be a finite number > 0"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(

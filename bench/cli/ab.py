@@ -11,6 +11,8 @@ import psutil
 from bench.cli.options import add_gate_options, gate_thresholds
 from bench.gates.ab import Options, run_ab
 from bench.gates.check import find_project
+from bench.harness.rounds import TARGET
+from bench.plugin.options import fraction, positive_number
 from bench.report.ab import ab_markdown
 from bench.schema.ab import dump_ab
 from bench.schema.io import ResultError, check_output, write_atomic
@@ -34,8 +36,6 @@ def options(args: argparse.Namespace) -> Options:
     threads = args.threads or psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     if threads < 1:
         raise ResultError(f"--threads must be >= 1, got {threads}")
-    if not args.seconds > 0:
-        raise ResultError(f"--seconds must be > 0, got {args.seconds}")
     if args.rechecks < 0:
         raise ResultError(f"--rechecks must be >= 0, got {args.rechecks}")
     threshold, alpha, memory_rel, memory_mib = gate_thresholds(args)
@@ -48,6 +48,7 @@ def options(args: argparse.Namespace) -> Options:
         cache=args.cache,
         threads=threads,
         seconds=args.seconds,
+        target=args.target,
         threshold=threshold,
         alpha=alpha,
         memory_rel=memory_rel,
@@ -100,7 +101,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--threads", type=int, help="torch threads (default: the physical cores)")
     a.add_argument("--cache", choices=["cold", "warm"], default="cold")
     a.add_argument(
-        "--seconds", type=float, default=2.0, help="paired rounds per comparison (default 2 s)"
+        "--seconds",
+        type=positive_number,
+        default=2.0,
+        help="most time of paired rounds per comparison (default 2 s)",
+    )
+    a.add_argument(
+        "--target",
+        type=fraction,
+        default=TARGET,
+        help="stop a comparison's rounds once the 95%% CI of its ratio is within this much of "
+        f"the ratio (default {100 * TARGET:g}%%)",
     )
     add_gate_options(a)
     a.add_argument(

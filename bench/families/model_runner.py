@@ -5,7 +5,7 @@ with the frozen model."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -142,8 +142,7 @@ def time_model(
         models.share_in(m, names, w, case.device) for m, w in ((model, work), (b.base, base_work))
     ]
     spec = models.MODEL_PROFILES[harness.settings.profile.name]
-    budget = replace(harness.settings.profile, seconds_per_benchmark=spec.seconds,
-                     min_rounds=spec.min_rounds, max_rounds=spec.max_rounds)  # fmt: skip
+    budget = harness.settings.budget(spec.budget)
     paired = run_paired(benchmark, work, base_work, case.device, budget)
     entry = ModelEntry(
         fullname=harness.nodeid,

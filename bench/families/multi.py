@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.harness.cases import DTYPES, SHAPES
+from bench.harness.rounds import Budget
 from lora_kernels import (
     DISTRIBUTIONS,
     IMPLS,
@@ -90,9 +91,7 @@ class MultiProfile:
     grid: tuple[tuple[int, int, str, str], ...]
     impls: tuple[str, ...] | None  # None: every multi-adapter impl that runs on the device
     singles: tuple[str, ...]  # single-adapter impls timed as the reference
-    seconds: float
-    min_rounds: int
-    max_rounds: int
+    budget: Budget
 
 
 FULL_GRID = tuple(
@@ -100,21 +99,24 @@ FULL_GRID = tuple(
     for t in (16, 128, 512, 2048)
     for n in (1, 4, 16, 64)
     for d in (DISTRIBUTIONS[:1] if n == 1 else DISTRIBUTIONS)
-) + tuple((t, n, d, "mixed") for t in (512, 2048) for n in (16, 64) for d in ("uniform", "zipf"))
+) + tuple(
+    (t, n, d, "mixed") for t in (16, 512, 2048) for n in (16, 64) for d in ("uniform", "zipf")
+)
 
 # The anchor: 1024² (GPT-2 medium's attention output), r=8.
 MULTI_PROFILES: dict[str, MultiProfile] = {
     "tiny": MultiProfile("gpt2-medium.c_proj", ((256, 4, "uniform", "mixed"),), ("segments",),
-                         ("addmm",), 0.05, 3, 5),
-    # The two targets (64 adapters at T=2048 uniform; 1 adapter) and mixed ranks under Zipf.
+                         ("addmm",), Budget(0.05, 3, 5, target=0.05)),
+    # Decode (16 sequences of one token, 16 adapters of mixed ranks) and the prefill target
+    # (64 adapters at T=2048, uniform); the rest of the grid runs in full.
     "quick": MultiProfile(
         "gpt2-medium.c_proj",
-        ((2048, 64, "uniform", "8"), (2048, 1, "identical", "8"), (256, 16, "zipf", "mixed")),
-        None, ("addmm", "expand_first"), 0.6, 7, 41,
+        ((16, 16, "uniform", "mixed"), (2048, 64, "uniform", "8")),
+        None, ("addmm", "expand_first"), Budget(0.6, 7, 41),
     ),
     "full": MultiProfile("gpt2-medium.c_proj", FULL_GRID, None,
                          ("two_step", "addmm", "expand_first", "triton_fused", "cuda_graph"),
-                         1.0, 9, 61),
+                         Budget(1.0, 9, 61)),
 }  # fmt: skip
 MULTI_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
 

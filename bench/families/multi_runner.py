@@ -5,7 +5,6 @@ then time it in pairs with the base GEMM."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -81,8 +80,7 @@ def time_multi(
     cuda = torch.device(case.device).type == "cuda"
     peak = cuda_call_peak(work) if cuda else probe.measure_multi(case, variant)
     spec = MULTI_PROFILES[harness.settings.profile.name]
-    budget = replace(harness.settings.profile, seconds_per_benchmark=spec.seconds,
-                     min_rounds=spec.min_rounds, max_rounds=spec.max_rounds)  # fmt: skip
+    budget = harness.settings.budget(spec.budget)
     paired = run_paired(benchmark, work, base_work, case.device, budget)
     entry = MultiEntry(
         fullname=harness.nodeid,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from bench.harness.cases import DTYPES, SHAPES, Case
+from bench.harness.rounds import Budget
 from bench.harness.runner import charge_copy
 from bench.harness.session import configure_torch, physical_cores
 from bench.harness.timing import PairedTimer
@@ -25,9 +26,10 @@ from lora_kernels import IMPLS, load_plugins
 def paired_ratio(
     work: Callable[[], object], base: Callable[[], object], device: str, seconds: float
 ) -> float:
-    """Median of per-pair ratios work / base, over the bench's own paired rounds."""
+    """Median of per-pair ratios work / base, over the bench's own paired rounds: until the
+    ratio is sure (the default target) or `seconds` have passed."""
     timer = PairedTimer(work, base, device)
-    return timer.run(max(9, int(seconds / (2 * timer.round_s)))).ratio
+    return timer.run(Budget(seconds, min_pairs=9, max_pairs=100_000)).ratio
 
 
 def neighbours_table(case: Case, seconds: float) -> str:

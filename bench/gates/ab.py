@@ -5,20 +5,31 @@ Two long-lived side processes (`bench.gates.side`) each import their own `lora_k
 commit's, exported from git, and the working tree's, in place. Both run the working tree's
 harness, so only the kernels differ. This coordinator imports no torch. For each (case, impl,
 mode) it sets the work up on both sides, gives both the same ops per round, then asks for
-single rounds in strict turn, base then current, each after a few milliseconds of untimed ops,
-so that the machine's drift falls on both sides alike and no round pays for the other side's
-idle threads or emptied caches. Two processes rather than one:
-two versions of a package cannot share an interpreter, and a process per side keeps each
-side's allocator, compile caches and thread pools its own.
+single rounds in quads of ABBA order (base, current, current, base), each after a few
+milliseconds of untimed ops. A quad's ratio is current's two rounds over base's two: a linear
+drift of the machine, and whatever the side before leaves behind, fall on both sides alike.
+Quads stop when the ratio is sure or the budget ends (bench.harness.rounds). A flagged
+comparison is timed again in two fresh processes, started in the other order. Two processes
+rather than one: two versions of a package cannot share an interpreter, and a process per
+side keeps each side's allocator, compile caches and thread pools its own.
+
+The sides start with SIDE_ENV, which removes two ways one side read slow for a whole stretch
+(bench/NOTES.md, "What made one side slow"): libgomp's idle threads spin for about 20 ms after
+a parallel region on CPUs with a slow PAUSE, which took a core from the other side's next
+round; and glibc's malloc moves its mmap threshold with the process's history, so one side
+served its output-sized temporaries from fresh pages (a page fault per 4 KiB, every call) and
+the other from its heap.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +37,18 @@ from typing import TextIO
 
 from bench.gates import gitref, with_kernels
 from bench.gates.plan import Item, match_cases, select
-from bench.harness.rounds import choose_inner, choose_rounds
+from bench.harness.rounds import TARGET, Budget, choose_inner, stop_reason
 from bench.schema.ab import AbEntry, AbMemory, AbMeta, AbProblem, AbRun, AbTime
 from bench.schema.io import ResultError
 from bench.stats.verdicts import SAME
 
 SIDES = ("base", "current")
+ABBA = ("base", "current", "current", "base")  # one quad: each side runs once first, once second
+SIDE_ENV = {
+    "GOMP_SPINCOUNT": "10000",  # idle OpenMP threads sleep within about a millisecond
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's dynamic maximum, fixed: the state
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),  # of a long-running process, on both sides
+}
 
 
 @dataclass(frozen=True)
@@ -45,9 +62,10 @@ class Options:
     dtypes: tuple[str, ...] = ("fp32",)
     cache: str = "cold"
     threads: int = 1
-    seconds: float = 2.0  # paired rounds of one comparison stop after about this long
-    min_pairs: int = 15  # below 8 pairs a signed-rank p-value cannot reach 0.01
-    max_pairs: int = 101
+    seconds: float = 2.0  # paired rounds of one comparison stop after about this long ...
+    target: float = TARGET  # ... or once the ratio's 95% CI is within this of the ratio
+    min_quads: int = 8  # below 8 a signed-rank p-value cannot reach 0.01
+    max_quads: int = 1000
     settle_s: float = 2e-3  # untimed ops a side runs before each timed round
     rechecks: int = 2  # times a flagged comparison is set up and timed again
     threshold: float = 0.10
@@ -72,7 +90,7 @@ class SideProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=opts.project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            text=True,
+            text=True, env={**os.environ, **SIDE_ENV},
         )  # fmt: skip
         if self.proc.stdin is None or self.proc.stdout is None:
             raise RuntimeError("the side was started without stdin and stdout pipes")
@@ -169,18 +187,21 @@ def compare_item(
         return problems
     per_call = max(r["per_call_s"] for r in warm.values())
     inner = choose_inner(per_call)
-    pairs = choose_rounds(per_call * inner, opts.seconds, opts.min_pairs, opts.max_pairs)
+    budget = Budget(opts.seconds, opts.min_quads, opts.max_quads, opts.target)
     times: dict[str, list[float]] = {s: [] for s in SIDES}
-    for _ in range(pairs):
-        for s in SIDES:
+    ratios: list[float] = []
+    start = time.perf_counter()
+    while (stop := stop_reason(ratios, time.perf_counter() - start, budget)) is None:
+        for s in ABBA:
             reply = sides[s].ask("round", inner=inner, settle_s=opts.settle_s)
             if "s" not in reply:
                 return [_problem(item, s, reply)]
             times[s].append(reply["s"])
+        ratios.append(sum(times["current"][-2:]) / sum(times["base"][-2:]))
     out: list[AbEntry] = [
         AbTime(item.case["id"], item.case["key"], item.impl, item.mode, inner, copies,
                times["base"], times["current"], replies["base"]["rel_error"],
-               replies["current"]["rel_error"], attempt)
+               replies["current"]["rel_error"], attempt, stop, "abba")
     ]  # fmt: skip
     if opts.memory and item.case["memory"] and attempt == 0:
         peaks = both(sides, "memory", **request)
@@ -212,6 +233,25 @@ def _hello(side: SideProcess, tree: Path) -> dict:
     return reply
 
 
+def _start(
+    trees: dict[str, Path], opts: Options, logs: Mapping[str, TextIO], order: tuple[str, ...]
+) -> tuple[dict[str, SideProcess], dict[str, dict]]:
+    """Both sides' processes, started in `order`, and their hellos."""
+    sides: dict[str, SideProcess] = {}
+    try:
+        for s in order:
+            sides[s] = SideProcess(s, trees[s], opts, logs[s])
+        return sides, {s: _hello(sides[s], trees[s]) for s in SIDES}
+    except BaseException:
+        _close(sides)
+        raise
+
+
+def _close(sides: dict[str, SideProcess]) -> None:
+    for side in sides.values():
+        side.close()
+
+
 def run_ab(opts: Options) -> AbRun:
     """Time both sides and return the run; ResultError on unusable input."""
     start = time.monotonic()
@@ -230,9 +270,7 @@ def run_ab(opts: Options) -> AbRun:
         logs = {s: open(Path(tmp) / f"{s}.log", "w+", encoding="utf-8") for s in SIDES}  # noqa: SIM115
         sides: dict[str, SideProcess] = {}
         try:
-            for s in SIDES:
-                sides[s] = SideProcess(s, trees[s], opts, logs[s])
-            hellos = {s: _hello(sides[s], trees[s]) for s in SIDES}
+            sides, hellos = _start(trees, opts, logs, SIDES)
             plan = sides["current"].ask(
                 "plan", profile=opts.profile, device=opts.device, dtypes=list(opts.dtypes),
                 cache=opts.cache,
@@ -252,15 +290,17 @@ def run_ab(opts: Options) -> AbRun:
             progress.finish()
             for attempt in range(1, opts.rechecks + 1):
                 flagged = [i for i in sel.items if _flagged(entries, i, opts)]
+                if not flagged:
+                    break
+                _close(sides)  # fresh processes, started in the other order
+                sides, _ = _start(trees, opts, logs, SIDES[:: (-1) ** attempt])
                 progress = Progress([i.cost for i in flagged])
                 for done, item in enumerate(flagged):
                     progress.show(done, f"again: {item.label()}")
                     entries += compare_item(sides, item, opts, attempt)
-                if flagged:
-                    progress.finish()
+                progress.finish()
         finally:
-            for side in sides.values():
-                side.close()
+            _close(sides)
             for log in logs.values():
                 log.close()
     meta = AbMeta(
@@ -284,5 +324,7 @@ def run_ab(opts: Options) -> AbRun:
         only_base=sel.only_base,
         only_current=sel.only_current,
         wall_s=time.monotonic() - start,
+        target=opts.target,
+        side_env=dict(SIDE_ENV),
     )
     return AbRun(meta, entries)

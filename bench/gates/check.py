@@ -1,9 +1,10 @@
 """Regression gate against a committed baseline: compare each case's ratio to base between a
 baseline run and a current one, and each impl's peak memory.
 
-A case regresses only when its ratio grew by more than the threshold, by more than the runs'
-own spread (the median moved past the half-IQRs of both runs added together), AND
-significantly: Mann-Whitney's U test on the per-pair log ratios of the two runs. Runs taken at
+A case regresses only when its ratio grew by more than the runs' own spread (the median moved
+past the half-IQRs of both runs added together), significantly (Mann-Whitney's U test on the
+per-pair log ratios of the two runs), past half the threshold, and with a CI that reaches the
+threshold (bench.stats.verdicts). Runs taken at
 different times drift with the machine, so this gate is for large changes over many commits;
 `lora-bench ab` judges one change in one run.
 """
@@ -22,7 +23,7 @@ from bench.schema.ab import AbMemory
 from bench.schema.entries import TimeEntry, quartiles
 from bench.schema.io import ResultError
 from bench.schema.run import Run, load_run
-from bench.stats.ranks import mann_whitney
+from bench.stats.ranks import mann_whitney, median_ci, shift_ci
 from bench.stats.verdicts import SAME, time_status
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
@@ -68,16 +69,31 @@ class Verdict:
         return (self.base_iqr + self.cur_iqr) / 2
 
     @property
+    def change_ci(self) -> tuple[float, float]:
+        """95% CI of `change`: the shift of the log per-pair ratios from the baseline run to
+        the current one, the interval that goes with Mann-Whitney's test."""
+        lo, hi = shift_ci(_logs(self.base_ratios), _logs(self.cur_ratios))
+        return math.exp(lo) - 1, math.exp(hi) - 1
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the 95% CIs of the two runs' median ratios overlap."""
+        (a_lo, a_hi), (b_lo, b_hi) = median_ci(self.base_ratios), median_ci(self.cur_ratios)
+        return max(a_lo, b_lo) <= min(a_hi, b_hi)
+
+    @property
     def p_value(self) -> float:
         """Mann-Whitney's two-sided p on the log per-pair ratios of the two runs."""
-        return mann_whitney(
-            [math.log(r) for r in self.base_ratios], [math.log(r) for r in self.cur_ratios]
-        )
+        return mann_whitney(_logs(self.base_ratios), _logs(self.cur_ratios))
 
     def status(self, threshold: float, alpha: float) -> str:
         if abs(self.cur_ratio - self.base_ratio) <= self.noise:
             return SAME
-        return time_status(self.change, self.p_value, threshold, alpha)
+        return time_status(self.change, self.change_ci, self.p_value, threshold, alpha)
+
+
+def _logs(values: tuple[float, ...]) -> list[float]:
+    return [math.log(v) for v in values]
 
 
 def verdicts(baseline: Run, current: Run) -> list[Verdict]:

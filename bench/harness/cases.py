@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.harness.rounds import Budget
 from lora_kernels import LoRAWeights
 from lora_kernels.weights import DTYPE_NAMES
 
@@ -152,9 +153,7 @@ class Profile:
 
     name: str
     grid: tuple[tuple[str, int, int], ...]
-    seconds_per_benchmark: float  # paired rounds stop after about this long
-    min_rounds: int
-    max_rounds: int
+    budget: Budget  # when each benchmark's paired rounds stop
     memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
     timer_grid: tuple[tuple[str, int, int], ...] = ()  # cases of the independent timer check
     cuda_grid: tuple[tuple[str, int, int], ...] = ()  # more cases on CUDA: long prefill
@@ -187,46 +186,31 @@ def _expand(
     return out
 
 
-# The seed example (toy T=512 r=4) runs in full: room for the DoRA cases within the quick
-# profile's 5 minutes.
-QUICK_GRID = (
-    ("gpt2.c_attn", 16, 16),  # decode; the rank sweep (r = 1 ... 256) runs in full
-    ("gpt2.c_attn", 512, 16),
-    ("gpt2-medium.c_proj", 2048, 8),
-    ("llama3-8b.q_proj", 1, 16),
-    ("llama3-8b.q_proj", 16, 16),
-)
+# The quick profile: one decode and one prefill case of each family; the sweeps run in full.
+QUICK_DECODE = ("llama3-8b.q_proj", 1, 16)  # one token: W's 64 MiB read from memory
+QUICK_PREFILL = ("gpt2-medium.c_proj", 2048, 8)  # compute-bound GEMM, memory-bound adapter
+QUICK_GRID = (QUICK_DECODE, QUICK_PREFILL)
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         "tiny",
         (("toy", 16, 4), ("toy", 512, 8)),
-        0.05,
-        3,
-        5,
+        Budget(0.05, 3, 5, target=0.05),
         timer_grid=(("toy", 512, 8),),
         dora_grid=(("toy", 512, 8),),
     ),
     "quick": Profile(
         "quick",
         QUICK_GRID,
-        1.2,
-        11,
-        61,
-        memory_grid=(("gpt2-medium.c_proj", 2048, 8), ("llama3-8b.q_proj", 16, 16)),  # DoRA's too
-        timer_grid=(("gpt2.c_attn", 16, 16), ("gpt2-medium.c_proj", 2048, 8)),
+        Budget(1.2, 11, 61),
+        timer_grid=QUICK_GRID,
         cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
-        dora_grid=(
-            ("gpt2-medium.c_proj", 2048, 8),
-            ("llama3-8b.q_proj", 16, 16),
-        ),  # prefill, decode
+        dora_grid=QUICK_GRID,
     ),
     "full": Profile(
         "full",
         tuple(product(SHAPES, TOKENS, RANKS)),
-        1.0,
-        9,
-        101,
+        Budget(1.0, 9, 101),
         memory_grid=tuple(product(SHAPES, TOKENS, (16,))),
         timer_grid=(
             ("gpt2.c_attn", 16, 16),

@@ -1,11 +1,43 @@
-"""How many ops a timed round runs and how many paired rounds fit a budget. Torch-free, so
-that the `lora-bench ab` coordinator sizes rounds exactly as the bench does."""
+"""How many ops a timed round runs, and when paired rounds stop: once the 95% confidence
+interval of the ratio is within the target, or when the budget ends. Torch-free, so that the
+`lora-bench ab` coordinator sizes and stops its rounds exactly as the bench does."""
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.stats.ranks import median_ci
 
 MIN_ROUND_S = 1e-3  # a round runs the op `inner` times and lasts at least this long
+SURE, BUDGET, PAIRS = "sure", "budget", "pairs"  # why paired rounds stopped
+STOPS = (SURE, BUDGET, PAIRS)
+TARGET = 0.01  # default: stop once the ratio's 95% CI is within ±1% of its median
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When paired rounds stop: after `min_pairs` pairs, as soon as the ratio's 95% CI lies
+    within ±`target` of its median (SURE), or once `seconds` of rounds have passed (BUDGET),
+    or at `max_pairs` pairs (PAIRS), whichever comes first."""
+
+    seconds: float
+    min_pairs: int
+    max_pairs: int
+    target: float = TARGET
+
+    def __post_init__(self) -> None:
+        for name in ("seconds", "target"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"budget {name} must be a finite number > 0, got {value!r}")
+        if not 1 <= self.min_pairs <= self.max_pairs:
+            raise ValueError(
+                f"budget pairs need 1 <= min_pairs <= max_pairs, got {self.min_pairs} "
+                f"and {self.max_pairs}"
+            )
 
 
 def choose_inner(seconds_per_call: float, min_round_s: float = MIN_ROUND_S) -> int:
@@ -13,6 +45,27 @@ def choose_inner(seconds_per_call: float, min_round_s: float = MIN_ROUND_S) -> i
     return max(1, math.ceil(round(min_round_s / max(seconds_per_call, 1e-9), 6)))
 
 
-def choose_rounds(round_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:
-    """Paired rounds that fit `budget_s` (each pair costs about 2 rounds), clamped."""
-    return max(min_rounds, min(max_rounds, int(budget_s / max(2 * round_s, 1e-9))))
+def ci_halfwidth(ratios: Sequence[float]) -> float:
+    """How far the 95% CI of the median ratio reaches from the median, relative to it: the
+    larger of hi / median - 1 and 1 - lo / median. Positive ratios; inf for fewer than 6,
+    whose CI is their whole range and says nothing."""
+    if len(ratios) < 6:
+        return math.inf
+    med = statistics.median(ratios)
+    lo, hi = median_ci(ratios)
+    return max(hi / med - 1, 1 - lo / med)
+
+
+def stop_reason(ratios: Sequence[float], elapsed_s: float, budget: Budget) -> str | None:
+    """Why paired rounds with these per-pair ratios, after `elapsed_s` of rounds, stop now;
+    None while they go on. Sure wins when several hold."""
+    n = len(ratios)
+    if n < budget.min_pairs:
+        return None
+    if ci_halfwidth(ratios) <= budget.target:
+        return SURE
+    if n >= budget.max_pairs:
+        return PAIRS
+    if elapsed_s >= budget.seconds:
+        return BUDGET
+    return None

@@ -194,8 +194,8 @@ class Harness:
         if benchmark.disabled:
             checked.work()
             return None
-        profile = self.settings.profile
-        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, profile)
+        budget = self.settings.budget(self.settings.profile.budget)
+        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, budget)
         return checked, copies, paired
 
     def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
@@ -237,7 +237,7 @@ class Harness:
             return
         checked, copies, paired = measured
         work = checked.work
-        seconds = self.settings.profile.seconds_per_benchmark
+        seconds = self.settings.budget(self.settings.profile.budget).seconds
         refs = {"torch.utils.benchmark": torch_timer_s(work, self.settings.threads, seconds)}
         if torch.device(case.device).type == "cuda":
             refs["CUDA events"] = cuda_events_s(work, paired.inner, len(paired.impl_s))

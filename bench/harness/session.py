@@ -13,6 +13,7 @@ import torch
 from bench.harness.cache import cache_bytes, copies_needed
 from bench.harness.cases import DTYPES, PROFILES, SHAPES, Case, Profile
 from bench.harness.kernels import variant_of
+from bench.harness.rounds import Budget
 from bench.harness.timing import Peaks, calibrate
 from bench.schema.entries import Entry
 from bench.schema.run import ImplInfo, RunMeta
@@ -73,6 +74,8 @@ class Settings:
     only: list[str]
     impl_specs: list[str]  # --lora-impl plugins, absolute paths for file specs
     cache: str  # "cold": rotate copies of weights and input past the last-level cache; "warm"
+    seconds: float | None = None  # --lora-seconds: every benchmark's time budget
+    target: float | None = None  # --lora-target: every benchmark's CI target
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -85,11 +88,7 @@ class Settings:
         if threads < 1:
             raise pytest.UsageError(f"--lora-threads must be >= 1, got {threads}")
         profile = PROFILES[config.getoption("lora_profile")]
-        seconds = config.getoption("lora_seconds")
-        if seconds is not None:
-            if not seconds > 0:
-                raise pytest.UsageError(f"--lora-seconds must be > 0, got {seconds}")
-            profile = replace(profile, seconds_per_benchmark=seconds, max_rounds=10_000)
+        seconds, target = config.getoption("lora_seconds"), config.getoption("lora_target")
         results = Path(config.getoption("lora_results"))
         if not results.is_absolute():
             results = config.rootpath / results
@@ -102,7 +101,18 @@ class Settings:
             only=config.getoption("lora_only") or [],
             impl_specs=[absolute_spec(s) for s in config.getoption("lora_impl") or []],
             cache=config.getoption("lora_cache"),
+            seconds=seconds,
+            target=target,
         )
+
+    def budget(self, budget: Budget) -> Budget:
+        """A family's budget with --lora-seconds and --lora-target applied: a given time
+        budget also lifts the cap on pairs, so the rounds run until sure or out of time."""
+        if self.seconds is not None:
+            budget = replace(budget, seconds=self.seconds, max_pairs=max(budget.max_pairs, 10_000))
+        if self.target is not None:
+            budget = replace(budget, target=self.target)
+        return budget
 
     def _select(self, cases: list[Case]) -> list[Case]:
         if not self.only:

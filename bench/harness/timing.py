@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.harness.cases import Profile
-from bench.harness.rounds import choose_inner, choose_rounds
+from bench.harness.rounds import Budget, choose_inner, stop_reason
 from bench.schema.entries import Paired
 
 Work = Callable[[], object]
@@ -54,8 +53,8 @@ def warm_up(work: Work, device: str, min_s: float = 0.05, max_calls: int = 20) -
 
 class PairedTimer:
     """Interleaved, synchronized rounds of `work` and `base_work`, `inner` ops each; call
-    `base_round` then `impl_round`, as many times as wanted, and read `paired()`.
-    The only pairing loop: the bench drives it through pytest-benchmark, `bench.pieces` alone."""
+    `base_round` then `impl_round`, as many times as wanted, or `run` until the budget's rule
+    stops them, and read `paired()`. The only pairing loop of the bench."""
 
     def __init__(self, work: Work, base_work: Work, device: str) -> None:
         per_call = max(warm_up(work, device), warm_up(base_work, device))
@@ -65,39 +64,53 @@ class PairedTimer:
         self._base = make_round(base_work, self.inner, device)
         self.impl_s: list[float] = []
         self.base_s: list[float] = []
+        self.started: float | None = None  # perf_counter at the first timed round
+        self.stopped, self.target = "", 0.0  # why `run` stopped, and its target
 
     def base_round(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
         self.base_s.append(time_call(self._base) / self.inner)
 
     def impl_round(self) -> None:
         self.impl_s.append(time_call(self._impl) / self.inner)
 
-    def run(self, rounds: int) -> Paired:
-        for _ in range(rounds):
+    def elapsed_s(self) -> float:
+        return 0.0 if self.started is None else time.perf_counter() - self.started
+
+    def ratios(self) -> list[float]:
+        return [i / b for i, b in zip(self.impl_s, self.base_s, strict=True)]
+
+    def run(self, budget: Budget) -> Paired:
+        """Paired rounds, on top of any already taken, until `budget`'s rule stops them."""
+        while (stop := stop_reason(self.ratios(), self.elapsed_s(), budget)) is None:
             self.base_round()
             self.impl_round()
+        self.stopped, self.target = stop, budget.target
         return self.paired()
 
     def paired(self) -> Paired:
-        return Paired(self.inner, list(self.impl_s), list(self.base_s))
+        if not self.stopped:
+            return Paired(self.inner, list(self.impl_s), list(self.base_s))
+        return Paired(self.inner, list(self.impl_s), list(self.base_s), self.stopped, self.target)
 
 
 def run_paired(
-    benchmark: BenchmarkFixture, work: Work, base_work: Work, device: str, profile: Profile
+    benchmark: BenchmarkFixture, work: Work, base_work: Work, device: str, budget: Budget
 ) -> Paired:
-    """Time `work` in pairs with `base_work` through pytest-benchmark's public `pedantic`:
-    its `setup` runs (and we time) one base round before each impl round.
+    """Time `work` in pairs with `base_work` until the ratio is sure or the budget ends.
 
-    pytest-benchmark's own statistics are per round of `inner` ops (it forbids iterations > 1
-    with a setup); the per-op figures of the results come from our own clock around the same
-    calls, one perf_counter pair inside each round pytest-benchmark times.
+    The first `budget.min_pairs` pairs run through pytest-benchmark's public `pedantic`: its
+    `setup` runs (and we time) one base round before each impl round. pedantic takes a fixed
+    count, so the pairs after those, as many as the stopping rule wants, run in the same loop
+    of ours: pytest-benchmark's table shows the first pairs' impl rounds, the results file
+    every pair. pytest-benchmark's statistics are per round of `inner` ops (it forbids
+    iterations > 1 with a setup); the per-op figures come from our own clock around the same
+    calls.
     """
     timer = PairedTimer(work, base_work, device)
-    rounds = choose_rounds(
-        timer.round_s, profile.seconds_per_benchmark, profile.min_rounds, profile.max_rounds
-    )
-    benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=rounds)
-    return timer.paired()
+    benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=budget.min_pairs)
+    return timer.run(budget)
 
 
 def torch_timer_s(work: Work, threads: int, seconds: float) -> float:

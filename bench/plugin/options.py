@@ -4,6 +4,8 @@ tests keep the choices equal to the harness's PROFILES, DTYPES and CACHE_MODES."
 
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +13,28 @@ PROFILE_NAMES = ("tiny", "quick", "full")
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 CACHE_CHOICES = ("cold", "warm")
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0, or a usage error saying what is allowed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """'1%' or 0.01 -> 0.01: a finite fraction in (0, 1), or a usage error."""
+    try:
+        value = positive_number(text[:-1]) / 100 if text.endswith("%") else positive_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number > 0, as 1% or 0.01") from None
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be under 100% (1.0)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,13 @@ OPTIONS = (
     Option(
         "seconds",
         "time budget of each benchmark's paired rounds (default: the profile's)",
-        {"type": float, "default": None},
+        {"type": positive_number, "default": None},
+    ),
+    Option(
+        "target",
+        "stop each benchmark's paired rounds once the 95%% CI of its ratio to base is within "
+        "this much of the ratio, e.g. 1%% or 0.01 (default: the profile's)",
+        {"type": fraction, "default": None},
     ),
     Option(
         "only",

@@ -39,7 +39,7 @@ class AbMeta:
     torch: str
     created: str  # ISO 8601, UTC
     seconds: float  # budget of paired rounds per comparison
-    threshold: float  # a time change past this, and significant, is a verdict
+    threshold: float  # a significant time change whose CI reaches this is a verdict
     alpha: float
     memory_rel: float
     memory_mib: float
@@ -48,13 +48,17 @@ class AbMeta:
     only_base: list[str]  # "impl" or "impl mode" found on one side only
     only_current: list[str]
     wall_s: float
+    target: float = 0.0  # rounds stopped once the ratio's CI was within this; 0: a fixed budget
+    side_env: dict[str, str] = field(default_factory=dict)  # set in both sides' environment
     schema: int = AB_SCHEMA
 
 
 @dataclass(frozen=True)
 class AbTime:
-    """Paired rounds of one (case, impl, mode): base_s[i] ran, then current_s[i], each after
-    the side's untimed settling ops."""
+    """Rounds of one (case, impl, mode) on both sides, each after the side's untimed settling
+    ops. Order "abba": quads of base, current, current, base, so rounds 2k and 2k + 1 of each
+    side form quad k, whose ratio is their sums' ratio. Order "ab" (files before the order was
+    recorded): pairs of base, then current."""
 
     kind: ClassVar[str] = "ab_time"
     case: str
@@ -68,26 +72,41 @@ class AbTime:
     base_rel_error: float
     current_rel_error: float
     attempt: int = 0  # 0 first; a flagged comparison is set up and timed again
+    stopped: str = "budget"  # sure, budget or pairs (bench.harness.rounds)
+    order: str = "ab"
 
     def __post_init__(self) -> None:
         if len(self.base_s) != len(self.current_s) or not self.base_s:
             raise ValueError("an A/B entry needs as many base as current rounds, at least one")
         if self.inner < 1:
             raise ValueError(f"inner must be >= 1 op a round, got {self.inner}")
+        if self.order == "abba" and len(self.base_s) % 2:
+            raise ValueError("an A/B entry in ABBA order needs an even number of rounds a side")
         positive_seconds("base_s", self.base_s)
         positive_seconds("current_s", self.current_s)
 
+    def blocks(self) -> tuple[list[float], list[float]]:
+        """(current, base) seconds of each block the ratios compare: a quad's two rounds
+        added up in ABBA order, a pair's one round otherwise."""
+        if self.order != "abba":
+            return self.current_s, self.base_s
+        cur, base = self.current_s, self.base_s
+        return [a + b for a, b in zip(cur[::2], cur[1::2], strict=True)], [
+            a + b for a, b in zip(base[::2], base[1::2], strict=True)
+        ]
+
     @cached_property
     def summary(self) -> tuple[float, float, float, float]:
-        """(current / base median ratio, 95% CI low, high, Wilcoxon p)."""
-        return ratio_summary(self.current_s, self.base_s)
+        """(current / base median ratio of the blocks, 95% CI low, high, Wilcoxon p)."""
+        return ratio_summary(*self.blocks())
 
     @property
     def ratio(self) -> float:
         return self.summary[0]
 
     def status(self, threshold: float, alpha: float) -> str:
-        return time_status(self.ratio - 1, self.summary[3], threshold, alpha)
+        ratio, lo, hi, p = self.summary
+        return time_status(ratio - 1, (lo - 1, hi - 1), p, threshold, alpha)
 
 
 @dataclass(frozen=True)

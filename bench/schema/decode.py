@@ -14,7 +14,12 @@ from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 MAY_BE_INFINITE = ("rel_error", "base_rel_error", "current_rel_error")
-CHOICES = {"mode": ("infer", "train"), "cache": ("cold", "warm")}  # by field name, everywhere
+CHOICES = {
+    "mode": ("infer", "train"),
+    "cache": ("cold", "warm"),
+    "stopped": ("sure", "budget", "pairs"),  # bench.harness.rounds.STOPS
+    "order": ("ab", "abba"),
+}  # by field name, everywhere
 
 
 def _check_value(where: str, value: object, typ: Any) -> object:

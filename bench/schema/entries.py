@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bench.schema.decode import positive, positive_seconds
+from bench.stats.ranks import median_ci
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -26,6 +27,8 @@ class Paired:
     inner: int  # ops per round
     impl_s: list[float]
     base_s: list[float]
+    stopped: str = "budget"  # sure, budget or pairs: files without it ran a fixed budget
+    target: float = 0.0  # the ratio CI's half-width the rounds aimed at; 0: none (fixed budget)
 
     def __post_init__(self) -> None:
         if len(self.impl_s) != len(self.base_s) or not self.impl_s:
@@ -51,6 +54,11 @@ class Paired:
     def ratio_iqr(self) -> float:
         q1, _, q3 = quartiles(self.ratios)
         return q3 - q1
+
+    @property
+    def ratio_ci(self) -> tuple[float, float]:
+        """The 95% confidence interval of the median ratio (distribution-free)."""
+        return median_ci(self.ratios)
 
     @property
     def impl_median_s(self) -> float:

@@ -4,6 +4,7 @@ runs (`check`), and the distribution-free confidence interval of a median."""
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -81,6 +82,26 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
     return normal_two_sided(max(0.0, abs(u - n1 * n2 / 2) - 0.5) / math.sqrt(var))
 
 
+@functools.lru_cache(maxsize=4096)
+def _median_ci_index(n: int, level: float) -> int:
+    """The largest k >= 1 whose order statistics x(k), x(n+1-k) cover the median of n values
+    with binomial probability at least `level` (1 when no k does). Exact sums up to 1000
+    values, log-gamma terms beyond (2^-n underflows a float)."""
+    below = 0.0  # P(Binomial(n, 1/2) <= k - 1)
+    k = 0
+    while k < n // 2:
+        if n <= 1000:
+            term = math.comb(n, k) / 2**n
+        else:
+            term = math.exp(
+                math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+            )
+        if 1 - 2 * (below + term) < level:
+            break
+        below, k = below + term, k + 1
+    return max(k, 1)
+
+
 def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the median: the order statistics x(k) and
     x(n+1-k) with the largest k whose binomial coverage is at least `level`. Too few values
@@ -89,15 +110,22 @@ def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
     n = len(x)
     if n == 0:
         raise ValueError("median_ci needs at least one value")
-    below = 0.0  # P(Binomial(n, 1/2) <= k - 1)
-    k = 0
-    while k < n // 2:
-        below_next = below + math.comb(n, k) / 2**n
-        if 1 - 2 * below_next < level:
-            break
-        below, k = below_next, k + 1
-    k = max(k, 1)
+    k = _median_ci_index(n, level)
     return x[k - 1], x[n - k]
+
+
+def shift_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of the shift from `a` to `b` (how much b's values exceed a's), the
+    one that goes with Mann-Whitney's test: order statistics of the pairwise differences b - a,
+    by the normal approximation of U's distribution. Too few values give the range of the
+    differences."""
+    m, n = len(a), len(b)
+    if not m or not n:
+        raise ValueError("shift_ci needs values on both sides")
+    diffs = sorted(y - x for x in a for y in b)
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    k = max(1, math.floor(m * n / 2 - z * math.sqrt(m * n * (m + n + 1) / 12)))
+    return diffs[k - 1], diffs[m * n - k]
 
 
 def ratio_summary(num: Sequence[float], den: Sequence[float]) -> tuple[float, float, float, float]:

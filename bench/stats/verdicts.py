@@ -1,5 +1,6 @@
-"""What counts as a regression, for `check` and `ab` alike: a time change past the threshold
-that is also significant, or a peak-memory growth past both a relative and an absolute margin.
+"""What counts as a regression, for `check` and `ab` alike: a significant time change whose
+confidence interval reaches the threshold, or a peak-memory growth past both a relative and an
+absolute margin.
 
 The memory defaults come from the noise of the CPU probe: the same (case, impl, mode)
 measured 9 times in 3 processes spread by at most 0.32 MiB, and by at most 3.9% of a peak of
@@ -14,12 +15,21 @@ MEMORY_MIB = 1.0  # ... and past this many MiB
 REGRESSION, IMPROVEMENT, SAME = "regression", "improvement", "same"
 
 
-def time_status(change: float, p_value: float, threshold: float, alpha: float) -> str:
-    """`change` is the relative growth of the time (or ratio to base): +0.10 is 10% slower.
-    Past the threshold either way AND significant, or the same."""
-    if p_value >= alpha or abs(change) <= threshold:
+def time_status(
+    change: float, ci: tuple[float, float], p_value: float, threshold: float, alpha: float
+) -> str:
+    """`change` is the relative growth of the time (or ratio to base): +0.10 is 10% slower;
+    `ci` its 95% confidence interval, as changes too. A regression (or improvement) when the
+    change is significant, past half the threshold, and its CI reaches the threshold: a
+    change of the threshold or more is caught although its estimate falls either side of
+    the threshold, and one under half the threshold never is."""
+    if p_value >= alpha or abs(change) <= threshold / 2:
         return SAME
-    return REGRESSION if change > 0 else IMPROVEMENT
+    if change > 0 and ci[1] >= threshold:
+        return REGRESSION
+    if change < 0 and ci[0] <= -threshold:
+        return IMPROVEMENT
+    return SAME
 
 
 def memory_status(base_bytes: int, current_bytes: int, rel: float, mib: float) -> str:
