@@ -21,7 +21,7 @@ from lora_kernels import IMPLS, get_preset
 def test_quick_jobs_stay_small_and_full_runs_every_impl() -> None:
     quick = model_jobs("quick", ["cpu"])
     assert {str(j.case) for j in quick} == {  # a decode-sized step and a prefill
-        "llama-cpu all-linear T=1 r=16 fp32 cpu",
+        "llama-cpu all-linear T=16 r=16 fp32 cpu",
         "llama-cpu all-linear T=128 r=16 fp32 cpu",
     }
     assert len(quick) == 2 * (5 + 4)
@@ -77,4 +77,5 @@ def test_model_entries_round_trip_and_table() -> None:
     forward, train = model_tables(back)
     assert forward.title == "Models (forward)" and train.title == "Models (training step)"
     assert forward.rows[0][:3] == ["llama-cpu attn T=128 r=16", "peft", "1.100"]
-    assert forward.rows[0][5] == "20% / 15%"
+    assert forward.rows[0][3] == "[1.000, 1.200]"  # 95% CI of 3 pairs: their range
+    assert forward.rows[0][6] == "20% / 15%"

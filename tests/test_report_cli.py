@@ -59,6 +59,7 @@ def test_compare_matches_cases_and_lists_one_sided(
     assert main(["compare", str(a), str(b), "-o", str(out_md)]) == 0
     out = capsys.readouterr().out
     assert "10.00x" in out
+    assert "CIs overlap" in out and "| yes " in out  # one ratio to base on both devices
     assert "Geometric mean speed-up per implementation" in out
     assert f"Only in A (3): {CASES[2]} addmm infer" in out
     assert out_md.read_text() == out
@@ -100,7 +101,8 @@ def test_check_fails_on_a_real_2x_slowdown(
     out = capsys.readouterr().out
     assert "### Regressions" in out
     assert f"| {KEY} cpu | two_step" in out
-    assert "+100.0%" in out
+    assert "+100.0% [" in out  # the change with its 95% CI
+    assert "CIs overlap" in out and "| no " in out
 
 
 def test_check_reports_improvements(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,10 +9,14 @@ from pathlib import Path
 from bench.cli.options import add_gate_options, gate_thresholds
 from bench.gates import check as gate
 from bench.report.ab import MEMORY_HEADERS, memory_row
-from bench.report.base import Table, render
+from bench.report.base import Table, fmt_ci, overlap, render
 from bench.schema.io import ResultError
 from bench.schema.run import load_run
 from bench.stats.verdicts import IMPROVEMENT, REGRESSION
+
+
+def fmt_change(change: float, ci: tuple[float, float]) -> str:
+    return f"{100 * change:+.1f}% [{100 * ci[0]:+.1f}%, {100 * ci[1]:+.1f}%]"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -40,11 +44,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
         verdicts = [kept.get(v, v) for v in verdicts]
     tables, counts = [], {}
-    headers = ["case", "impl", "mode", "baseline ratio", "current ratio", "change", "p"]
+    headers = ["case", "impl", "mode", "baseline ratio [95% CI] ± IQR",
+               "current ratio [95% CI] ± IQR", "CIs overlap", "change [95% CI]", "p"]  # fmt: skip
     for status in (REGRESSION, IMPROVEMENT):
         rows = [
-            [v.case, v.impl, v.mode, f"{v.base_ratio:.3f} ±{v.base_iqr:.3f}",
-             f"{v.cur_ratio:.3f} ±{v.cur_iqr:.3f}", f"{100 * v.change:+.1f}%", f"{v.p_value:.2g}"]
+            [v.case, v.impl, v.mode,
+             f"{v.base_ratio:.3f} {fmt_ci(v.base_ci)} ±{v.base_iqr:.3f}",
+             f"{v.cur_ratio:.3f} {fmt_ci(v.cur_ci)} ±{v.cur_iqr:.3f}",
+             overlap(v.base_ci, v.cur_ci), fmt_change(v.change, v.change_ci),
+             f"{v.p_value:.2g}"]
             for v in verdicts if v.status(threshold, alpha) == status
         ]  # fmt: skip
         mem = [memory_row(m, status) for m in memory
@@ -57,8 +65,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if tables:
         sys.stdout.write(render(tables, "github"))
     print(
-        f"{len(verdicts)} timed and {len(memory)} memory cases checked; time: past "
-        f"{100 * threshold:g}%, beyond the IQRs and p < {alpha:g}; memory: past "
+        f"{len(verdicts)} timed and {len(memory)} memory cases checked; time: beyond the IQRs, "
+        f"p < {alpha:g}, past {100 * threshold / 2:g}% with a CI reaching "
+        f"{100 * threshold:g}%; memory: past "
         f"{100 * mem_rel:g}% and {mem_mib:g} MiB: {counts[REGRESSION]} regression(s), "
         f"{counts[IMPROVEMENT]} improvement(s)"
     )

@@ -76,10 +76,13 @@ class Verdict:
         return math.exp(lo) - 1, math.exp(hi) - 1
 
     @property
-    def overlap(self) -> bool:
-        """Whether the 95% CIs of the two runs' median ratios overlap."""
-        (a_lo, a_hi), (b_lo, b_hi) = median_ci(self.base_ratios), median_ci(self.cur_ratios)
-        return max(a_lo, b_lo) <= min(a_hi, b_hi)
+    def base_ci(self) -> tuple[float, float]:
+        """95% CI of the baseline run's median ratio."""
+        return median_ci(self.base_ratios)
+
+    @property
+    def cur_ci(self) -> tuple[float, float]:
+        return median_ci(self.cur_ratios)
 
     @property
     def p_value(self) -> float:

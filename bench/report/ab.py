@@ -10,7 +10,7 @@ from bench.schema.ab import AbMemory, AbProblem, AbRun, AbTime
 from bench.stats.verdicts import IMPROVEMENT, REGRESSION
 
 TIME_HEADERS = ["case", "impl", "mode", "base", "current", "current / base [95% CI]", "p",
-                "verdict"]  # fmt: skip
+                "blocks, stopped", "verdict"]  # fmt: skip
 MEMORY_HEADERS = ["case", "impl", "mode", "base peak", "current peak", "change", "verdict"]
 
 
@@ -24,8 +24,9 @@ def time_row(e: AbTime, status: str, attempts: list[AbTime]) -> list[object]:
     if len(attempts) > 1:
         tried = ", ".join(f"{a.ratio:.3f}" for a in attempts)
         status += f" (attempts: {tried})"
+    blocks = f"{len(e.blocks()[0])}, {e.stopped}"
     return [e.case, e.impl, e.mode, fmt_seconds(base), fmt_seconds(cur),
-            f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]", _p(p), status]  # fmt: skip
+            f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]", _p(p), blocks, status]  # fmt: skip
 
 
 def memory_row(e: AbMemory, status: str) -> list[object]:
@@ -58,11 +59,13 @@ def ab_tables(run: AbRun) -> list[Table]:
             "Every comparison: time",
             TIME_HEADERS,
             [time_row(e, s, a) for e, s, a in times],
-            f"seconds per op, medians of {min((len(e.base_s) for e, _, _ in times), default=0)} "
-            "or more paired rounds a side; the ratio is the median of the per-pair ratios with "
-            "its distribution-free 95% CI; p: Wilcoxon signed-rank on the log ratios. A flagged "
-            "comparison is set up and timed again: it counts only when every attempt shows it, "
-            "the same way; the attempt nearest 1 is shown",
+            "seconds per op, medians of each side's rounds. A block is a quad of rounds "
+            "(base, current, current, base; a pair in files before quads) and its ratio "
+            "current's rounds over base's; the ratio shown is the blocks' median with its "
+            "distribution-free 95% CI; p: Wilcoxon signed-rank on the log ratios; stopped: sure "
+            "(the CI reached the target), budget or pairs. A flagged comparison is timed again "
+            "in fresh processes: it counts only when every attempt shows it, the same way; the "
+            "attempt nearest 1 is shown",
         )
     )
     if mems:
@@ -84,9 +87,9 @@ def ab_header(run: AbRun) -> str:
         f"{m.base_ref} ({m.base_commit[:10]})",
         "",
         f"{m.device}, {m.threads} threads, profile {m.profile}, {m.cache} cache, torch "
-        f"{m.torch}, {m.created}. A time regression is a change past {100 * m.threshold:g}% "
-        f"with p < {m.alpha:g}; a memory one, a growth past {100 * m.memory_rel:g}% and "
-        f"{m.memory_mib:g} MiB.",
+        f"{m.torch}, {m.created}. A time regression is a change with p < {m.alpha:g}, past "
+        f"{100 * m.threshold / 2:g}%, whose 95% CI reaches {100 * m.threshold:g}%; a memory "
+        f"one, a growth past {100 * m.memory_rel:g}% and {m.memory_mib:g} MiB.",
     ]
     for side, names in (("base", m.only_base), ("current", m.only_current)):
         if names:

@@ -21,6 +21,16 @@ class Table:
     note: str = ""
 
 
+def fmt_ci(ci: tuple[float, float]) -> str:
+    """A ratio's 95% confidence interval: "[1.047, 1.058]"."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Whether two confidence intervals overlap, as a table shows it."""
+    return "yes" if max(a[0], b[0]) <= min(a[1], b[1]) else "no"
+
+
 def fmt_seconds(s: float) -> str:
     """Seconds with a unit a person reads at a glance: 812 µs, 3.41 ms, 1.20 s."""
     if s < 1e-3:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.report.base import MODES_ORDER, Table, fmt_seconds
+from bench.report.base import MODES_ORDER, Table, fmt_ci, fmt_seconds, overlap
 from bench.report.figures import paired_times
 from bench.schema.io import ResultError
 from bench.schema.run import Run
@@ -18,6 +18,8 @@ class Pair:
     mode: str
     a_s: float
     b_s: float
+    a_ci: tuple[float, float]  # 95% CI of each run's ratio to its own base
+    b_ci: tuple[float, float]
 
     @property
     def speedup(self) -> float:
@@ -25,13 +27,16 @@ class Pair:
         return self.a_s / self.b_s
 
 
-def _seconds(run: Run) -> dict[tuple[str, str, str], float]:
-    """Per (key, impl, mode): paired ratio x the case's one base time, as the tables show."""
+def _seconds(run: Run) -> dict[tuple[str, str, str], tuple[float, tuple[float, float]]]:
+    """Per (key, impl, mode): paired ratio x the case's one base time, as the tables show,
+    and the 95% CI of the ratio."""
     out = {}
     for mode in MODES_ORDER:
         items = run.times(mode)
         times = paired_times(items)
-        out.update({(e.key, e.impl, mode): times[(e.case, e.impl)] for e in items})
+        out.update(
+            {(e.key, e.impl, mode): (times[(e.case, e.impl)], e.rounds.ratio_ci) for e in items}
+        )
     return out
 
 
@@ -47,7 +52,7 @@ def pair_runs(a: Run, b: Run) -> tuple[list[Pair], list[Ident], list[Ident]]:
             f"no case is in both runs (profiles {a.meta.profile!r} and {b.meta.profile!r}); "
             "compare runs of one profile with a dtype in common"
         )
-    pairs = [Pair(*k, sa[k], sb[k]) for k in common]
+    pairs = [Pair(*k, sa[k][0], sb[k][0], sa[k][1], sb[k][1]) for k in common]
     pairs.sort(key=lambda p: (p.mode, p.key, b.impl_rank(p.impl)))
 
     return pairs, sorted(sa.keys() - sb.keys()), sorted(sb.keys() - sa.keys())
@@ -79,14 +84,27 @@ def compare_tables(a: Run, b: Run) -> tuple[list[Table], list[Ident], list[Ident
     pairs, only_a, only_b = pair_runs(a, b)
     da, db = run_label(a), run_label(b)
     rows = [
-        [p.key, p.impl, p.mode, fmt_seconds(p.a_s), fmt_seconds(p.b_s), f"{p.speedup:.2f}x"]
+        [p.key, p.impl, p.mode, fmt_seconds(p.a_s), fmt_seconds(p.b_s), f"{p.speedup:.2f}x",
+         fmt_ci(p.a_ci), fmt_ci(p.b_ci), overlap(p.a_ci, p.b_ci)]
         for p in pairs
-    ]
+    ]  # fmt: skip
     per_case = Table(
         f"{da} (A) against {db} (B)",
-        ["case", "impl", "mode", f"A: {da}", f"B: {db}", "speed-up B over A"],
+        [
+            "case",
+            "impl",
+            "mode",
+            f"A: {da}",
+            f"B: {db}",
+            "speed-up B over A",
+            "A: ratio CI",
+            "B: ratio CI",
+            "CIs overlap",
+        ],
         rows,
-        "seconds per op (paired ratio x the case's base time in each run); speed-up = A / B",
+        "seconds per op (paired ratio x the case's base time in each run); speed-up = A / B; "
+        "ratio CI: the 95% CI of each run's ratio to its own base; where they do not overlap, "
+        "the impl stands differently against base in the two runs",
     )
     groups: dict[tuple[str, str], list[float]] = {}
     for p in pairs:

@@ -4,7 +4,7 @@ commits follows the ratio, which holds across runs far better than seconds do.""
 
 from __future__ import annotations
 
-from bench.report.base import MODES_ORDER
+from bench.report.base import MODES_ORDER, fmt_ci
 from bench.schema.run import Run
 
 FORMATS = ("github-action-benchmark",)
@@ -26,7 +26,8 @@ def github_action_benchmark(run: Run) -> list[dict[str, object]]:
                     "unit": "x base GEMM",
                     "value": round(e.ratio_to_base, 4),
                     "range": f"± {e.ratio_iqr / 2:.4f}",
-                    "extra": f"median of {len(e.rounds.impl_s)} paired rounds; {m.device_name}; "
+                    "extra": f"median of {len(e.rounds.impl_s)} paired rounds, 95% CI "
+                    f"{fmt_ci(e.rounds.ratio_ci)}; {m.device_name}; "
                     f"{m.threads} threads; {m.cache} cache; torch {m.torch}",
                 }
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_seconds
+from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_ci, fmt_seconds
 from bench.report.figures import lora_only, paired_times
 from bench.schema.entries import MemoryEntry, ParamsEntry, TimeEntry
 from bench.schema.run import Run
@@ -81,11 +81,16 @@ def ratio_table(run: Run, mode: str, group_by: str | None = None) -> Table:
         row: list[object] = [case]
         for impl in impls:
             e = cells.get((case, impl))
-            row.append("" if e is None else f"{e.ratio_to_base:.3f} ±{e.ratio_iqr:.3f}")
+            if e is None:
+                row.append("")
+            else:
+                row.append(f"{e.ratio_to_base:.3f} {fmt_ci(e.rounds.ratio_ci)} ±{e.ratio_iqr:.3f}")
         rows.append(row)
     base = "base forward" if mode == "infer" else "base step (forward, then dx)"
     copied = sorted({e.impl for e in items if e.copied_output}, key=run.impl_rank)
-    note = f"median of paired rounds impl / {base}, ± IQR; below 1 is faster than the base"
+    note = (
+        f"median of paired rounds impl / {base} [its 95% CI] ± IQR; below 1 is faster than the base"
+    )
     if copied:
         note += (
             f". {', '.join(copied)}: output not contiguous, so the copy to contiguous memory "

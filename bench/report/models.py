@@ -3,7 +3,7 @@ its tokens/s, the adapted layers' share of the call, and its memory."""
 
 from __future__ import annotations
 
-from bench.report.base import Table, fmt_bytes
+from bench.report.base import Table, fmt_bytes, fmt_ci
 from bench.schema.entries import ModelEntry
 from bench.schema.run import Run
 
@@ -18,6 +18,7 @@ def model_rows(entries: list[ModelEntry]) -> list[list[object]]:
                 f"{e.model} {e.targets} T={e.tokens} r={e.rank}",
                 e.variant,
                 f"{e.ratio_to_base:.3f}",
+                fmt_ci(e.rounds.ratio_ci),
                 f"{e.rounds.ratio_iqr:.3f}",
                 f"{e.tokens_per_s:,.0f}",
                 f"{100 * e.adapted_share:.0f}% / {100 * e.base_share:.0f}%",
@@ -31,7 +32,7 @@ def model_rows(entries: list[ModelEntry]) -> list[list[object]]:
 def model_tables(run: Run) -> list[Table]:
     """A table per mode, rows in the order the run measured them."""
     tables = []
-    headers = ["model, targets, tokens, rank", "variant", "x frozen", "IQR", "tokens/s",
+    headers = ["model, targets, tokens, rank", "variant", "x frozen", "95% CI", "IQR", "tokens/s",
                "in adapted layers (variant / frozen)", "memory", "err vs PEFT"]  # fmt: skip
     methods = sorted({e.memory_method for e in run.models()})
     for mode, title in MODE_TITLES.items():

@@ -4,7 +4,7 @@ against PEFT's mixed batch, with tokens/s and memory over one call."""
 
 from __future__ import annotations
 
-from bench.report.base import Table, fmt_bytes
+from bench.report.base import Table, fmt_bytes, fmt_ci
 from bench.schema.entries import MultiEntry
 from bench.schema.run import Run
 
@@ -33,6 +33,7 @@ def multi_rows(entries: list[MultiEntry]) -> list[list[object]]:
                 f"T={e.tokens} n={e.adapters} {e.distribution} r={e.ranks}",
                 e.variant,
                 f"{e.ratio_to_base:.3f}",
+                fmt_ci(e.rounds.ratio_ci),
                 f"{e.rounds.ratio_iqr:.3f}",
                 "" if single is None else f"{e.ratio_to_base / single:.3f}",
                 f"{peer[e.case] / e.ratio_to_base:.2f}" if e.case in peer else "",
@@ -50,8 +51,9 @@ def multi_tables(run: Run) -> list[Table]:
     if not entries:
         return []
     shapes = ", ".join(sorted({e.shape for e in entries}))
-    headers = ["tokens, adapters, index, ranks", "variant", "x base", "IQR", "x single best",
-               "PEFT mixed / this", "tokens/s", "in use", "memory", "err"]  # fmt: skip
+    headers = ["tokens, adapters, index, ranks", "variant", "x base", "95% CI", "IQR",
+               "x single best", "PEFT mixed / this", "tokens/s", "in use", "memory",
+               "err"]  # fmt: skip
     methods = "; ".join(sorted({e.memory_method for e in entries}))
     note = (
         f"Shape {shapes}. x base = median of per-pair ratios to the base GEMM x Wᵀ + b, timed "

@@ -118,15 +118,21 @@ class Run:
 
 def entry_dict(entry: Entry) -> dict[str, object]:
     """The entry as JSON-ready data, tagged with its kind; time entries also carry their
-    summary figures (ratio_to_base, ratio_iqr, median_s, base_median_s) for readers of the
-    raw JSON. The reader recomputes those from the rounds."""
+    summary figures (ratio_to_base, ratio_iqr, ratio_ci, median_s, base_median_s) for readers
+    of the raw JSON, and paired-token entries their ratio, CI and tokens/s. The reader
+    recomputes those from the rounds."""
     data: dict[str, object] = {"kind": entry.kind, **dataclasses.asdict(entry)}
     if isinstance(entry, PairedTokens):
-        data.update(ratio_to_base=entry.ratio_to_base, tokens_per_s=entry.tokens_per_s)
+        data.update(
+            ratio_to_base=entry.ratio_to_base,
+            ratio_ci=list(entry.rounds.ratio_ci),
+            tokens_per_s=entry.tokens_per_s,
+        )
     if isinstance(entry, TimeEntry):
         data.update(
             ratio_to_base=entry.ratio_to_base,
             ratio_iqr=entry.ratio_iqr,
+            ratio_ci=list(entry.rounds.ratio_ci),
             median_s=entry.median_s,
             base_median_s=entry.base_median_s,
         )
