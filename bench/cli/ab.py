@@ -103,8 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--seconds",
         type=positive_number,
-        default=2.0,
-        help="most time of paired rounds per comparison (default 2 s)",
+        default=5.0,
+        help="most time of paired rounds per comparison (default 5 s)",
     )
     a.add_argument(
         "--target",

@@ -62,7 +62,7 @@ class Options:
     dtypes: tuple[str, ...] = ("fp32",)
     cache: str = "cold"
     threads: int = 1
-    seconds: float = 2.0  # paired rounds of one comparison stop after about this long ...
+    seconds: float = 5.0  # paired rounds of one comparison stop after about this long ...
     target: float = TARGET  # ... or once the ratio's 95% CI is within this of the ratio
     min_quads: int = 8  # below 8 a signed-rank p-value cannot reach 0.01
     max_quads: int = 1000
