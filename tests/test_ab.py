@@ -13,7 +13,7 @@ import pytest
 
 from bench.cli.main import main
 from bench.gates import gitref
-from bench.gates.ab import Options, Progress, compare_item
+from bench.gates.ab import SIDE_ENV, Options, Progress, SideProcess, compare_item
 from bench.gates.plan import Item, match_cases, select
 from bench.report.ab import ab_markdown
 from bench.schema.ab import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
@@ -395,3 +395,47 @@ def test_abba_quads_cancel_what_the_side_before_leaves_behind() -> None:
     (entry,) = compare_item(slower, item, opts)  # type: ignore[arg-type]
     assert entry.ratio == pytest.approx(1.06)
     assert entry.status(0.05, 0.01) == "regression"  # type: ignore[union-attr]
+
+
+def test_abba_entries_pair_each_quad_s_rounds_and_round_trip(tmp_path: Path) -> None:
+    case = "gpt2.c_attn T=16 r=16 fp32 cpu"
+    base_s = [1.0e-3, 1.2e-3] * 5  # each quad: base first (1.0), then base second (1.2)
+    cur_s = [1.2e-3 * 1.05, 1.0e-3 * 1.05] * 5  # current second, then first: 5% slower
+    e = AbTime(case, case[:-4], "addmm", "infer", 1, 1, base_s, cur_s, 1e-7, 1e-7, 0,
+               "sure", "abba")  # fmt: skip
+    assert e.blocks()[1] == pytest.approx([2.2e-3] * 5)
+    assert e.ratio == pytest.approx(1.05)  # the position effect cancels within each quad
+    with pytest.raises(ValueError, match="even number of rounds"):
+        replace(e, base_s=base_s[:-1], current_s=cur_s[:-1])
+    run = replace(ab_run(), entries=[e])
+    path = tmp_path / "ab.json"
+    path.write_text(dump_ab(run))
+    assert load_ab(path).entries == [e]
+
+
+def test_the_sides_start_with_the_spin_and_malloc_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, str] = {}
+
+    class Popen:
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            seen.update(kwargs["env"])  # type: ignore[arg-type]
+            self.stdin = self.stdout = object()
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+    with open(tmp_path / "log", "w+", encoding="utf-8") as log:
+        SideProcess("base", tmp_path, Options("HEAD", ROOT), log)
+    assert {k: seen[k] for k in SIDE_ENV} == SIDE_ENV
+    assert SIDE_ENV["GOMP_SPINCOUNT"] == "10000"
+
+
+def test_a_comparison_too_noisy_to_tell_the_threshold_is_called_unresolved() -> None:
+    case = "gpt2.c_attn T=16 r=16 fp32 cpu"
+    noisy = [1e-3 * (1 + 0.3 * (i % 3)) for i in range(12)]
+    e = AbTime(case, case[:-4], "addmm", "infer", 1, 1, noisy, noisy[::-1], 1e-7, 1e-7)
+    run = replace(ab_run(), entries=[e])
+    assert not e.resolves(0.10) and run.unresolved() == [e] and run.regressions() == []
+    text = ab_markdown(run)
+    assert "same (unresolved)" in text and "1 time comparison(s) unresolved" in text
+    assert ab_run(1.02).unresolved() == []

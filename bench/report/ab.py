@@ -7,7 +7,7 @@ import statistics
 
 from bench.report.base import Table, fmt_bytes, fmt_seconds, render
 from bench.schema.ab import AbMemory, AbProblem, AbRun, AbTime
-from bench.stats.verdicts import IMPROVEMENT, REGRESSION
+from bench.stats.verdicts import IMPROVEMENT, REGRESSION, SAME
 
 TIME_HEADERS = ["case", "impl", "mode", "base", "current", "current / base [95% CI]", "p",
                 "blocks, stopped", "verdict"]  # fmt: skip
@@ -18,9 +18,11 @@ def _p(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
-def time_row(e: AbTime, status: str, attempts: list[AbTime]) -> list[object]:
+def time_row(e: AbTime, status: str, attempts: list[AbTime], threshold: float) -> list[object]:
     ratio, lo, hi, p = e.summary
     base, cur = statistics.median(e.base_s), statistics.median(e.current_s)
+    if status == SAME and not e.resolves(threshold):
+        status += " (unresolved)"
     if len(attempts) > 1:
         tried = ", ".join(f"{a.ratio:.3f}" for a in attempts)
         status += f" (attempts: {tried})"
@@ -43,7 +45,7 @@ def ab_tables(run: AbRun) -> list[Table]:
     mems = [(e, e.status(m.memory_rel, m.memory_mib)) for e in run.of(AbMemory)]
     tables = []
     for status, title in ((REGRESSION, "Regressions"), (IMPROVEMENT, "Improvements")):
-        rows = [time_row(e, s, a) for e, s, a in times if s == status]
+        rows = [time_row(e, s, a, m.threshold) for e, s, a in times if s == status]
         if rows:
             tables.append(Table(f"{title}: time", TIME_HEADERS, rows))
         rows = [memory_row(e, s) for e, s in mems if s == status]
@@ -58,7 +60,7 @@ def ab_tables(run: AbRun) -> list[Table]:
         Table(
             "Every comparison: time",
             TIME_HEADERS,
-            [time_row(e, s, a) for e, s, a in times],
+            [time_row(e, s, a, m.threshold) for e, s, a in times],
             "seconds per op, medians of each side's rounds. A block is a quad of rounds "
             "(base, current, current, base; a pair in files before quads) and its ratio "
             "current's rounds over base's; the ratio shown is the blocks' median with its "
@@ -106,10 +108,18 @@ def ab_summary(run: AbRun) -> str:
         s = e.status(m.memory_rel, m.memory_mib)
         counts[s] = counts.get(s, 0) + 1
     failures = sum(p.fails for p in run.of(AbProblem))
+    unresolved = len(run.unresolved())
     return (
         f"{len(run.times())} time and {len(run.of(AbMemory))} memory comparisons in "
         f"{m.wall_s / 60:.1f} min: {counts[REGRESSION]} regression(s), "
         f"{counts[IMPROVEMENT]} improvement(s), {failures} failure(s) on the current side"
+        + (
+            f"; {unresolved} time comparison(s) unresolved: their 95% CI reaches past "
+            f"±{100 * m.threshold:g}%, too wide to tell such a change from none (a loaded "
+            "machine; more --seconds)"
+            if unresolved
+            else ""
+        )
     )
 
 

@@ -104,6 +104,12 @@ class AbTime:
     def ratio(self) -> float:
         return self.summary[0]
 
+    def resolves(self, threshold: float) -> bool:
+        """Whether the 95% CI is narrow enough to tell a change of `threshold` from none:
+        it reaches no further than `threshold` either side of the ratio."""
+        ratio, lo, hi, _ = self.summary
+        return hi / ratio - 1 <= threshold and 1 - lo / ratio <= threshold
+
     def status(self, threshold: float, alpha: float) -> str:
         ratio, lo, hi, p = self.summary
         return time_status(ratio - 1, (lo - 1, hi - 1), p, threshold, alpha)
@@ -176,6 +182,11 @@ class AbRun:
         m = self.meta
         seen = {a.status(m.threshold, m.alpha) for a in self.attempts(e)}
         return seen.pop() if len(seen) == 1 else SAME
+
+    def unresolved(self) -> list[AbTime]:
+        """Comparisons whose shown attempt's CI is too wide to tell a change of the threshold
+        from none: the gate passes them, but they say nothing."""
+        return [e for e in self.times() if not e.resolves(self.meta.threshold)]
 
     def regressions(self) -> list[AbEntry]:
         """What fails the gate: time and memory regressions, and current-side failures."""
