@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.harness.rounds import Budget, choose_inner, stop_reason
+from bench.harness.rounds import BUDGET, Budget, choose_inner, stop_reason
 from bench.schema.entries import Paired
 
 Work = Callable[[], object]
@@ -90,9 +90,9 @@ class PairedTimer:
         return self.paired()
 
     def paired(self) -> Paired:
-        if not self.stopped:
-            return Paired(self.inner, list(self.impl_s), list(self.base_s))
-        return Paired(self.inner, list(self.impl_s), list(self.base_s), self.stopped, self.target)
+        """The rounds so far; before `run` has stopped them, as a fixed budget's."""
+        stopped = self.stopped or BUDGET
+        return Paired(self.inner, list(self.impl_s), list(self.base_s), stopped, self.target)
 
 
 def run_paired(
