@@ -10,6 +10,7 @@ import pytest
 from bench.harness.rounds import (
     BUDGET,
     PAIRS,
+    STOPS,
     SURE,
     Budget,
     choose_inner,
@@ -17,6 +18,7 @@ from bench.harness.rounds import (
     stop_reason,
 )
 from bench.harness.timing import PairedTimer, Peaks, make_round, warm_up
+from bench.schema.decode import CHOICES
 from bench.schema.entries import Paired, quartiles
 
 
@@ -119,3 +121,7 @@ def test_roofline_floor() -> None:
     assert peaks.floor_s(flops=10**11, nbytes=10**9) == pytest.approx(1.0)  # compute-bound
     assert peaks.floor_s(flops=10**9, nbytes=10**10) == pytest.approx(1.0)  # memory-bound
     assert peaks.as_dict()["gemm_gflops"] == pytest.approx(100.0)
+
+
+def test_the_reader_accepts_every_stop_the_rule_gives() -> None:
+    assert CHOICES["stopped"] == STOPS

@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.stats.ranks import median_ci
+from bench.stats.ranks import ci_reach, median_ci
 
 MIN_ROUND_S = 1e-3  # a round runs the op `inner` times and lasts at least this long
 SURE, BUDGET, PAIRS = "sure", "budget", "pairs"  # why paired rounds stopped
@@ -51,9 +51,7 @@ def ci_halfwidth(ratios: Sequence[float]) -> float:
     whose CI is their whole range and says nothing."""
     if len(ratios) < 6:
         return math.inf
-    med = statistics.median(ratios)
-    lo, hi = median_ci(ratios)
-    return max(hi / med - 1, 1 - lo / med)
+    return ci_reach(statistics.median(ratios), *median_ci(ratios))
 
 
 def stop_reason(ratios: Sequence[float], elapsed_s: float, budget: Budget) -> str | None:

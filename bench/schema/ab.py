@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from bench.schema.decode import from_dict, parse_entries, positive_seconds
 from bench.schema.io import ResultError, read_json
-from bench.stats.ranks import ratio_summary
+from bench.stats.ranks import ci_reach, ratio_summary
 from bench.stats.verdicts import REGRESSION, SAME, memory_status, time_status
 
 AB_SCHEMA = 1
@@ -107,8 +107,7 @@ class AbTime:
     def resolves(self, threshold: float) -> bool:
         """Whether the 95% CI is narrow enough to tell a change of `threshold` from none:
         it reaches no further than `threshold` either side of the ratio."""
-        ratio, lo, hi, _ = self.summary
-        return hi / ratio - 1 <= threshold and 1 - lo / ratio <= threshold
+        return ci_reach(*self.summary[:3]) <= threshold
 
     def status(self, threshold: float, alpha: float) -> str:
         ratio, lo, hi, p = self.summary

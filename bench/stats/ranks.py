@@ -114,6 +114,12 @@ def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
     return x[k - 1], x[n - k]
 
 
+def ci_reach(center: float, lo: float, hi: float) -> float:
+    """How far a confidence interval [lo, hi] reaches from its positive `center`, relative to
+    it: the larger of hi / center - 1 and 1 - lo / center."""
+    return max(hi / center - 1, 1 - lo / center)
+
+
 def shift_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Confidence interval of the shift from `a` to `b` (how much b's values exceed a's), the
     one that goes with Mann-Whitney's test: order statistics of the pairwise differences b - a,
