@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import allocator
 from bench.schema.entries import TimeEntry
 from bench.schema.run import load_run
 
@@ -56,6 +57,7 @@ def test_json_has_the_expected_fields(tiny_run: tuple[Path, str]) -> None:
     assert any(e.peak_bytes > 0 for e in run.memory())
     assert any(e.trainable == 296 for e in run.params())
     assert meta.cache == "cold" and meta.cache_bytes > 0
+    assert meta.allocator in (allocator.FIXED, allocator.DEFAULT)
     assert all(e.copies > 1 for e in timed), "a cold run rotates copies past the cache"
     checks = {e.impl: e for e in run.timer_checks()}
     assert set(checks) == {"base", "two_step"}, "triton_fused skips on a CPU"
@@ -92,6 +94,7 @@ def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
                   "Ratio to base (train)", "Cold-cache check (decode)", "Timer check",
                   "Peak memory", "Trainable parameters"):  # fmt: skip
         assert f"### {title}" in md
+    assert f"- malloc: {load_run(tiny_run[0] / 'cpu-tiny.json').meta.allocator}" in md
 
 
 def test_recheck_measures_a_flagged_case_again(tiny_run: tuple[Path, str]) -> None:

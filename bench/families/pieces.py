@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+from bench.harness.allocator import fix_malloc
 from bench.harness.cases import DTYPES, SHAPES, Case
 from bench.harness.rounds import Budget
 from bench.harness.runner import charge_copy
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     configure_torch(args.threads)
+    fix_malloc()
     load_plugins()
     try:
         case = Case(args.shape, args.tokens, args.rank, args.dtype, args.device)

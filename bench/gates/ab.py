@@ -37,6 +37,7 @@ from typing import TextIO
 
 from bench.gates import gitref, with_kernels
 from bench.gates.plan import Item, match_cases, select
+from bench.harness import allocator
 from bench.harness.rounds import TARGET, Budget, choose_inner, stop_reason
 from bench.schema.ab import AbEntry, AbMemory, AbMeta, AbProblem, AbRun, AbTime
 from bench.schema.io import ResultError
@@ -46,8 +47,7 @@ SIDES = ("base", "current")
 ABBA = ("base", "current", "current", "base")  # one quad: each side runs once first, once second
 SIDE_ENV = {
     "GOMP_SPINCOUNT": "10000",  # idle OpenMP threads sleep within about a millisecond
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's dynamic maximum, fixed: the state
-    "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),  # of a long-running process, on both sides
+    **allocator.ENV,  # malloc's thresholds fixed, as in `pytest bench`
 }
 
 

@@ -76,6 +76,7 @@ class Settings:
     cache: str  # "cold": rotate copies of weights and input past the last-level cache; "warm"
     seconds: float | None = None  # --lora-seconds: every benchmark's time budget
     target: float | None = None  # --lora-target: every benchmark's CI target
+    allocator: str = ""  # how malloc's thresholds were set, once the benchmarks start
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -189,6 +190,7 @@ class Settings:
             impl_specs=self.impl_specs,
             cache=self.cache,
             cache_bytes=cache_bytes(device),
+            allocator=self.allocator,
             impls=[
                 ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
                 for i in IMPLS.values()

@@ -18,6 +18,7 @@ import torch
 from bench.families import probe
 from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
+from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
 from bench.harness.runner import Harness
 from bench.harness.session import Settings, configure_torch, physical_cores
@@ -78,12 +79,13 @@ def case_ids(settings: Settings) -> list[str]:
 
 
 def started(config: pytest.Config) -> Settings:
-    """The run's settings, with the installed plugins loaded and the threads fixed: done when
-    the first benchmark module is collected."""
+    """The run's settings, with the installed plugins loaded and the threads and malloc's
+    thresholds fixed: done when the first benchmark module is collected."""
     settings = config.stash[SETTINGS]
     if not config.stash[STARTED]:
         load_plugins(settings.impl_specs)
         configure_torch(settings.threads)
+        settings.allocator = fix_malloc()
         config.stash[STARTED] = True
     return settings
 

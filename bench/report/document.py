@@ -59,6 +59,8 @@ def run_header(run: Run) -> str:
             else "; every call reuses one copy)"
         ),
     ]
+    if meta.allocator:
+        lines.append(f"- malloc: {meta.allocator}")
     if meta.only:
         lines.append(f"- only these cases (--lora-only): {', '.join(meta.only)}")
     for key, start in meta.peaks_start.items():

@@ -62,6 +62,7 @@ class RunMeta:
     shapes: list[str]
     peaks_start: dict[str, dict[str, float]]  # "device/dtype" -> gemm_gflops, copy_gbs, ...
     peaks_end: dict[str, dict[str, float]]
+    allocator: str = ""  # how malloc's thresholds were set (bench.harness.allocator); "" before
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
