@@ -59,6 +59,28 @@ def test_load_run_roundtrip(tmp_path: Path) -> None:
     assert first["ratio_to_base"] == pytest.approx(1.05), "summaries are written for readers"
 
 
+def test_a_run_cut_short_says_so(tmp_path: Path) -> None:
+    """--lora-deadline's skips and malloc's settings round-trip and head the report; a file
+    written before they were recorded reads as a run that was not cut short."""
+    run = make_run()
+    meta = replace(run.meta, deadline=225.0, not_run=["test_forward[a]", "test_forward[b]"],
+                   allocator="glibc, mmap threshold 32 MiB, trim 64 MiB")  # fmt: skip
+    cut = replace(run, meta=meta)
+    path = tmp_path / "cpu-quick.json"
+    path.write_text(run_json(cut))
+    assert load_run(path) == cut
+    md = run_markdown(cut)
+    assert "- cut short: 2 benchmark(s) not started, past --lora-deadline 225 s" in md
+    assert "- malloc: glibc, mmap threshold 32 MiB, trim 64 MiB" in md
+    data = json.loads(run_json(run))
+    for key in ("deadline", "not_run", "allocator"):
+        del data["lora_bench"][key]
+    path.write_text(json.dumps(data))
+    old = load_run(path).meta
+    assert (old.deadline, old.not_run, old.allocator) == (None, [], "")
+    assert "cut short" not in run_markdown(load_run(path))
+
+
 def test_time_entry_summaries_come_from_the_rounds() -> None:
     e = make_run(ratios={("toy T=512 r=4 fp32", "two_step"): 1.3}, iqr=0.1).times()[1]
     assert isinstance(e, TimeEntry)

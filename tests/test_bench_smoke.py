@@ -190,3 +190,16 @@ def test_dora_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> N
     md = (tiny_run[0] / "cpu-tiny.md").read_text()
     assert "### DoRA: ratio to base" in md and "### DoRA: peak memory" in md
     assert "dora_" not in md.split("### Ratio to base (infer)")[1].split("###")[0]
+
+
+def test_past_the_deadline_no_benchmark_starts(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "pytest", "bench/test_forward.py", "--benchmark-only", "-q",
+        "-p", "no:cacheprovider", "--lora-profile", "tiny", "--lora-device", "cpu",
+        "--lora-results", str(tmp_path), "-k", "two_step", "--lora-deadline", "0.001",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--lora-deadline 0.001 s passed before it started" in proc.stdout
+    assert " passed" not in proc.stdout.splitlines()[-1], "nothing ran"
+    assert not list(tmp_path.iterdir()), "nothing measured, nothing written"

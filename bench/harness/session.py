@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -77,6 +78,9 @@ class Settings:
     seconds: float | None = None  # --lora-seconds: every benchmark's time budget
     target: float | None = None  # --lora-target: every benchmark's CI target
     allocator: str = ""  # how malloc's thresholds were set, once the benchmarks start
+    deadline: float | None = None  # --lora-deadline: seconds after `started_at`
+    started_at: float = field(default_factory=time.monotonic)
+    not_run: list[str] = field(default_factory=list)  # benchmarks the deadline skipped
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -104,7 +108,11 @@ class Settings:
             cache=config.getoption("lora_cache"),
             seconds=seconds,
             target=target,
+            deadline=config.getoption("lora_deadline"),
         )
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() - self.started_at > self.deadline
 
     def budget(self, budget: Budget) -> Budget:
         """A family's budget with --lora-seconds and --lora-target applied: a given time
@@ -191,6 +199,8 @@ class Settings:
             cache=self.cache,
             cache_bytes=cache_bytes(device),
             allocator=self.allocator,
+            deadline=self.deadline,
+            not_run=list(self.not_run),
             impls=[
                 ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
                 for i in IMPLS.values()

@@ -122,6 +122,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Past --lora-deadline no further benchmark starts; the results list the ones skipped."""
+    settings = item.config.stash.get(SETTINGS, None)
+    if settings is None or not settings.past_deadline():
+        return
+    if BENCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+        settings.not_run.append(item.nodeid.partition("::")[2])
+        pytest.skip(f"--lora-deadline {settings.deadline:g} s passed before it started")
+
+
 @pytest.fixture(scope="session")
 def settings(pytestconfig: pytest.Config) -> Settings:
     return started(pytestconfig)

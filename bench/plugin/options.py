@@ -88,6 +88,12 @@ OPTIONS = (
         {"type": fraction, "default": None},
     ),
     Option(
+        "deadline",
+        "seconds after the session starts past which no further benchmark starts: the rest "
+        "skip, and the results say how many (default: none)",
+        {"type": positive_number, "default": None},
+    ),
+    Option(
         "only",
         "run only this case id, e.g. 'toy T=512 r=4 fp32 cpu'; repeatable",
         {"action": "append", "default": None, "metavar": "CASE_ID"},

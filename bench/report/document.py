@@ -59,6 +59,9 @@ def run_header(run: Run) -> str:
             else "; every call reuses one copy)"
         ),
     ]
+    if meta.not_run:
+        lines.append(f"- cut short: {len(meta.not_run)} benchmark(s) not started, past "
+                     f"--lora-deadline {meta.deadline:g} s")  # fmt: skip
     if meta.allocator:
         lines.append(f"- malloc: {meta.allocator}")
     if meta.only:

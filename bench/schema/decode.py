@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any, TypeVar, cast
 
@@ -25,6 +26,9 @@ CHOICES = {
 def _check_value(where: str, value: object, typ: Any) -> object:
     """Value converted to `typ` (dataclasses built from dicts), or ValueError saying why not."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:  # X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        return None if value is None else _check_value(where, value, inner)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be an object, got {type(value).__name__}")
@@ -72,7 +76,8 @@ def from_dict(cls: type[T], data: dict, where: str) -> T:
 def _from_dict(cls: Any, data: dict, where: str) -> object:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
-    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
+    required = [f for f in fields if dataclasses.MISSING is f.default is f.default_factory]
+    missing = [f.name for f in required if f.name not in data]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}")
     values = {

@@ -63,6 +63,8 @@ class RunMeta:
     peaks_start: dict[str, dict[str, float]]  # "device/dtype" -> gemm_gflops, copy_gbs, ...
     peaks_end: dict[str, dict[str, float]]
     allocator: str = ""  # how malloc's thresholds were set (bench.harness.allocator); "" before
+    deadline: float | None = None  # --lora-deadline, seconds
+    not_run: list[str] = field(default_factory=list)  # benchmark ids the deadline skipped
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
