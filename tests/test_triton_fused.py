@@ -14,6 +14,7 @@ from lora_kernels import IMPLS, LoRAWeights, reference_forward, rel_error, toler
 from lora_kernels.reference import forward_error
 
 pytest.importorskip("triton", reason="the triton extra is not installed")
+pytestmark = pytest.mark.cuda
 
 needs_kernel = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason=NO_KERNEL)
 

@@ -13,6 +13,7 @@ from lora_kernels import MultiLoRAWeights, random_index, rel_error, tolerance
 from lora_kernels.multi.reference import multi_forward_error, multi_reference_forward
 
 pytest.importorskip("triton", reason="the triton extra is not installed")
+pytestmark = pytest.mark.cuda
 
 needs_kernel = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason=NO_KERNEL)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -2,7 +2,8 @@
 and each impl, every one timed in pairs with the base GEMM (median of per-pair ratios), on
 one copy of the weights (a warm cache, unlike the bench's cold default).
 
-python -m bench.pieces gpt2-medium.c_proj --tokens 2048 --rank 8 [--seconds 5] [--profile IMPL]
+python -m bench.families.pieces gpt2-medium.c_proj --tokens 2048 --rank 8 [--seconds 5]
+    [--profile IMPL]
 """
 
 from __future__ import annotations
