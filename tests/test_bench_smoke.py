@@ -3,7 +3,9 @@ with a plugin given by --lora-impl, and the installed example plugin when it is 
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -27,6 +29,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p", "no:cacheprovider",
         "--lora-profile", "tiny", "--lora-device", "cpu", "--lora-threads", "1",
         "--lora-results", str(out), "-k", "not compiled", f"--lora-impl={PLUGIN}",
+        "--lora-trace", str(out.parent / "traces"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -92,7 +95,8 @@ def test_markdown_has_every_table(tiny_run: tuple[Path, str]) -> None:
     md = (tiny_run[0] / "cpu-tiny.md").read_text()
     for title in ("Throughput (infer)", "Ratio to base (infer)", "Throughput (train)",
                   "Ratio to base (train)", "Cold-cache check (decode)", "Timer check",
-                  "Peak memory", "Trainable parameters"):  # fmt: skip
+                  "Peak memory", "Trainable parameters", "Where the time goes (forward, cpu)",
+                  "Where the time goes (training step, cpu)"):  # fmt: skip
         assert f"### {title}" in md
     assert f"- malloc: {load_run(tiny_run[0] / 'cpu-tiny.json').meta.allocator}" in md
 
@@ -203,3 +207,19 @@ def test_past_the_deadline_no_benchmark_starts(tmp_path: Path) -> None:
     assert "--lora-deadline 0.001 s passed before it started" in proc.stdout
     assert " passed" not in proc.stdout.splitlines()[-1], "nothing ran"
     assert not list(tmp_path.iterdir()), "nothing measured, nothing written"
+
+
+def test_breakdown_and_traces(tiny_run: tuple[Path, str]) -> None:
+    """The breakdown family's entries take their paired timing from the timed benchmarks, and
+    --lora-trace leaves a trace of each timed (case, impl, mode) that loads."""
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    profiles = {(e.impl, e.mode): e for e in run.profiles()}
+    assert {("base", "infer"), ("two_step", "train"), ("merged", "infer")} <= set(profiles)
+    assert ("merged", "train") not in profiles, "merged has no training step"
+    assert "aten::add" in profiles[("two_step", "infer")].ops["y add/copy/scale"]
+    md = (tiny_run[0] / "cpu-tiny.md").read_text()
+    where = md.split("### Where the time goes (forward, cpu)")[1].split("###")[0]
+    assert re.search(r"\| toy T=512 r=8 fp32 cpu +\| two_step +\|", where)
+    folder = tiny_run[0].parent / "traces" / "toy_T512_r8_fp32_cpu"
+    trace = json.loads(gzip.decompress((folder / "addmm-train.trace.json.gz").read_bytes()))
+    assert any(ev.get("name") == "lora-bench addmm train" for ev in trace["traceEvents"])

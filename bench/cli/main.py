@@ -1,7 +1,7 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
 report, compare, check, plot, baseline and export read results JSONs and import neither torch
 nor the registry; ab drives two side processes and imports no torch itself; run, impls,
-verify and plan load torch.
+verify, profile and plan load torch.
 
 Exit codes: 0 fine, 1 regressions found by `check` or `ab` or failures found by `verify`,
 2 unusable input (one line on stderr).
@@ -22,13 +22,14 @@ from bench.cli import (
     impls,
     plan,
     plot,
+    profile,
     report,
     run,
     verify,
 )
 from bench.schema.io import ResultError
 
-COMMANDS = (report, compare, check, plot, baseline, ab, plan, export, impls, verify, run)
+COMMANDS = (report, compare, check, plot, baseline, ab, plan, export, impls, verify, profile, run)
 PASS_THROUGH = "--"  # what follows goes to pytest, for `run` only
 
 

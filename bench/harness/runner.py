@@ -8,6 +8,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import pytest
@@ -18,6 +19,7 @@ from torch import Tensor
 from bench.harness.cases import Case
 from bench.harness.kernels import copy_weights, trainable, variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
+from bench.harness.profiling import case_folder, profile_entry
 from bench.harness.session import Settings
 from bench.harness.timing import (
     Work,
@@ -172,6 +174,11 @@ def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
     return Checked(*rotating(works, bases), err, build_s, copied)
 
 
+def checked_work(case: Case, impl_name: str, mode: str, copies: int = 1) -> Checked:
+    """forward_work or train_work, as `mode` says."""
+    return (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
+
+
 @dataclass
 class Harness:
     """What a benchmark test needs: the run's settings and the test's node id. Each test
@@ -184,19 +191,46 @@ class Harness:
         self.settings.entries.append(entry)
         benchmark.extra_info.update(entry_dict(entry))
 
+    def trace_folder(self, case: Case) -> Path | None:
+        """Where --lora-trace puts the case's traces, or None without it."""
+        trace_dir = self.settings.trace_dir
+        return None if trace_dir is None else trace_dir / case_folder(case)
+
     def _paired(
         self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str
     ) -> tuple[Checked, int, Paired] | None:
         """Check the impl on the case, then time it in pairs with base: (checked, copies,
-        paired), or None when pytest-benchmark is disabled (the work then runs once)."""
+        paired), or None when pytest-benchmark is disabled (the work then runs once). With
+        --lora-trace, a trace of the checked work follows the timed rounds."""
         copies = self.settings.copies(case, mode)
-        checked = (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
+        checked = checked_work(case, impl_name, mode, copies)
         if benchmark.disabled:
             checked.work()
             return None
         budget = self.settings.budget(self.settings.profile.budget)
         paired = run_paired(benchmark, checked.work, checked.base_work, case.device, budget)
+        folder = self.trace_folder(case)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            works = (checked.work, checked.base_work)
+            profile_entry(case, impl_name, mode, works, self.nodeid, folder, paired=None)
         return checked, copies, paired
+
+    def breakdown(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
+        """Where the impl's call goes, from the profiler, outside any timed round; its paired
+        timing is the timed benchmark's of the same case (the report joins them). The time
+        pytest-benchmark shows for it is the cost of profiling."""
+        benchmark.group = "where the time goes"
+        checked = checked_work(case, impl_name, mode, self.settings.copies(case, mode))
+        folder = self.trace_folder(case)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        works = (checked.work, checked.base_work)
+        entry = benchmark.pedantic(
+            profile_entry, args=(case, impl_name, mode, works, self.nodeid, folder),
+            kwargs={"paired": None}, rounds=1,
+        )  # fmt: skip
+        self.record(benchmark, entry)
 
     def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
         """Check, then time the impl in pairs with base; a forward or a training step."""

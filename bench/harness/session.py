@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,28 @@ J = TypeVar("J", bound=Job)
 def configure_torch(threads: int) -> None:
     """Fix the thread count. (`compiled` guards itself against dynamo's silent fallback.)"""
     torch.set_num_threads(threads)
+
+
+def _folder(config: pytest.Config, value: str) -> Path:
+    """A folder option's value, relative to pytest's rootdir."""
+    path = Path(value)
+    return path if path.is_absolute() else config.rootpath / path
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it, else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else cpu_model()
 
 
 def physical_cores() -> int:
@@ -79,6 +102,7 @@ class Settings:
     target: float | None = None  # --lora-target: every benchmark's CI target
     allocator: str = ""  # how malloc's thresholds were set, once the benchmarks start
     deadline: float | None = None  # --lora-deadline: seconds after `started_at`
+    trace_dir: Path | None = None  # --lora-trace: a trace per timed (case, impl, mode)
     started_at: float = field(default_factory=time.monotonic)
     not_run: list[str] = field(default_factory=list)  # benchmarks the deadline skipped
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
@@ -94,9 +118,8 @@ class Settings:
             raise pytest.UsageError(f"--lora-threads must be >= 1, got {threads}")
         profile = PROFILES[config.getoption("lora_profile")]
         seconds, target = config.getoption("lora_seconds"), config.getoption("lora_target")
-        results = Path(config.getoption("lora_results"))
-        if not results.is_absolute():
-            results = config.rootpath / results
+        results = _folder(config, config.getoption("lora_results"))
+        trace = config.getoption("lora_trace")
         return cls(
             profile=profile,
             devices=devices,
@@ -109,6 +132,7 @@ class Settings:
             seconds=seconds,
             target=target,
             deadline=config.getoption("lora_deadline"),
+            trace_dir=_folder(config, trace) if trace else None,
         )
 
     def past_deadline(self) -> bool:

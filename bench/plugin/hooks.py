@@ -8,7 +8,6 @@ thread count are set up when the first of them is collected."""
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -21,7 +20,7 @@ from bench.families.multi import multi_jobs
 from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
 from bench.harness.runner import Harness
-from bench.harness.session import Settings, configure_torch, physical_cores
+from bench.harness.session import Settings, configure_torch, cpu_model, device_name, physical_cores
 from bench.plugin.options import OPTIONS
 from bench.report.document import run_markdown
 from bench.report.plan import presets_markdown
@@ -94,10 +93,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Before any benchmark runs: the results folder must take the files written at the end."""
     config = session.config
     if config.stash.get(STARTED, False):
-        try:
-            check_writable(config.stash[SETTINGS].results_dir)
-        except ResultError as err:
-            raise pytest.UsageError(f"--lora-results: {err}") from None
+        settings = config.stash[SETTINGS]
+        folders = {"--lora-results": settings.results_dir, "--lora-trace": settings.trace_dir}
+        for option, folder in folders.items():
+            try:
+                if folder is not None:
+                    check_writable(folder)
+            except ResultError as err:
+                raise pytest.UsageError(f"{option}: {err}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -149,28 +152,13 @@ def memory_probe(settings: Settings) -> Iterator[CpuProbe]:
     cpu_probe.close()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
-
-
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     settings = config.stash.get(SETTINGS, None)
     if settings is None:
         return
     info = {
         "torch": torch.__version__,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "physical_cores": physical_cores(),
         "threads": settings.threads,
     }
@@ -208,7 +196,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for device in devices:
         mine = [e for e in settings.entries if getattr(e, "device", device) == device]
-        run = Run(settings.meta(device, _device_name(device), created), machine_info,
+        run = Run(settings.meta(device, device_name(device), created), machine_info,
                   commit_info, mine)  # fmt: skip
         stem = settings.results_dir / f"{device}-{settings.profile.name}"
         write_atomic(stem.with_suffix(".json"), dump_run(run))

@@ -88,6 +88,12 @@ OPTIONS = (
         {"type": fraction, "default": None},
     ),
     Option(
+        "trace",
+        "also write a torch.profiler trace (Chrome JSON, gzipped) of every timed benchmark's "
+        "work, taken after its timed rounds, into DIR/<case>/<impl>-<mode>.trace.json.gz",
+        {"default": None, "metavar": "DIR"},
+    ),
+    Option(
         "deadline",
         "seconds after the session starts past which no further benchmark starts: the rest "
         "skip, and the results say how many (default: none)",

@@ -15,6 +15,7 @@ from bench.report.layer import (
 )
 from bench.report.models import model_tables
 from bench.report.multi import multi_tables
+from bench.report.profile import profile_tables
 from bench.schema.run import Run
 
 
@@ -37,6 +38,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *dora_tables(run),
         *model_tables(run),
         *multi_tables(run),
+        *profile_tables(run),
     ]
     return [t for t in tables if t.rows]
 

@@ -243,8 +243,59 @@ class MultiEntry(PairedTokens):
     rounds: Paired
 
 
-Entry = TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry
+# The parts of a call a profile splits its time into (bench.harness.breakdown), in table order.
+PARTS = ("base GEMM", "shrink", "expand", "B A", "y add/copy/scale", "norm", "other ops")
+OUTSIDE = "outside ops"  # wall time no op covers: Python and dispatch between ops
+
+
+@dataclass(frozen=True)
+class ProfileEntry(CaseEntry):
+    """Where one impl's call goes, from torch.profiler over `calls` warmed-up calls taken
+    outside any timed round. Seconds and counts are per call; `cpu_s` holds each part's ops'
+    self time on the CPU side, `device_s` their kernels' time (CUDA). `paired_s` is the
+    unprofiled paired timing of the same work (0: not timed with the profile)."""
+
+    kind: ClassVar[str] = "profile"
+    mode: str
+    calls: int
+    wall_s: float  # one call under the profiler
+    outside_s: float
+    cpu_s: dict[str, float]
+    device_s: dict[str, float]
+    ops: dict[str, list[str]]  # part -> the distinct op names given to it
+    op_count: float  # ATen ops dispatched
+    kernel_count: float  # device kernels launched (0 on the CPU)
+    allocated_bytes: float  # by the ops themselves (profile_memory)
+    peak_bytes: int  # CUDA: above what was held, over one call; 0 on the CPU
+    paired_s: float
+    base_paired_s: float
+    trace: str  # the trace's file name beside the results, or ""
+    snapshot: str  # CUDA: the allocator's snapshot beside the trace, or ""
+
+    def __post_init__(self) -> None:
+        positive("calls and wall_s", [self.calls, self.wall_s])
+        unknown = (set(self.cpu_s) | set(self.device_s) | set(self.ops)) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+
+    @property
+    def overhead_s(self) -> float:
+        """Profiled wall time past the paired timing: the profiler's own cost, mostly."""
+        return self.wall_s - self.paired_s if self.paired_s else 0.0
+
+
+Entry = (
+    TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry | ProfileEntry
+)
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
-    for c in (TimeEntry, MemoryEntry, ParamsEntry, TimerCheckEntry, ModelEntry, MultiEntry)
+    for c in (
+        TimeEntry,
+        MemoryEntry,
+        ParamsEntry,
+        TimerCheckEntry,
+        ModelEntry,
+        MultiEntry,
+        ProfileEntry,
+    )
 }

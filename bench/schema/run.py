@@ -21,6 +21,7 @@ from bench.schema.entries import (
     MultiEntry,
     PairedTokens,
     ParamsEntry,
+    ProfileEntry,
     TimeEntry,
     TimerCheckEntry,
 )
@@ -99,6 +100,9 @@ class Run:
 
     def multi(self) -> list[MultiEntry]:
         return [e for e in self.entries if isinstance(e, MultiEntry)]
+
+    def profiles(self) -> list[ProfileEntry]:
+        return [e for e in self.entries if isinstance(e, ProfileEntry)]
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA

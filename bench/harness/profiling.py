@@ -1,0 +1,231 @@
+"""torch.profiler over warmed-up calls of one impl's work, taken outside any timed round: the
+trace (Chrome trace JSON, gzipped, for Perfetto or chrome://tracing), the breakdown of the
+call into parts (bench.harness.breakdown), and on CUDA the allocator's snapshot (for
+PyTorch's memory visualizer) and NVTX ranges (for nsys and ncu)."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from bench.harness.breakdown import Dims, Record, breakdown
+from bench.harness.cache import cache_bytes
+from bench.harness.cases import SHAPES, Case
+from bench.harness.kernels import variant_of
+from bench.harness.rounds import Budget
+from bench.harness.session import device_name
+from bench.harness.timing import PairedTimer, Work, synchronize, warm_up
+from bench.schema.entries import ProfileEntry
+from bench.schema.run import ImplInfo, RunMeta
+from lora_kernels import IMPLS
+
+MIN_PROFILED_S = 0.05  # profiled calls last at least this long in all ...
+MAX_CALLS = 50  # ... within this many calls
+PAIRED = Budget(1.0, 5, 10_000, target=0.02)  # the paired timing beside the breakdown
+
+
+def file_stem(impl: str, mode: str) -> str:
+    return f"{impl}-{mode}"
+
+
+def case_folder(case: Case) -> str:
+    """A folder name for the case: its id with spaces as underscores and no '='."""
+    return str(case).replace(" ", "_").replace("=", "")
+
+
+@contextlib.contextmanager
+def nvtx_range(name: str, on: bool) -> Iterator[None]:
+    """An NVTX range around the block when `on` (CUDA only), so nsys and ncu --nvtx see it."""
+    if on:
+        torch.cuda.nvtx.range_push(name)
+    try:
+        yield
+    finally:
+        if on:
+            torch.cuda.nvtx.range_pop()
+
+
+def records(prof: profile, label: str, device: str) -> list[Record]:
+    """The CPU-side ops of the profile, callers before callees, without the label's range."""
+    events = [e for e in prof.events() if e.device_type == DeviceType.CPU and e.name != label]
+    events.sort(key=lambda e: (e.time_range.start, -e.time_range.end))
+    index = {id(e): n for n, e in enumerate(events)}
+    cuda = torch.device(device).type == "cuda"
+    out = []
+    for e in events:
+        parent = e.cpu_parent
+        while parent is not None and id(parent) not in index:
+            parent = parent.cpu_parent
+        device_us = getattr(e, "self_device_time_total", 0.0) if cuda else 0.0
+        self_bytes = getattr(e, "self_device_memory_usage" if cuda else "self_cpu_memory_usage", 0)
+        out.append(
+            Record(
+                name=e.name,
+                shapes=[list(s) if isinstance(s, (list, tuple)) else [] for s in e.input_shapes],
+                start_us=e.time_range.start,
+                end_us=e.time_range.end,
+                self_cpu_us=e.self_cpu_time_total,
+                self_device_us=float(device_us or 0.0),
+                self_bytes=int(self_bytes or 0),
+                kernels=len(getattr(e, "kernels", ()) or ()),
+                parent=None if parent is None else index[id(parent)],
+            )
+        )
+    return out
+
+
+def capture(work: Work, device: str, calls: int, label: str, nvtx: bool) -> tuple[profile, float]:
+    """Profile `calls` calls of `work` (already warm) in one named range; returns the profile
+    and the wall seconds of the calls, synchronized."""
+    activities = [ProfilerActivity.CPU]
+    if torch.device(device).type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    synchronize(device)
+    prof = profile(activities=activities, record_shapes=True, profile_memory=True)
+    with prof, record_function(label), nvtx_range(label, nvtx):
+        start = time.perf_counter()
+        for _ in range(calls):
+            work()
+        synchronize(device)
+        wall = time.perf_counter() - start
+    return prof, wall
+
+
+def _replace_atomic(write: Callable[[str], object], path: Path) -> None:
+    """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader
+    sees the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_trace(prof: profile, path: Path) -> None:
+    """The profile as a gzipped Chrome trace at `path`, written atomically."""
+
+    def write(tmp: str) -> None:
+        raw = tmp + ".json"
+        try:
+            prof.export_chrome_trace(raw)
+            with open(raw, "rb") as src, gzip.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(raw)
+
+    _replace_atomic(write, path)
+
+
+def cuda_memory(work: Work, path: Path | None) -> int:
+    """Peak bytes allocated over one call above what was held before; with `path`, the
+    allocator's history of that call as a snapshot for PyTorch's memory visualizer."""
+    synchronize("cuda")
+    if path is not None:
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    work()
+    synchronize("cuda")
+    peak = torch.cuda.max_memory_allocated() - before
+    if path is not None:
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        _replace_atomic(lambda tmp: Path(tmp).write_bytes(pickle.dumps(snapshot)), path)
+    return peak
+
+
+def profile_entry(
+    case: Case,
+    impl: str,
+    mode: str,
+    works: tuple[Work, Work],
+    fullname: str,
+    folder: Path | None = None,
+    nvtx: bool = False,
+    paired: Budget | None = PAIRED,
+) -> ProfileEntry:
+    """Profile the impl's work (checked against the oracle first, by the caller; warm, outside
+    any timed round) and, with `paired`, time it in pairs with base's work (`works`); with
+    `folder`, write the trace (and on CUDA the allocator's snapshot) there."""
+    work, base_work = works
+    per_call = warm_up(work, case.device)
+    calls = min(MAX_CALLS, max(3, math.ceil(MIN_PROFILED_S / per_call)))
+    label = f"lora-bench {impl} {mode}"
+    prof, wall = capture(work, case.device, calls, label, nvtx)
+    dims = Dims(case.tokens, case.in_features, case.out_features, case.rank)
+    parts = breakdown(records(prof, label, case.device), dims, mode == "train",
+                                 calls, wall)  # fmt: skip
+    trace = snapshot = ""
+    peak = 0
+    if folder is not None:
+        trace = file_stem(impl, mode) + ".trace.json.gz"
+        write_trace(prof, folder / trace)
+    if torch.device(case.device).type == "cuda":
+        snapshot_path = None
+        if folder is not None:
+            snapshot = file_stem(impl, mode) + ".memory.pickle"
+            snapshot_path = folder / snapshot
+        peak = cuda_memory(work, snapshot_path)
+    impl_s = base_s = 0.0
+    if paired is not None:
+        timed = PairedTimer(work, base_work, case.device).run(paired)
+        impl_s, base_s = timed.impl_median_s, timed.base_median_s
+    return ProfileEntry(
+        fullname=fullname,
+        **case.fields(),
+        impl=impl,
+        mode=mode,
+        **asdict(parts),  # calls, wall_s, outside_s, cpu_s, device_s, ops and the counts
+        peak_bytes=peak,
+        paired_s=impl_s,
+        base_paired_s=base_s,
+        trace=trace,
+        snapshot=snapshot,
+    )
+
+
+def profile_meta(case: Case, threads: int, cache: str, allocator: str) -> RunMeta:
+    """The facts of a `lora-bench profile` run, for its results file."""
+    impls = [ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
+             for i in IMPLS.values()]  # fmt: skip
+    return RunMeta(
+        device=case.device,
+        device_name=device_name(case.device),
+        profile="breakdown",
+        threads=threads,
+        interop_threads=torch.get_num_interop_threads(),
+        tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+        torch=torch.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dtypes=[case.dtype],
+        only=[],
+        impl_specs=[],
+        cache=cache,
+        cache_bytes=cache_bytes(case.device),
+        impls=impls,
+        shapes=list(SHAPES),
+        peaks_start={},
+        peaks_end={},
+        allocator=allocator,
+    )
