@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.harness.breakdown import Dims, Record, breakdown, gemm_mkn, own_part
+from bench.schema.entries import ProfileEntry
 
 DIMS = Dims(tokens=64, in_features=128, out_features=96, rank=8)
 
@@ -37,7 +38,8 @@ def test_gemm_dimensions(name: str, shapes: list[list[int]], mkn: tuple | None) 
         ([[64, 128], [128, 96]], False, "base GEMM"),
         ([[64, 128], [128, 8]], False, "shrink"),
         ([[64, 8], [8, 96]], False, "expand"),
-        ([[96, 8], [8, 128]], False, "B A"),
+        ([[96, 8], [8, 128]], False, "W + s·B A"),
+        ([[64, 128], [128, 104]], False, "base GEMM"),  # stacked: [W; A], out + r columns
         ([[64, 96], [96, 128]], True, "base GEMM"),  # dx through W
         ([[8, 64], [64, 128]], True, "shrink"),  # dA = dzᵀ x
         ([[96, 64], [64, 8]], True, "expand"),  # dB = dyᵀ z
@@ -55,6 +57,8 @@ def test_elementwise_and_norm_parts() -> None:
     assert own_part(rec("aten::add", [[64, 8], [64, 8], []], 0, 1, 1), DIMS, False) is None
     assert own_part(rec("aten::linalg_vector_norm", [[96, 128]], 0, 1, 1), DIMS, False) == "norm"
     assert own_part(rec("aten::div", [[96], [96]], 0, 1, 1), DIMS, False) == "norm"
+    weight_sum = rec("aten::add", [[96, 128], [96, 128], []], 0, 1, 1)
+    assert own_part(weight_sum, DIMS, False) == "W + s·B A", "delta_weight's W + s·B A"
 
 
 def test_breakdown_per_call_with_callers_and_outside() -> None:
@@ -88,3 +92,22 @@ def test_breakdown_per_call_with_callers_and_outside() -> None:
 def test_breakdown_refuses_no_calls() -> None:
     with pytest.raises(ValueError, match="calls >= 1 and wall_s > 0"):
         breakdown([], DIMS, False, 0, 1.0)
+
+
+def profile(**changes: object) -> ProfileEntry:
+    fields: dict = dict(fullname="x", case="toy T=4 r=2 fp32 cpu", key="toy T=4 r=2 fp32",
+                        impl="two_step", shape="toy", tokens=4, rank=2, dtype="fp32",
+                        device="cpu", mode="infer", calls=3, wall_s=1.1e-3, outside_s=1e-5,
+                        cpu_s={"base GEMM": 1e-3}, device_s={}, ops={"base GEMM": ["aten::mm"]},
+                        op_count=8, kernel_count=0, allocated_bytes=64.0, peak_bytes=0,
+                        paired_s=0.0, base_paired_s=0.0, trace="", snapshot="",
+                        unprofiled_s=1e-3)  # fmt: skip
+    return ProfileEntry(**(fields | changes))
+
+
+def test_profile_entry_checks_its_parts_and_says_its_overhead() -> None:
+    assert profile().overhead == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"unknown parts \['bogus'\]; known: base GEMM"):
+        profile(cpu_s={"bogus": 1e-3})
+    with pytest.raises(ValueError, match="must be > 0"):
+        profile(unprofiled_s=0.0)

@@ -94,7 +94,9 @@ def test_cli_writes_traces_entries_and_tables(tmp_path: Path) -> None:
     ]  # fmt: skip
     run = load_run(out / "profile-infer.json")
     assert [e.impl for e in run.profiles()] == ["base", "two_step"]
-    assert all(e.paired_s > 0 and e.base_paired_s > 0 for e in run.profiles())
+    assert all(
+        e.paired_s > 0 and e.base_paired_s > 0 and e.unprofiled_s > 0 for e in run.profiles()
+    )
     report = subprocess.run([sys.executable, "-m", "bench.cli", "report",
                              str(out / "profile-infer.json")], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)  # fmt: skip

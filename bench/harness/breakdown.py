@@ -9,12 +9,15 @@ aten::mm, addmm, bmm, linear and matmul take them. The roles, in matching order:
 - base GEMM: x Wᵀ (T, in, out), and in training dx through W (T, out, in);
 - shrink: x Aᵀ (T, in, r); in training dx through A (T, r, in) and dA (r, T, in);
 - expand: z Bᵀ (T, r, out); in training dz (T, out, r) and dB (out, T, r);
-- B A: the weight-sized product B A (out, r, in), or its transpose (in, r, out).
+- W + s·B A: the weight-sized product B A (out, r, in), or its transpose (in, r, out).
+
+stacked's one GEMM against [W; A] (T, in, out + r) is the base GEMM's: it holds the shrink.
 
 Where two roles have the same (M, K, N) (in = out and T = r), the first takes it: the
 breakdown says so in its note. Inference matches the forward roles only. Elementwise ops on
-a y-sized tensor (T × out) are "y add/copy/scale"; norms, and elementwise ops on a vector of
-one value per output row (DoRA's magnitude and norm), are "norm".
+a y-sized tensor (T × out) are "y add/copy/scale", on a weight-sized one (out × in) "W + s·B A"
+(forming the adapted weight on every call); norms, and elementwise ops on a vector of one
+value per output row (DoRA's magnitude and norm), are "norm".
 An op inside a GEMM op, and an op no rule names, takes its caller's part (aten::t and the bias
 copy inside aten::linear are the GEMM's), and "other ops" when it has no caller. "outside
 ops" is the call's wall time that no op covers: Python and dispatch between ops.
@@ -49,7 +52,8 @@ class Dims:
 
     def roles(self, train: bool) -> list[tuple[tuple[int, int, int], str]]:
         t, i, o, r = self.tokens, self.in_features, self.out_features, self.rank
-        forward = [((t, i, o), BASE), ((t, i, r), SHRINK), ((t, r, o), EXPAND), ((o, r, i), DELTA)]
+        forward = [((t, i, o), BASE), ((t, i, o + r), BASE), ((t, i, r), SHRINK),
+                   ((t, r, o), EXPAND), ((o, r, i), DELTA)]  # fmt: skip
         backward = [((t, o, i), BASE), ((t, r, i), SHRINK), ((r, t, i), SHRINK),
                     ((t, o, r), EXPAND), ((o, t, r), EXPAND), ((i, r, o), DELTA)]  # fmt: skip
         return forward + backward if train else [*forward, ((i, r, o), DELTA)]
@@ -99,6 +103,8 @@ def own_part(rec: Record, dims: Dims, train: bool) -> str | None:
     first = _prod(rec.shapes[0]) if rec.shapes and rec.shapes[0] else 0
     if first == dims.tokens * dims.out_features and rec.name in Y_OPS:
         return ELEMENTWISE
+    if first == dims.in_features * dims.out_features and rec.name in Y_OPS:
+        return DELTA
     if first == dims.out_features and rec.name in ROW_OPS:
         return NORM
     return None

@@ -28,12 +28,12 @@ from bench.harness.cases import SHAPES, Case
 from bench.harness.kernels import variant_of
 from bench.harness.rounds import Budget
 from bench.harness.session import device_name
-from bench.harness.timing import PairedTimer, Work, synchronize, warm_up
+from bench.harness.timing import PairedTimer, Work, make_round, synchronize, time_call, warm_up
 from bench.schema.entries import ProfileEntry
 from bench.schema.run import ImplInfo, RunMeta
 from lora_kernels import IMPLS
 
-MIN_PROFILED_S = 0.05  # profiled calls last at least this long in all ...
+MIN_PROFILED_S = 0.2  # profiled calls last at least this long in all ...
 MAX_CALLS = 50  # ... within this many calls
 PAIRED = Budget(1.0, 5, 10_000, target=0.02)  # the paired timing beside the breakdown
 
@@ -171,6 +171,7 @@ def profile_entry(
     work, base_work = works
     per_call = warm_up(work, case.device)
     calls = min(MAX_CALLS, max(3, math.ceil(MIN_PROFILED_S / per_call)))
+    unprofiled = time_call(make_round(work, calls, case.device)) / calls
     label = f"lora-bench {impl} {mode}"
     prof, wall = capture(work, case.device, calls, label, nvtx)
     dims = Dims(case.tokens, case.in_features, case.out_features, case.rank)
@@ -198,6 +199,7 @@ def profile_entry(
         mode=mode,
         **asdict(parts),  # calls, wall_s, outside_s, cpu_s, device_s, ops and the counts
         peak_bytes=peak,
+        unprofiled_s=unprofiled,
         paired_s=impl_s,
         base_paired_s=base_s,
         trace=trace,

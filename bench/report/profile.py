@@ -12,16 +12,18 @@ MODE_TITLES = {"infer": "forward", "train": "training step"}
 NOTE = (
     "ms per call, from torch.profiler over warmed-up calls taken outside the timed rounds. "
     "Parts: each op goes to one part by its name and shapes: a GEMM by its (M, K, N) (base "
-    "x Wᵀ, shrink x Aᵀ, expand into y, B A the weight-sized product, and in training their "
-    "gradients; where in = out and T = r two roles share dimensions, the first of base, "
-    "shrink, expand takes them); elementwise ops on y; norms and per-row vectors (DoRA); an "
+    "x Wᵀ, shrink x Aᵀ, expand into y, W + s·B A the weight-sized product, and in training "
+    "their gradients; where in = out and T = r two roles share dimensions, the first of base, "
+    "shrink, expand takes them); elementwise ops on y, and on a weight-sized tensor (W + s·B "
+    "A formed every call); norms and per-row vectors (DoRA); an "
     "op no rule names goes with its caller, else to other ops. On the CPU a part is its ops' "
     "self time; on CUDA their kernels' time, and CPU side is the host's time per call. "
     "outside ops: wall time no op covers (Python, dispatch). profiled: the wall time of a "
-    "call under the profiler; paired: the median of the same work's unprofiled paired rounds "
-    "(the timed benchmark's where the profile did not time it), and paired - base its "
-    "median less base's: the extra time to explain. overhead: profiled less paired, the "
-    "profiler's own cost, shown rather than folded into a part. ops: ATen ops dispatched."
+    "call under the profiler (the mean of its calls); overhead: profiled less the same calls "
+    "timed right before without the profiler, the profiler's own cost, shown rather than "
+    "folded into a part. paired: the median of the same work's paired rounds (the timed "
+    "benchmark's, at another moment, where the profile did not time it), and paired - base "
+    "its median less base's: the extra time to explain. ops: ATen ops dispatched."
 )
 
 
@@ -54,7 +56,7 @@ def profile_rows(run: Run, entries: list[ProfileEntry], cuda: bool) -> list[list
             _ms(e.wall_s),
             _ms(impl_s) or "-",
             f"{(impl_s - base_s) * 1e3:+.3f}" if impl_s else "-",
-            f"{(e.wall_s - impl_s) * 1e3:+.3f} ({e.wall_s / impl_s - 1:+.0%})" if impl_s else "-",
+            f"{(e.wall_s - e.unprofiled_s) * 1e3:+.3f} ({e.overhead:+.0%})",
             f"{e.op_count:.0f}",
             fmt_bytes(e.allocated_bytes),
         ]

@@ -244,7 +244,7 @@ class MultiEntry(PairedTokens):
 
 
 # The parts of a call a profile splits its time into (bench.harness.breakdown), in table order.
-PARTS = ("base GEMM", "shrink", "expand", "B A", "y add/copy/scale", "norm", "other ops")
+PARTS = ("base GEMM", "shrink", "expand", "W + s·B A", "y add/copy/scale", "norm", "other ops")
 OUTSIDE = "outside ops"  # wall time no op covers: Python and dispatch between ops
 
 
@@ -271,17 +271,19 @@ class ProfileEntry(CaseEntry):
     base_paired_s: float
     trace: str  # the trace's file name beside the results, or ""
     snapshot: str  # CUDA: the allocator's snapshot beside the trace, or ""
+    unprofiled_s: float  # the same calls right before, without the profiler
 
     def __post_init__(self) -> None:
-        positive("calls and wall_s", [self.calls, self.wall_s])
+        positive("calls, wall_s and unprofiled_s", [self.calls, self.wall_s, self.unprofiled_s])
         unknown = (set(self.cpu_s) | set(self.device_s) | set(self.ops)) - set(PARTS)
         if unknown:
             raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
 
     @property
-    def overhead_s(self) -> float:
-        """Profiled wall time past the paired timing: the profiler's own cost, mostly."""
-        return self.wall_s - self.paired_s if self.paired_s else 0.0
+    def overhead(self) -> float:
+        """The profiler's own cost: a profiled call's wall time over the same calls' without
+        it, taken right before (a fraction, 0.05 for 5%)."""
+        return self.wall_s / self.unprofiled_s - 1
 
 
 Entry = (
