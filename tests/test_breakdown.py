@@ -26,6 +26,8 @@ def rec(name: str, shapes: list[list[int]], start: float, end: float, self_us: f
         ("aten::bmm", [[3, 64, 8], [3, 8, 96]], (192, 8, 96)),
         ("aten::add", [[64, 96], [64, 96], []], None),
         ("aten::mm", [[64, 128]], None),
+        ("aten::mm", [[64, 8], [8, 96], [64, 96]], (64, 8, 96)),  # out= comes last
+        ("aten::addmm", [[64, 96], [64, 128], [128, 96], [], [], [64, 96]], (64, 128, 96)),
     ],
 )
 def test_gemm_dimensions(name: str, shapes: list[list[int]], mkn: tuple | None) -> None:

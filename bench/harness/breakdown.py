@@ -9,7 +9,9 @@ aten::mm, addmm, bmm, linear and matmul take them. The roles, in matching order:
 - base GEMM: x Wᵀ (T, in, out), and in training dx through W (T, out, in);
 - shrink: x Aᵀ (T, in, r); in training dx through A (T, r, in) and dA (r, T, in);
 - expand: z Bᵀ (T, r, out); in training dz (T, out, r) and dB (out, T, r);
-- W + s·B A: the weight-sized product B A (out, r, in), or its transpose (in, r, out).
+- W + s·B A: the weight-sized product B A (out, r, in), or its transpose (in, r, out); in
+  training the adapted weight's gradient (out, T, in) and dA, dB from it (r, out, in),
+  (out, in, r).
 
 stacked's one GEMM against [W; A] (T, in, out + r) is the base GEMM's: it holds the shrink.
 
@@ -33,6 +35,7 @@ from bench.schema.entries import PARTS
 BASE, SHRINK, EXPAND, DELTA, ELEMENTWISE, NORM, OTHER = PARTS
 GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm",
          "aten::linear", "aten::matmul", "aten::_addmm_activation"}  # fmt: skip
+ADD_FIRST = {"aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::_addmm_activation"}
 Y_OPS = {"aten::add", "aten::add_", "aten::copy_", "aten::mul", "aten::mul_", "aten::clone",
          "aten::contiguous", "aten::addcmul", "aten::addcmul_", "aten::div", "aten::div_",
          "aten::sub", "aten::sub_", "aten::fill_", "aten::zero_"}  # fmt: skip
@@ -55,7 +58,8 @@ class Dims:
         forward = [((t, i, o), BASE), ((t, i, o + r), BASE), ((t, i, r), SHRINK),
                    ((t, r, o), EXPAND), ((o, r, i), DELTA)]  # fmt: skip
         backward = [((t, o, i), BASE), ((t, r, i), SHRINK), ((r, t, i), SHRINK),
-                    ((t, o, r), EXPAND), ((o, t, r), EXPAND), ((i, r, o), DELTA)]  # fmt: skip
+                    ((t, o, r), EXPAND), ((o, t, r), EXPAND), ((i, r, o), DELTA),
+                    ((o, t, i), DELTA), ((o, i, r), DELTA), ((r, o, i), DELTA)]  # fmt: skip
         return forward + backward if train else [*forward, ((i, r, o), DELTA)]
 
 
@@ -80,12 +84,14 @@ def _prod(dims: list[int]) -> int:
 
 
 def gemm_mkn(name: str, shapes: list[list[int]]) -> tuple[int, int, int] | None:
-    """(M, K, N) of a GEMM op from its input shapes; None when the op is not one or its
-    shapes do not say."""
-    mats = [s for s in shapes if len(s) >= 2]
-    if name not in GEMMS or len(mats) < 2:
+    """(M, K, N) of a GEMM op from its input shapes, by position (an out= tensor, as compiled
+    code passes, comes last); None when the op is not one or its shapes do not say."""
+    first = 1 if name in ADD_FIRST else 0  # addmm(self, mat1, mat2, ...)
+    if name not in GEMMS or len(shapes) < first + 2:
         return None
-    a, b = mats[-2], mats[-1]
+    a, b = shapes[first], shapes[first + 1]
+    if len(a) < (1 if name == "aten::linear" else 2) or len(b) < 2:
+        return None
     if name == "aten::linear":  # input (..., K), weight (N, K)
         return _prod(a[:-1]), a[-1], b[0]
     if len(b) == 2:  # (..., M, K) @ (K, N): leading dims are rows
