@@ -13,7 +13,7 @@ from bench.schema.run import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "gpu"
-STEPS = ("1-versions", "2-cuda-tests", "3-bench", "4-compare", "5-plot", "6-report")
+STEPS = ("1-versions", "2-cuda-tests", "3-bench", "4-compare", "5-plot", "6-report", "7-profile")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,9 @@ def test_dry_run_makes_every_file(tmp_path: Path) -> None:
     assert load_run(out / "cpu-tiny.json").times(), "the bench step timed something"
     assert "| case" in (out / "cpu-vs-cpu.md").read_text()
     with tarfile.open(out / "logs.tar.gz") as tar:
-        assert {f"logs/{s}.log" for s in STEPS} <= set(tar.getnames())
+        names = set(tar.getnames())
+        assert {f"logs/{s}.log" for s in STEPS} <= names
+        assert "logs/profile/two_step-infer.trace.json.gz" in names
         versions = tar.extractfile("logs/1-versions.log")
         assert versions is not None and b"torch 2." in versions.read()
 

@@ -33,7 +33,7 @@ from bench.schema.entries import ProfileEntry
 from bench.schema.run import ImplInfo, RunMeta
 from lora_kernels import IMPLS
 
-MIN_PROFILED_S = 0.2  # profiled calls last at least this long in all ...
+MIN_PROFILED_S = 0.1  # profiled calls last at least this long in all ...
 MAX_CALLS = 50  # ... within this many calls
 PAIRED = Budget(1.0, 5, 10_000, target=0.02)  # the paired timing beside the breakdown
 
