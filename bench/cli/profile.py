@@ -13,12 +13,12 @@ from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_number
 from bench.schema.io import ResultError, check_writable, write_atomic
 
 CASE_ID = re.compile(r"^(\S+) T=(\d+) r=(\d+) (\w+) (\w+)$")
-DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "bf16"}
 
 
 def parse_case(args: argparse.Namespace):  # -> bench.harness.cases.Case
     """The case the arguments name: a whole case id, or a shape with --tokens and --rank."""
     from bench.harness.cases import Case
+    from bench.harness.session import DEFAULT_DTYPES
 
     whole = CASE_ID.match(args.case)
     if whole:
@@ -31,7 +31,7 @@ def parse_case(args: argparse.Namespace):  # -> bench.harness.cases.Case
     if args.tokens is None or args.rank is None:
         raise ResultError(f"{args.case!r}: give a shape with --tokens and --rank, or a whole case "
                           "id such as 'llama3-8b.q_proj T=16 r=16 fp32 cpu'")  # fmt: skip
-    dtype = args.dtype or DEFAULT_DTYPE[args.device]
+    dtype = args.dtype or DEFAULT_DTYPES[args.device][0]
     return Case(args.case, args.tokens, args.rank, dtype, args.device)
 
 
@@ -113,7 +113,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"{name}: {entry.wall_s * 1e3:.3f} ms a call profiled, trace {folder / entry.trace}")
     for line in left:
         print(f"not profiled: {line}")
-    run = Run(profile_meta(case, threads, args.cache, allocator), {}, {}, list(entries))
+    run = Run(profile_meta(case, threads, args.cache, allocator), {}, {}, entries)
     stem = folder / f"profile-{args.mode}"
     write_atomic(stem.with_suffix(".json"), dump_run(run))
     write_atomic(stem.with_suffix(".md"), run_markdown(run))

@@ -8,12 +8,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import math
-import os
 import pickle
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ from bench.harness.rounds import Budget
 from bench.harness.session import device_name
 from bench.harness.timing import PairedTimer, Work, make_round, synchronize, time_call, warm_up
 from bench.schema.entries import ProfileEntry
+from bench.schema.io import write_atomic
 from bench.schema.run import ImplInfo, RunMeta
 from lora_kernels import IMPLS
 
@@ -105,36 +104,12 @@ def capture(work: Work, device: str, calls: int, label: str, nvtx: bool) -> tupl
     return prof, wall
 
 
-def _replace_atomic(write: Callable[[str], object], path: Path) -> None:
-    """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader
-    sees the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def write_trace(prof: profile, path: Path) -> None:
     """The profile as a gzipped Chrome trace at `path`, written atomically."""
-
-    def write(tmp: str) -> None:
-        raw = tmp + ".json"
-        try:
-            prof.export_chrome_trace(raw)
-            with open(raw, "rb") as src, gzip.open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(raw)
-
-    _replace_atomic(write, path)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        write_atomic(path, gzip.compress(raw.read_bytes()))
 
 
 def cuda_memory(work: Work, path: Path | None) -> int:
@@ -151,7 +126,7 @@ def cuda_memory(work: Work, path: Path | None) -> int:
     if path is not None:
         snapshot = torch.cuda.memory._snapshot()
         torch.cuda.memory._record_memory_history(enabled=None)
-        _replace_atomic(lambda tmp: Path(tmp).write_bytes(pickle.dumps(snapshot)), path)
+        write_atomic(path, pickle.dumps(snapshot))
     return peak
 
 
