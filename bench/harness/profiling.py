@@ -41,6 +41,15 @@ def file_stem(impl: str, mode: str) -> str:
     return f"{impl}-{mode}"
 
 
+def trace_name(impl: str, mode: str) -> str:
+    return file_stem(impl, mode) + ".trace.json.gz"
+
+
+def range_name(impl: str, mode: str) -> str:
+    """The name of the range around an impl's profiled calls, in traces and for NVTX."""
+    return f"lora-bench {impl} {mode}"
+
+
 def case_folder(case: Case) -> str:
     """A folder name for the case: its id with spaces as underscores and no '='."""
     return str(case).replace(" ", "_").replace("=", "")
@@ -112,6 +121,12 @@ def write_trace(prof: profile, path: Path) -> None:
         write_atomic(path, gzip.compress(raw.read_bytes()))
 
 
+def trace_calls(work: Work, device: str, folder: Path, impl: str, mode: str) -> None:
+    """A trace of three calls of `work` (already warm) into `folder`: --lora-trace's."""
+    prof, _ = capture(work, device, 3, range_name(impl, mode), nvtx=False)
+    write_trace(prof, folder / trace_name(impl, mode))
+
+
 def cuda_memory(work: Work, path: Path | None) -> int:
     """Peak bytes allocated over one call above what was held before; with `path`, the
     allocator's history of that call as a snapshot for PyTorch's memory visualizer."""
@@ -147,15 +162,15 @@ def profile_entry(
     per_call = warm_up(work, case.device)
     calls = min(MAX_CALLS, max(3, math.ceil(MIN_PROFILED_S / per_call)))
     unprofiled = time_call(make_round(work, calls, case.device)) / calls
-    label = f"lora-bench {impl} {mode}"
-    prof, wall = capture(work, case.device, calls, label, nvtx)
+    name = range_name(impl, mode)
+    prof, wall = capture(work, case.device, calls, name, nvtx)
     dims = Dims(case.tokens, case.in_features, case.out_features, case.rank)
-    parts = breakdown(records(prof, label, case.device), dims, mode == "train",
+    parts = breakdown(records(prof, name, case.device), dims, mode == "train",
                                  calls, wall)  # fmt: skip
     trace = snapshot = ""
     peak = 0
     if folder is not None:
-        trace = file_stem(impl, mode) + ".trace.json.gz"
+        trace = trace_name(impl, mode)
         write_trace(prof, folder / trace)
     if torch.device(case.device).type == "cuda":
         snapshot_path = None

@@ -19,7 +19,7 @@ from torch import Tensor
 from bench.harness.cases import Case
 from bench.harness.kernels import copy_weights, trainable, variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
-from bench.harness.profiling import case_folder, profile_entry
+from bench.harness.profiling import case_folder, profile_entry, trace_calls
 from bench.harness.session import Settings
 from bench.harness.timing import (
     Work,
@@ -211,9 +211,7 @@ class Harness:
         paired = run_paired(benchmark, checked.work, checked.base_work, case.device, budget)
         folder = self.trace_folder(case)
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            works = (checked.work, checked.base_work)
-            profile_entry(case, impl_name, mode, works, self.nodeid, folder, paired=None)
+            trace_calls(checked.work, case.device, folder, impl_name, mode)
         return checked, copies, paired
 
     def breakdown(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
@@ -222,10 +220,8 @@ class Harness:
         pytest-benchmark shows for it is the cost of profiling."""
         benchmark.group = "where the time goes"
         checked = checked_work(case, impl_name, mode, self.settings.copies(case, mode))
-        folder = self.trace_folder(case)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
         works = (checked.work, checked.base_work)
+        folder = self.trace_folder(case)
         entry = benchmark.pedantic(
             profile_entry, args=(case, impl_name, mode, works, self.nodeid, folder),
             kwargs={"paired": None}, rounds=1,
