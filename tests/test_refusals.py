@@ -61,6 +61,7 @@ def test_no_command_writes_over_its_input(
     [
         ["export", "{run}", "--format", "github-action-benchmark", "-o", "{out}"],
         ["compare", "{run}", "{run}", "-o", "{out}"],
+        ["plot", "{run}", "-o", "{out}"],
     ],
 )
 def test_an_unwritable_output_names_the_path_asked_for(

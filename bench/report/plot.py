@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from bench.report.compare import pair_runs
 from bench.report.figures import lora_only, paired_times
 from bench.schema.entries import TimeEntry
-from bench.schema.io import ResultError, write_atomic
+from bench.schema.io import ResultError, check_writable, write_atomic
 from bench.schema.run import Run
 
 if TYPE_CHECKING:
@@ -167,8 +167,10 @@ def device_bars(a: Run, b: Run, out: Path) -> Path:
 
 
 def plot_runs(runs: list[Run], out: Path) -> list[Path]:
-    """Every chart the runs support; the device comparison needs two runs of two devices."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Every chart the runs support; the device comparison needs two runs of two devices.
+    Refused before anything is made: without matplotlib, or a folder that cannot be written."""
+    _pyplot()
+    check_writable(out)
     paths = []
     for run in runs:
         charts = (throughput_vs_rank, ratio_vs_tokens, ratio_vs_adapters)
