@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_number
@@ -67,8 +68,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from bench.harness.allocator import fix_malloc
     from bench.harness.cache import cache_bytes, copies_needed
-    from bench.harness.profiling import case_folder, file_stem, profile_entry, profile_meta
-    from bench.harness.rounds import Budget
+    from bench.harness.profiling import (
+        PAIRED,
+        case_folder,
+        file_stem,
+        profile_entry,
+        profile_meta,
+    )
     from bench.harness.runner import checked_work
     from bench.harness.session import configure_torch, physical_cores
     from bench.report.base import render
@@ -96,7 +102,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     configure_torch(threads)
     allocator = fix_malloc()
     copies = copies_needed(case.min_bytes(args.mode), cache_bytes(case.device), args.cache)
-    paired = Budget(args.seconds, 5, 10_000, target=0.02)
+    paired = replace(PAIRED, seconds=args.seconds)
     entries: list[Entry] = []
     failed: list[str] = []
     for name in impls:

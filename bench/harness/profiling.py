@@ -23,14 +23,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench.harness.breakdown import Dims, Record, breakdown
 from bench.harness.cache import cache_bytes
 from bench.harness.cases import SHAPES, Case
-from bench.harness.kernels import variant_of
 from bench.harness.rounds import Budget
-from bench.harness.session import device_name
+from bench.harness.session import device_name, impl_infos
 from bench.harness.timing import PairedTimer, Work, make_round, synchronize, time_call, warm_up
 from bench.schema.entries import ProfileEntry
 from bench.schema.io import write_atomic
-from bench.schema.run import ImplInfo, RunMeta
-from lora_kernels import IMPLS
+from bench.schema.run import RunMeta
 
 MIN_PROFILED_S = 0.1  # profiled calls last at least this long in all ...
 MAX_CALLS = 50  # ... within this many calls
@@ -165,8 +163,7 @@ def profile_entry(
     name = range_name(impl, mode)
     prof, wall = capture(work, case.device, calls, name, nvtx)
     dims = Dims(case.tokens, case.in_features, case.out_features, case.rank)
-    parts = breakdown(records(prof, name, case.device), dims, mode == "train",
-                                 calls, wall)  # fmt: skip
+    parts = breakdown(records(prof, name, case.device), dims, mode == "train", calls, wall)
     trace = snapshot = ""
     peak = 0
     if folder is not None:
@@ -199,8 +196,6 @@ def profile_entry(
 
 def profile_meta(case: Case, threads: int, cache: str, allocator: str) -> RunMeta:
     """The facts of a `lora-bench profile` run, for its results file."""
-    impls = [ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
-             for i in IMPLS.values()]  # fmt: skip
     return RunMeta(
         device=case.device,
         device_name=device_name(case.device),
@@ -215,7 +210,7 @@ def profile_meta(case: Case, threads: int, cache: str, allocator: str) -> RunMet
         impl_specs=[],
         cache=cache,
         cache_bytes=cache_bytes(case.device),
-        impls=impls,
+        impls=impl_infos(),
         shapes=list(SHAPES),
         peaks_start={},
         peaks_end={},

@@ -44,6 +44,12 @@ def _folder(config: pytest.Config, value: str) -> Path:
     return path if path.is_absolute() else config.rootpath / path
 
 
+def impl_infos() -> list[ImplInfo]:
+    """Every registered impl as a results file describes it, in registry order."""
+    return [ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
+            for i in IMPLS.values()]  # fmt: skip
+
+
 def cpu_model() -> str:
     """The CPU's model name, as /proc/cpuinfo gives it, else what platform knows."""
     try:
@@ -225,10 +231,7 @@ class Settings:
             allocator=self.allocator,
             deadline=self.deadline,
             not_run=list(self.not_run),
-            impls=[
-                ImplInfo(i.name, i.origin, i.source, i.description, variant_of(i))
-                for i in IMPLS.values()
-            ],
+            impls=impl_infos(),
             shapes=list(SHAPES),
             peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},
             peaks_end={k: p.as_dict() for k, p in self.peaks_end.items() if mine(k)},
