@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 MODES_ORDER = ("infer", "train")
+MODE_TITLES = {"infer": "forward", "train": "training step"}
 
 
 @dataclass

@@ -3,11 +3,9 @@ its tokens/s, the adapted layers' share of the call, and its memory."""
 
 from __future__ import annotations
 
-from bench.report.base import Table, fmt_bytes, fmt_ci
+from bench.report.base import MODE_TITLES, Table, fmt_bytes, fmt_ci
 from bench.schema.entries import ModelEntry
 from bench.schema.run import Run
-
-MODE_TITLES = {"infer": "forward", "train": "training step"}
 
 
 def model_rows(entries: list[ModelEntry]) -> list[list[object]]:

@@ -4,11 +4,10 @@ and the profiled total beside the unprofiled paired timing of the same work."""
 
 from __future__ import annotations
 
-from bench.report.base import MODES_ORDER, Table, fmt_bytes
+from bench.report.base import MODE_TITLES, MODES_ORDER, Table, fmt_bytes
 from bench.schema.entries import OUTSIDE, PARTS, ProfileEntry
 from bench.schema.run import Run
 
-MODE_TITLES = {"infer": "forward", "train": "training step"}
 NOTE = (
     "ms per call, from torch.profiler over warmed-up calls taken outside the timed rounds. "
     "Parts: each op goes to one part by its name and shapes: a GEMM by its (M, K, N) (base "
