@@ -2,6 +2,14 @@
 DoRA's; the same for many adapters served in one batch."""
 
 from lora_kernels import impls as _impls  # registers every implementation
+from lora_kernels.adapters import (
+    adapter_names,
+    delete_adapter,
+    hotswap_adapter,
+    load_adapter,
+    save_adapter,
+    set_adapter,
+)
 from lora_kernels.dora import DoRAWeights
 from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
@@ -15,6 +23,7 @@ from lora_kernels.multi import (
     multi_reference_forward,
     random_index,
 )
+from lora_kernels.multi.model import adapter_batch, multi_from_peft
 from lora_kernels.params import ParamCount, count_parameters, linear_total, lora_trainable
 from lora_kernels.planner import Plan, plan
 from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, get_impl, load_plugins
@@ -52,23 +61,31 @@ __all__ = [
     "Plan",
     "PluginError",
     "Preset",
+    "adapter_batch",
+    "adapter_names",
     "count_parameters",
+    "delete_adapter",
     "from_peft",
     "get_impl",
     "get_multi_impl",
     "get_preset",
+    "hotswap_adapter",
     "inject",
     "linear_total",
+    "load_adapter",
     "load_plugins",
     "lora_layers",
     "lora_trainable",
     "merge",
+    "multi_from_peft",
     "multi_reference_forward",
     "plan",
     "random_index",
     "reference_forward",
     "reference_grads",
     "rel_error",
+    "save_adapter",
+    "set_adapter",
     "set_impl",
     "tolerance",
     "unmerge",

@@ -215,17 +215,30 @@ def _peft_lora_layers(model: nn.Module) -> dict[str, Any]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def peft_refusal(name: str, layer: Any, adapter: str) -> str | None:
-    """Why this PEFT LoRA layer cannot become a LoRALinear, or None."""
+def is_peft_dora(layer: Any, adapter: str) -> bool:
+    """Whether the PEFT LoRA layer runs `adapter` as DoRA (a magnitude vector beside A, B)."""
+    variant = getattr(layer, "lora_variant", {}).get(adapter)
+    return type(variant).__name__ == "DoraLinearVariant" and adapter in getattr(
+        layer, "lora_magnitude_vector", {}
+    )
+
+
+def peft_refusal(name: str, layer: Any, adapter: str, *, dora: bool = False) -> str | None:
+    """Why this PEFT LoRA layer cannot become a LoRALinear (with DoRA layers allowed when
+    `dora`), or None."""
     from peft.tuners.lora import Linear
 
     if not isinstance(layer, Linear):
         return f"{name} is a PEFT {type(layer).__name__}; only LoRA Linear layers convert"
     if layer.disable_adapters:
         return f"{name} has its adapters disabled; enable them first"
-    if adapter in getattr(layer, "lora_variant", {}):
+    dora_ok = dora and is_peft_dora(layer, adapter)
+    if adapter in getattr(layer, "lora_variant", {}) and not dora_ok:
         kind = type(layer.lora_variant[adapter]).__name__
-        return f"{name} uses a LoRA variant ({kind}, e.g. DoRA); only plain LoRA converts"
+        allowed = "plain LoRA and DoRA convert" if dora else "only plain LoRA converts"
+        return f"{name} uses a LoRA variant ({kind}); {allowed}"
+    if is_peft_dora(layer, adapter) and adapter in layer.merged_adapters:
+        return f"{name} has its DoRA adapter merged; DoRA's factor is not in W: unmerge it first"
     if getattr(layer, "lora_bias", {}).get(adapter):
         return f"{name} has lora_bias=True (a bias on B); LoRALinear has none"
     others = [a for a in layer.merged_adapters if a != adapter]
@@ -258,16 +271,19 @@ def _adapter_of(layers: dict[str, Any], adapter: str | None) -> str:
 
 
 def from_peft(
-    peft_model: nn.Module, impl: str = "two_step", *, adapter: str | None = None
+    peft_model: nn.Module, impl: str | None = None, *, adapter: str | None = None
 ) -> dict[str, LoRALinear]:
     """Put a LoRALinear in place of each LoRA Linear of a PEFT model, with the same base
-    weight, A, B, scaling and dropout (the tensors themselves, no copies). A merged layer
-    stays merged. Returns the new layers by name; the model computes the same function.
+    weight, A, B, scaling, dropout and DoRA magnitude (the tensors themselves, no copies). A
+    merged LoRA layer stays merged. Returns the new layers by name; the model computes the
+    same function. `impl` must compute the layers' variant; by default two_step for LoRA and
+    dora_factored for DoRA.
 
     Refused, before anything changes: not a PEFT model, LoRA layers that are not Linear,
-    DoRA and other variants, lora_bias, disabled adapters, mixed dtypes, several adapters
-    unless `adapter` names one (the others are dropped from the converted layers), and an
-    `adapter` other than the one PEFT runs (the model would mix the two).
+    variants other than DoRA, a merged DoRA layer, lora_bias, disabled adapters, mixed dtypes,
+    several adapters unless `adapter` names one (the others are dropped from the converted
+    layers), an `adapter` other than the one PEFT runs (the model would mix the two), and an
+    impl of the other variant.
     """
     if importlib.util.find_spec("peft") is None:
         raise TypeError("from_peft needs a PEFT model, and peft is not installed")
@@ -276,7 +292,8 @@ def from_peft(
 
     if not isinstance(peft_model, (PeftModel, LoraModel)):
         raise TypeError(f"from_peft needs a PEFT model, got {type(peft_model).__name__}")
-    get_impl(impl)
+    if impl is not None:
+        get_impl(impl)
     layers = _peft_lora_layers(peft_model)
     if not layers:
         raise ValueError("the PEFT model has no LoRA layer (is it a LoRA model?)")
@@ -288,27 +305,38 @@ def from_peft(
             f"model.set_adapter({adapter!r}) first, or convert {others[0]!r}"
         )
     layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
-    reasons = [r for n, m in layers.items() if (r := peft_refusal(n, m, adapter))]
+    reasons = [r for n, m in layers.items() if (r := peft_refusal(n, m, adapter, dora=True))]
     if reasons:
         more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
         raise ValueError(f"cannot convert: {reasons[0]}{more}")
+    kinds = {n: "dora" if is_peft_dora(m, adapter) else "lora" for n, m in layers.items()}
+    if impl is not None:
+        wrong = [n for n, kind in kinds.items() if kind != get_impl(impl).variant]
+        if wrong:
+            raise ValueError(
+                f"impl {impl!r} computes {get_impl(impl).variant}, but {wrong[0]} is "
+                f"{kinds[wrong[0]]} ({len(wrong)} of {len(kinds)} layers); pick an impl of "
+                "their variant, or leave impl unset"
+            )
     new = {name: _convert(layer, adapter, impl) for name, layer in layers.items()}
     for name, layer in new.items():
         _replace(peft_model, name, layer)
     return new
 
 
-def _convert(layer: Any, adapter: str, impl: str) -> LoRALinear:
+def _convert(layer: Any, adapter: str, impl: str | None) -> LoRALinear:
     base = as_linear(layer.get_base_layer())
     A: Tensor = layer.lora_A[adapter].weight
     B: Tensor = layer.lora_B[adapter].weight
     dropout = layer.lora_dropout[adapter]
+    dora = is_peft_dora(layer, adapter)
     new = LoRALinear(
         base.in_features, base.out_features, A.shape[0], base=base, impl=impl,
         dropout=dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
-        adapter=(A, B),
+        adapter=(A, B), use_dora=dora,
+        magnitude=layer.lora_magnitude_vector[adapter].weight if dora else None,
     )  # fmt: skip
-    new.scale = float(layer.scaling[adapter])
+    new.scale = float(layer.scaling[adapter])  # PEFT's, exact (also for DoRA: the norm reads it)
     new.alpha = float(layer.lora_alpha[adapter])
     if adapter in layer.merged_adapters:
         new.adopt_merged()  # PEFT folded this adapter into W already

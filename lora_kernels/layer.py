@@ -278,7 +278,13 @@ class LoRALinear(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         needs_grad = A.requires_grad or B.requires_grad or x.requires_grad
-        built = self._built("train" if needs_grad and torch.is_grad_enabled() else "infer")
+        mode = "train" if needs_grad and torch.is_grad_enabled() else "infer"
+        if torch.compiler.is_compiling():
+            # Traced into the caller's graph: the impl's op built on the live tensors, with
+            # no cache keyed on ids and versions, which dynamo would guard on and recompile
+            # for (an adapter copied in place, a hot swap, would cost a recompile).
+            return self._impl.build(self.weights(), mode)(x)
+        built = self._built(mode)
         built.check(x)
         return built.op(x)
 

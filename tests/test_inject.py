@@ -192,6 +192,25 @@ def test_from_peft_matches_peft(kind: str, impl: str) -> None:
 
 
 @needs_peft
+@pytest.mark.parametrize("impl", [None, "dora_cached", "dora_merged", "dora_autograd"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_from_peft_takes_dora(kind: str, impl: str | None) -> None:
+    peft = peft_model(kind, use_dora=True)
+    for name, p in peft.named_parameters():  # a magnitude off the norms: DoRA's own term counts
+        if "magnitude" in name:
+            p.data.mul_(torch.linspace(0.5, 1.5, p.numel()))
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(5))
+    want = peft(ids).logits.detach()
+    magnitudes = {id(p) for n, p in peft.named_parameters() if "magnitude" in n}
+    new = from_peft(peft, impl=impl)
+    assert all(layer.use_dora for layer in new.values())
+    assert {id(layer.lora_magnitude) for layer in new.values()} == magnitudes  # shared
+    assert {layer.impl for layer in new.values()} == {impl or "dora_factored"}
+    with torch.no_grad():  # the serving impls (dora_cached, dora_merged) run no training step
+        assert rel_error(peft(ids).logits, want) <= 1e-5
+
+
+@needs_peft
 def test_from_peft_shares_tensors_and_keeps_a_merge() -> None:
     peft = peft_model("llama")
     ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(2))
@@ -214,9 +233,17 @@ def test_from_peft_refusals_change_nothing() -> None:
     with pytest.raises(TypeError, match="needs a PEFT model"):
         from_peft(tiny("llama")[0])
     dora = peft_model("llama", use_dora=True)
-    with pytest.raises(ValueError, match="LoRA variant"):
+    with pytest.raises(ValueError, match=r"computes lora, but .* is dora"):
+        from_peft(dora, impl="addmm")
+    dora.merge_adapter()
+    with pytest.raises(ValueError, match="DoRA adapter merged"):
         from_peft(dora)
     assert not list(lora_layers(dora))
+    vera = peft_model("llama", use_dora=True)
+    next(m for m in vera.modules() if hasattr(m, "lora_variant")).lora_variant["default"] = object()
+    with pytest.raises(ValueError, match=r"LoRA variant \(object\); plain LoRA and DoRA convert"):
+        from_peft(vera)
+    assert not list(lora_layers(vera))
     two = peft_model("llama")
     two.add_adapter("other", LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"2 adapters \['default', 'other'\]; pass adapter="):

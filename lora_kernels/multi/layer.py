@@ -23,7 +23,8 @@ class MultiLoRALinear(nn.Module):
     y_t = x_t Wᵀ + b + s_i · (x_t A_iᵀ) B_iᵀ with i = adapter_ids_t; -1 is the base layer alone.
     x (..., in) with adapter_ids (...) per token, or (batch,) per sequence when x is
     (batch, seq, in) -> y (..., out). A is stacked (n, r_max, in), B (n, out, r_max), each
-    adapter at its own rank. For serving: the stacks are buffers, nothing trains.
+    adapter at its own rank (r_max: the largest, unless given). For serving: the stacks are
+    buffers, nothing trains.
     """
 
     lora_A: Tensor  # buffers, registered in __init__
@@ -42,6 +43,7 @@ class MultiLoRALinear(nn.Module):
         base: nn.Linear | None = None,
         adapters: Sequence[Adapter] | None = None,
         names: Sequence[str] | None = None,
+        r_max: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -51,7 +53,7 @@ class MultiLoRALinear(nn.Module):
         self.base = base = frozen_base(in_features, out_features, base, bias, device, dtype)
         if adapters is None:
             adapters = _fresh(base.weight, ranks or (), alpha, use_rslora)
-        w = MultiLoRAWeights.stack(base.weight, base.bias, adapters)
+        w = MultiLoRAWeights.stack(base.weight, base.bias, adapters, r_max)
         self.register_buffer("lora_A", w.A)  # (n, r_max, in)
         self.register_buffer("lora_B", w.B)  # (n, out, r_max)
         self.ranks, self.scales = w.ranks, w.scales
@@ -74,14 +76,19 @@ class MultiLoRALinear(nn.Module):
 
     @classmethod
     def from_peft(
-        cls, layer: nn.Module, adapters: Sequence[str] | None = None, *, impl: str = "segments"
+        cls,
+        layer: nn.Module,
+        adapters: Sequence[str] | None = None,
+        *,
+        impl: str = "segments",
+        r_max: int | None = None,
     ) -> MultiLoRALinear:
         """Serve the LoRA adapters a PEFT LoRA Linear layer holds (default: all, in its order),
         named as in PEFT, on its base weight (shared; a Conv1D's through a transposed view)."""
         from lora_kernels.multi.peft import peft_adapters
 
         base, loaded, names = peft_adapters(layer, adapters)
-        return cls.from_adapters(base, loaded, names=names, impl=impl)
+        return cls.from_adapters(base, loaded, names=names, impl=impl, r_max=r_max)
 
     @property
     def impl(self) -> str:

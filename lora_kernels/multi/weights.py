@@ -141,10 +141,15 @@ class MultiLoRAWeights(LayerTensors):
 
     @classmethod
     def stack(
-        cls, W: Tensor, b: Tensor | None, adapters: Sequence[tuple[Tensor, Tensor, float]]
+        cls,
+        W: Tensor,
+        b: Tensor | None,
+        adapters: Sequence[tuple[Tensor, Tensor, float]],
+        r_max: int | None = None,
     ) -> MultiLoRAWeights:
         """Stack adapters (A_i (r_i, in), B_i (out, r_i), s_i) of the base layer W, b into new
-        (n, r_max, in) and (n, out, r_max) tensors, zero-padded past each rank."""
+        (n, r_max, in) and (n, out, r_max) tensors, zero-padded past each rank; r_max is the
+        largest rank unless given (at least that, as a server sized for bigger adapters)."""
         if len(adapters) == 0:
             raise ValueError("no adapters to stack; need at least one (A, B, scale)")
         W = check_tensor("W", W)
@@ -162,7 +167,11 @@ class MultiLoRAWeights(LayerTensors):
                     f"B ({out_f}, r)"
                 )
         ranks = tuple(int(A.shape[0]) for A, _, _ in adapters)
-        r_max = max(ranks)
+        if r_max is None:
+            r_max = max(ranks)
+        elif isinstance(r_max, bool) or not isinstance(r_max, int) or r_max < max(ranks):
+            raise ValueError(f"r_max must be an int >= the largest rank {max(ranks)}, "
+                             f"got {r_max!r}")  # fmt: skip
         A_stack = torch.zeros(len(adapters), r_max, in_f, dtype=W.dtype, device=W.device)
         B_stack = torch.zeros(len(adapters), out_f, r_max, dtype=W.dtype, device=W.device)
         for i, (A, B, _) in enumerate(adapters):

@@ -1,0 +1,348 @@
+"""Adapters in PEFT's file format on a model of LoRALinear layers: save, load, switch, delete
+and hot-swap, as PEFT's PeftModel does for its own layers.
+
+A folder holds `adapter_config.json` and `adapter_model.safetensors` with keys
+`base_model.model.<module>.lora_A.weight` (r, in), `.lora_B.weight` (out, r) and, for DoRA,
+`.lora_magnitude_vector` (out,). The model keeps every loaded adapter in a bank beside its
+layers; `set_adapter` points each layer at the chosen adapter's tensors (no copy), so a switch
+costs the same with 1 adapter loaded or 64. Every function checks all of its input before the
+model changes: a refusal leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lora_kernels.inject import lora_layers
+from lora_kernels.layer import LoRALinear
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."  # PEFT's prefix of every key, and of a PeftModel's module names
+DEFAULT = "default"  # the name of the adapter the layers hold before any load, as in PEFT
+_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB]\.weight|lora_magnitude_vector)$")
+
+
+@dataclass(frozen=True)
+class LayerAdapter:
+    """One layer's adapter: A (r, in), B (out, r), alpha, the scale s, DoRA's magnitude (out,)."""
+
+    A: nn.Parameter
+    B: nn.Parameter
+    alpha: float
+    scale: float
+    magnitude: nn.Parameter | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+
+@dataclass
+class Bank:
+    """The adapters a model holds, by name ({module: LayerAdapter}), and the active one."""
+
+    adapters: dict[str, dict[str, LayerAdapter]] = field(default_factory=dict)
+    active: str = DEFAULT
+
+
+def _layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """The model's LoRALinear layers by module name as PEFT's files spell it (no prefix)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    layers = {name.removeprefix(PREFIX): layer for name, layer in lora_layers(model)}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no LoRALinear layer; inject() first")
+    return layers
+
+
+def _held(layer: LoRALinear) -> LayerAdapter:
+    p: dict[str, Any] = layer._parameters
+    return LayerAdapter(p["lora_A"], p["lora_B"], layer.alpha, layer.scale, p.get("lora_magnitude"))
+
+
+def bank(model: nn.Module) -> Bank:
+    """The model's bank; made on first use with the adapter its layers hold, as "default"."""
+    layers = _layers(model)
+    held: Bank | None = getattr(model, "_lora_bank", None)
+    if held is None:
+        held = Bank({DEFAULT: {name: _held(layer) for name, layer in layers.items()}})
+        model._lora_bank = held  # type: ignore[assignment]  # nn.Module takes plain attributes
+    return held
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """The names of the adapters the model holds, the active one first."""
+    b = bank(model)
+    return [b.active, *(n for n in b.adapters if n != b.active)]
+
+
+def _refuse_merged(layers: dict[str, LoRALinear], what: str) -> None:
+    merged = [name for name, layer in layers.items() if layer.merged]
+    if merged:
+        raise ValueError(f"cannot {what}: {len(merged)} layers are merged ({merged[0]}, ...); "
+                         "unmerge() first")  # fmt: skip
+
+
+def set_adapter(model: nn.Module, name: str) -> None:
+    """Make adapter `name` the one every layer runs (its tensors, no copy)."""
+    b = bank(model)
+    layers = _layers(model)
+    if name not in b.adapters:
+        raise ValueError(f"adapter {name!r} is not loaded; loaded: {', '.join(b.adapters)}")
+    _refuse_merged(layers, f"switch to adapter {name!r}")
+    for module, layer in layers.items():
+        _point(layer, b.adapters[name][module])
+    b.active = name
+
+
+def _point(layer: LoRALinear, adapter: LayerAdapter) -> None:
+    layer._parameters["lora_A"] = adapter.A
+    layer._parameters["lora_B"] = adapter.B
+    if adapter.magnitude is not None:
+        layer._parameters["lora_magnitude"] = adapter.magnitude
+    layer.rank, layer.alpha, layer.scale = adapter.rank, adapter.alpha, adapter.scale
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Drop adapter `name` from the bank; the active adapter cannot be deleted."""
+    b = bank(model)
+    if name not in b.adapters:
+        raise ValueError(f"adapter {name!r} is not loaded; loaded: {', '.join(b.adapters)}")
+    if name == b.active:
+        raise ValueError(f"adapter {name!r} is the active one; set_adapter() another first")
+    del b.adapters[name]
+
+
+# --- reading PEFT's format -------------------------------------------------------------------
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such adapter folder")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; an adapter folder holds {CONFIG} and {WEIGHTS}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path}: not a LoRA adapter config (peft_type {kind!r}, need 'LORA')")
+    if config.get("lora_bias"):
+        raise ValueError(f"{path}: lora_bias=true (a bias on B); LoRALinear has none")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"{path}: lora_alpha must be a number > 0, got {alpha!r}")
+    return config
+
+
+def _tensors(folder: Path) -> dict[str, Tensor]:
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (only the safetensors format is read)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank_pattern/alpha_pattern lookup: a key matches a module name that is it or
+    ends with "." + it (a regular expression, as in PEFT)."""
+    for key, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?({key})", module):
+            return value
+    return default
+
+
+def read_adapter(model: nn.Module, folder: str | Path) -> dict[str, LayerAdapter]:
+    """The adapter in `folder` as the model's layers would hold it: every tensor checked
+    against its layer (shapes, DoRA or not), cast to the layer's dtype and device; new
+    tensors, nothing of the model changed. Raises naming the file and the module."""
+    folder = Path(folder)
+    layers = _layers(model)
+    config = _config(folder)
+    found: dict[str, dict[str, Tensor]] = {}
+    path = folder / WEIGHTS
+    for key, t in _tensors(folder).items():
+        match = _KEY.match(key.removeprefix(PREFIX)) if key.startswith(PREFIX) else None
+        if match is None:
+            raise ValueError(f"{path}: unexpected key {key!r}; LoRA keys look like "
+                             f"{PREFIX}<module>.lora_A.weight")  # fmt: skip
+        found.setdefault(match["module"], {})[match["part"].split(".")[0]] = t
+    lacking = sorted(set(found) - set(layers))
+    if lacking:
+        raise ValueError(f"{path}: weights for {lacking[0]}, which has no LoRA layer in the "
+                         f"model ({len(lacking)} such modules); LoRA layers: "
+                         f"{', '.join(sorted(layers)[:4])}, ...")  # fmt: skip
+    uncovered = sorted(set(layers) - set(found))
+    if uncovered:
+        raise ValueError(f"{path}: no weights for the model's LoRA layer {uncovered[0]} "
+                         f"({len(uncovered)} such layers); an adapter must cover every "
+                         "LoRA layer of the model")  # fmt: skip
+    return {
+        module: _layer_adapter(path, module, parts, layers[module], config)
+        for module, parts in found.items()
+    }
+
+
+def _layer_adapter(
+    path: Path, module: str, parts: dict[str, Tensor], layer: LoRALinear, config: dict[str, Any]
+) -> LayerAdapter:
+    W = layer.base.weight
+    out_f, in_f = W.shape
+    A, B, m = parts.get("lora_A"), parts.get("lora_B"), parts.get("lora_magnitude_vector")
+    if A is None or B is None:
+        raise ValueError(f"{path}: {module} lacks {'lora_A' if A is None else 'lora_B'}.weight")
+    if A.dim() != 2 or B.dim() != 2 or A.shape[1] != in_f or B.shape[0] != out_f \
+            or A.shape[0] != B.shape[1] or not 1 <= A.shape[0] <= min(in_f, out_f):  # fmt: skip
+        raise ValueError(f"{path}: {module} has lora_A {tuple(A.shape)} and lora_B "
+                         f"{tuple(B.shape)}; the layer is ({out_f}, {in_f}): it needs A (r, "
+                         f"{in_f}) and B ({out_f}, r)")  # fmt: skip
+    if (m is not None) != layer.use_dora:
+        kind = "DoRA (a magnitude vector)" if m is not None else "plain LoRA"
+        raise ValueError(f"{path}: {module} is {kind}, but the model's layer is "
+                         f"{'DoRA' if layer.use_dora else 'LoRA'}")  # fmt: skip
+    if m is not None and tuple(m.shape) != (out_f,):
+        raise ValueError(f"{path}: {module}'s lora_magnitude_vector is {tuple(m.shape)}, "
+                         f"need ({out_f},)")  # fmt: skip
+    rank = int(A.shape[0])
+    alpha = float(_pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
+    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+    def param(t: Tensor) -> nn.Parameter:
+        return nn.Parameter(t.to(W.device, W.dtype), requires_grad=False)
+
+    return LayerAdapter(param(A), param(B), alpha, scale, None if m is None else param(m))
+
+
+def load_adapter(
+    model: nn.Module, folder: str | Path, name: str, *, activate: bool = False
+) -> None:
+    """Read the adapter in `folder` (PEFT's format) into the model's bank as `name`, and make
+    it the active one when `activate`. Refused, model unchanged: a name loaded already, a
+    missing or corrupt file, keys for modules without a LoRA layer, layers left uncovered,
+    shapes that do not fit, DoRA against LoRA."""
+    b = bank(model)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    if name in b.adapters:
+        raise ValueError(f"adapter {name!r} is loaded already; delete_adapter() it or pick "
+                         "another name")  # fmt: skip
+    if activate:
+        _refuse_merged(_layers(model), f"activate adapter {name!r}")
+    b.adapters[name] = read_adapter(model, folder)
+    if activate:
+        set_adapter(model, name)
+
+
+@torch.no_grad()
+def hotswap_adapter(model: nn.Module, folder: str | Path) -> None:
+    """Copy the adapter in `folder` into the active adapter's tensors, in place: a compiled
+    model keeps its graph (no recompile). Each layer keeps its rank and scale: a smaller rank
+    is zero-padded, the scale ratio is folded into B, so the model computes the new adapter's
+    function. Tensors the model shares with another (from_peft's) change there too.
+    Refused, model unchanged: a rank above the layer's, and what load_adapter refuses."""
+    b = bank(model)
+    layers = _layers(model)
+    _refuse_merged(layers, "hot-swap")
+    new = read_adapter(model, folder)
+    over = [(n, a.rank, layers[n].rank) for n, a in new.items() if a.rank > layers[n].rank]
+    if over:
+        n, got, has = over[0]
+        raise ValueError(f"{Path(folder) / WEIGHTS}: {n} has rank {got}, above the loaded "
+                         f"adapter's {has}; a hot swap keeps each layer's rank: load_adapter() "
+                         "it instead")  # fmt: skip
+    for module, layer in layers.items():
+        a, (A, B) = new[module], layer._lora
+        A.zero_()[: a.rank].copy_(a.A)
+        B.zero_()[:, : a.rank].copy_(a.B * (a.scale / layer.scale))
+        m = layer._parameters.get("lora_magnitude")
+        if m is not None and a.magnitude is not None:
+            m.copy_(a.magnitude)
+    b.adapters[b.active] = {module: _held(layer) for module, layer in layers.items()}
+
+
+# --- writing PEFT's format -------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(model: nn.Module, folder: str | Path, name: str | None = None) -> None:
+    """Write adapter `name` (default: the active one) into `folder` in PEFT's format, which
+    PEFT's load_adapter reads back to the same function. Refuses a folder that holds either
+    file already (never overwritten) or cannot be written, before anything is written."""
+    from safetensors.torch import save
+
+    b = bank(model)
+    name = b.active if name is None else name
+    if name not in b.adapters:
+        raise ValueError(f"adapter {name!r} is not loaded; loaded: {', '.join(b.adapters)}")
+    if b.active == name and any(layer.merged for layer in _layers(model).values()):
+        raise ValueError("the adapter is merged into the model's weights; unmerge() first")
+    folder = Path(folder)
+    there = [f for f in (CONFIG, WEIGHTS) if (folder / f).exists()]
+    if there:
+        raise FileExistsError(f"{folder / there[0]}: exists; an adapter is never overwritten, "
+                              "pick an empty folder")  # fmt: skip
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise OSError(f"{folder}: cannot write an adapter there ({err.strerror})") from None
+    adapter = b.adapters[name]
+    tensors: dict[str, Tensor] = {}
+    for module, a in adapter.items():
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = a.A.detach().contiguous().cpu()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = a.B.detach().contiguous().cpu()
+        if a.magnitude is not None:
+            tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = a.magnitude.detach().cpu()
+    ranks = [a.rank for a in adapter.values()]
+    r = max(set(ranks), key=ranks.count)
+    alpha = max({a.alpha for a in adapter.values() if a.rank == r})
+    alphas: dict[str, float] = {}  # alpha such that alpha / rank is each layer's scale
+    for module, a in adapter.items():
+        if not math.isclose(a.scale * a.rank, alpha, rel_tol=1e-12):
+            alphas[re.escape(module)] = a.scale * a.rank
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": alpha,
+        "rank_pattern": {re.escape(m): a.rank for m, a in adapter.items() if a.rank != r},
+        "alpha_pattern": alphas,
+        "target_modules": sorted({m.rpartition(".")[2] for m in adapter}),
+        "use_dora": any(a.magnitude is not None for a in adapter.values()),
+        "use_rslora": False,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "lora_bias": False,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    _write_atomic(folder / WEIGHTS, save(tensors))
+    _write_atomic(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())

@@ -1,0 +1,202 @@
+"""Adapters in PEFT's format on our layers: what we save PEFT reads to the same function, what
+PEFT saves we read to PEFT's function; switching, deleting, hot-swapping (also under
+torch.compile, without a recompile); and refusals that name the file and module and leave the
+model as it was."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lora_kernels import (
+    adapter_names,
+    delete_adapter,
+    from_peft,
+    hotswap_adapter,
+    load_adapter,
+    lora_layers,
+    merge,
+    rel_error,
+    save_adapter,
+    set_adapter,
+    unmerge,
+)
+from tests.test_inject import needs_peft, peft_model, same, snapshot
+
+pytestmark = needs_peft
+IDS = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(5))
+
+
+def logits(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def peft_saved(tmp_path: Path, name: str, seed: int, kind: str = "llama", **config: object) -> Path:
+    """A PEFT adapter (A, B and a DoRA magnitude drawn from `seed`) saved in tmp_path/name;
+    returns the folder."""
+    model = peft_model(kind, **config)
+    gen = torch.Generator().manual_seed(seed)
+    for key, p in model.named_parameters():
+        if "magnitude" in key:
+            p.data.mul_(torch.rand(p.shape, generator=gen) + 0.5)
+        elif "lora_" in key:
+            p.data.normal_(0, 0.2, generator=gen)
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def ours(kind: str = "llama", **config: object) -> nn.Module:
+    """A PEFT model of `kind` converted to LoRALinear layers (its own tensors)."""
+    model = copy.deepcopy(peft_model(kind, **config))
+    from_peft(model)
+    return model
+
+
+def peft_function(folder: Path, kind: str = "llama") -> torch.Tensor:
+    """The logits of PEFT's model with the adapter in `folder` loaded by PEFT itself."""
+    from peft import PeftModel
+
+    from tests.test_inject import tiny
+
+    return logits(PeftModel.from_pretrained(tiny(kind)[0], folder).eval())
+
+
+PATTERNS = {"rank_pattern": {"q_proj": 2}, "alpha_pattern": {"v_proj": 3}}
+
+
+@pytest.mark.parametrize("config", [{}, {"use_dora": True}, {"use_rslora": True}, PATTERNS])
+def test_load_gives_peft_function_and_save_gives_it_back(tmp_path: Path, config: dict) -> None:
+    folder = peft_saved(tmp_path, "a", seed=7, **config)
+    model = ours(**{k: v for k, v in config.items() if k == "use_dora"})
+    load_adapter(model, folder, "a", activate=True)
+    want = peft_function(folder)
+    assert rel_error(logits(model), want) <= 1e-5
+    assert adapter_names(model) == ["a", "default"]
+    save_adapter(model, tmp_path / "again")
+    assert rel_error(peft_function(tmp_path / "again"), want) <= 1e-5
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        save_adapter(model, tmp_path / "again")
+
+
+def test_gpt2_conv1d_round_trip(tmp_path: Path) -> None:
+    folder = peft_saved(tmp_path, "g", seed=3, kind="gpt2", fan_in_fan_out=True)
+    model = ours("gpt2", fan_in_fan_out=True)
+    load_adapter(model, folder, "g", activate=True)
+    assert rel_error(logits(model), peft_function(folder, "gpt2")) <= 1e-5
+
+
+def test_switch_delete_and_the_default(tmp_path: Path) -> None:
+    model = ours()
+    first = logits(model)
+    load_adapter(model, peft_saved(tmp_path, "a", seed=7), "a")
+    assert torch.equal(logits(model), first)  # loading does not activate
+    set_adapter(model, "a")
+    assert not torch.equal(logits(model), first)
+    with pytest.raises(ValueError, match="'a' is the active one"):
+        delete_adapter(model, "a")
+    set_adapter(model, "default")
+    assert torch.equal(logits(model), first)
+    delete_adapter(model, "a")
+    assert adapter_names(model) == ["default"]
+    with pytest.raises(ValueError, match=r"'a' is not loaded; loaded: default"):
+        set_adapter(model, "a")
+    merge(model)
+    with pytest.raises(ValueError, match="merged"):
+        load_adapter(model, peft_saved(tmp_path, "b", seed=8), "b", activate=True)
+    assert adapter_names(model) == ["default"]
+    unmerge(model)
+
+
+def test_hotswap_in_place_pads_rank_and_folds_scale(tmp_path: Path) -> None:
+    model = ours(r=4, lora_alpha=8)
+    tensors = {n: id(p) for n, p in model.named_parameters()}
+    folder = peft_saved(tmp_path, "small", seed=9, r=2, lora_alpha=5)
+    hotswap_adapter(model, folder)
+    assert {n: id(p) for n, p in model.named_parameters()} == tensors  # the same tensors
+    assert rel_error(logits(model), peft_function(folder)) <= 1e-5
+    with pytest.raises(ValueError, match="rank 8, above the loaded adapter's 4"):
+        hotswap_adapter(model, peft_saved(tmp_path, "big", seed=9, r=8))
+
+
+def test_hotswap_under_compile_keeps_the_graph(tmp_path: Path) -> None:
+    model = ours()
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, _: object) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    logits(compiled)
+    logits(compiled)
+    assert len(graphs) == 1
+    folder = peft_saved(tmp_path, "new", seed=11)
+    hotswap_adapter(model, folder)
+    assert rel_error(logits(compiled), peft_function(folder)) <= 1e-5
+    assert len(graphs) == 1  # no recompile
+
+
+def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
+    model = ours()
+    before = snapshot(model)
+    good = peft_saved(tmp_path, "good", seed=7)
+    biased = {**json.loads((good / "adapter_config.json").read_text()), "lora_bias": True}
+
+    def variant(name: str, edit: Callable[[Path], object]) -> Path:
+        """A copy of the good adapter in tmp_path/name, edited."""
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in good.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        edit(folder)
+        return folder
+
+    from safetensors.torch import load_file, save_file
+
+    def reshape(folder: Path) -> None:
+        t = load_file(folder / "adapter_model.safetensors")
+        key = next(k for k in t if k.endswith("q_proj.lora_A.weight"))
+        t[key] = torch.zeros(4, 31)
+        save_file(t, folder / "adapter_model.safetensors")
+
+    def extra(folder: Path) -> None:
+        t = load_file(folder / "adapter_model.safetensors")
+        t["base_model.model.model.layers.0.mlp.nope.lora_A.weight"] = torch.zeros(4, 32)
+        save_file(t, folder / "adapter_model.safetensors")
+
+    cases = [
+        (variant("shape", reshape), r"adapter_model.safetensors: .*q_proj has lora_A \(4, 31\)"),
+        (variant("config", lambda f: (f / "adapter_config.json").unlink()),
+         r"config/adapter_config.json: missing"),
+        (variant("corrupt", lambda f: (f / "adapter_model.safetensors").write_bytes(b"\x00" * 9)),
+         r"corrupt/adapter_model.safetensors: not a readable safetensors file"),
+        (variant("extra", extra), r"weights for model.layers.0.mlp.nope, which has no LoRA layer"),
+        (variant("json", lambda f: (f / "adapter_config.json").write_text("{")),
+         r"json/adapter_config.json: not a readable JSON file"),
+        (variant("bias", lambda f: (f / "adapter_config.json").write_text(json.dumps(biased))),
+         r"lora_bias=true"),
+        (tmp_path / "absent", r"absent: no such adapter folder"),
+    ]  # fmt: skip
+    for folder, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            load_adapter(model, folder, "x", activate=True)
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            hotswap_adapter(model, folder)
+    assert same(snapshot(model), before)
+    assert adapter_names(model) == ["default"]
+    dora = peft_saved(tmp_path, "dora", seed=7, use_dora=True)
+    message = r"dora/adapter_model.safetensors: .* is DoRA .*, but the model's layer is LoRA"
+    with pytest.raises(ValueError, match=message):
+        load_adapter(model, dora, "d")
+    with pytest.raises(ValueError, match="no weights for the model's LoRA layer"):
+        load_adapter(model, peft_saved(tmp_path, "q_only", seed=1, target_modules=["q_proj"]), "q")
+    assert same(snapshot(model), before)
+    assert list(lora_layers(model))
