@@ -9,6 +9,7 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -125,16 +126,22 @@ def test_hotswap_in_place_pads_rank_and_folds_scale(tmp_path: Path) -> None:
         hotswap_adapter(model, peft_saved(tmp_path, "big", seed=9, r=8))
 
 
-def test_hotswap_under_compile_keeps_the_graph(tmp_path: Path) -> None:
-    model = ours()
-    graphs = []
+def compiled_counting(module: nn.Module) -> tuple[Any, list[torch.fx.GraphModule]]:
+    """torch.compile of `module` whose backend runs each graph as traced and keeps it: the
+    list grows by one for each graph dynamo compiles."""
+    graphs: list[torch.fx.GraphModule] = []
 
     def backend(gm: torch.fx.GraphModule, _: object) -> object:
         graphs.append(gm)
         return gm.forward
 
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend)
+    return torch.compile(module, backend=backend), graphs
+
+
+def test_hotswap_under_compile_keeps_the_graph(tmp_path: Path) -> None:
+    model = ours()
+    compiled, graphs = compiled_counting(model)
     logits(compiled)
     logits(compiled)
     assert len(graphs) == 1
@@ -200,3 +207,24 @@ def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
         load_adapter(model, peft_saved(tmp_path, "q_only", seed=1, target_modules=["q_proj"]), "q")
     assert same(snapshot(model), before)
     assert list(lora_layers(model))
+
+
+@pytest.mark.parametrize("impl", ["two_step", "addmm", "merged", "dora_cached", "dora_factored"])
+def test_a_compiled_layer_computes_its_impl(impl: str) -> None:
+    """Under torch.compile a LoRALinear traces its impl's op on the live tensors; the graph
+    follows an in-place change of A (no stale cache) without compiling again."""
+    from lora_kernels import LoRALinear
+
+    gen = torch.Generator().manual_seed(2)
+    layer = LoRALinear(12, 10, 4, impl=impl, use_dora=impl.startswith("dora"))
+    with torch.no_grad():
+        layer.lora_B.normal_(generator=gen)
+    layer.requires_grad_(False)
+    x = torch.randn(3, 12, generator=gen)
+    compiled, graphs = compiled_counting(layer)
+    with torch.no_grad():
+        assert rel_error(compiled(x), layer(x)) <= 1e-6
+        traced = len(graphs)  # more than one where a build checks a value (a graph break)
+        layer.lora_A.mul_(2.0)
+        assert rel_error(compiled(x), layer(x)) <= 1e-6
+    assert len(graphs) == traced

@@ -7,14 +7,14 @@ from __future__ import annotations
 import copy
 import importlib.util
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.harness.cases import DTYPES
+from bench.harness.cases import DTYPES, Keyed
 from bench.harness.rounds import Budget
 from bench.harness.timing import Work, synchronize
 from lora_kernels import IMPLS, PRESETS, Preset, from_peft
@@ -60,12 +60,12 @@ MODEL_PROFILES: dict[str, ModelProfile] = {
     "tiny": ModelProfile((("llama-tiny", 32, "attn"),), (), ("addmm",),
                          Budget(0.05, 3, 5, target=0.05)),
     # Within the quick bench's 5 minutes on a 2-core CPU: a short step (16 tokens: one token
-    # would leave attention nothing to weigh, so k_proj's adapter no gradient to check) and a
-    # prefill, with LoRA on every linear layer; PEFT's form, the fastest eager and the
-    # memory-lean impl of ours. The others, attention-only LoRA and GPT-2 (its 50k vocabulary)
-    # run in full.
+    # would leave attention nothing to weigh, so k_proj's adapter no gradient to check), with
+    # LoRA on every linear layer; PEFT's form, the fastest eager and the memory-lean impl of
+    # ours. The prefill of 128 tokens is the generation bench's; it, attention-only LoRA and
+    # GPT-2 (its 50k vocabulary) run here in full.
     "quick": ModelProfile(
-        (("llama-cpu", 16, "all-linear"), ("llama-cpu", 128, "all-linear")),
+        (("llama-cpu", 16, "all-linear"),),
         (("llama-cpu", 512, "attn"), ("llama-cpu", 512, "all-linear")),
         ("two_step", "addmm", "autograd"), Budget(0.5, 5, 21),
     ),
@@ -79,7 +79,7 @@ MODEL_PROFILES: dict[str, ModelProfile] = {
 
 
 @dataclass(frozen=True)
-class ModelCase:
+class ModelCase(Keyed):
     """LoRA of `rank` on the `targets` of `model` (batch 1, `tokens` tokens)."""
 
     model: str
@@ -88,9 +88,6 @@ class ModelCase:
     rank: int
     dtype: str
     device: str
-
-    def __str__(self) -> str:
-        return f"{self.key} {self.device}"
 
     @property
     def key(self) -> str:
@@ -104,9 +101,6 @@ class ModelCase:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
-
-    def fields(self) -> dict[str, Any]:
-        return {"case": str(self), "key": self.key, **asdict(self)}
 
 
 def model_cases(profile: str, devices: list[str]) -> list[ModelCase]:

@@ -6,14 +6,13 @@ costs) and how each variant's work is built."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.harness.cases import DTYPES, SHAPES
+from bench.harness.cases import DTYPES, SHAPES, Keyed
 from bench.harness.rounds import Budget
 from lora_kernels import (
     DISTRIBUTIONS,
@@ -29,7 +28,7 @@ MIXED_RANKS = (4, 8, 16)  # "mixed": adapters take these ranks in turn (r_max 16
 
 
 @dataclass(frozen=True)
-class MultiCase:
+class MultiCase(Keyed):
     """`adapters` adapters of rank `ranks` ("8", or "mixed") on `shape`, serving a batch of
     `tokens` tokens whose adapter index follows `distribution`."""
 
@@ -48,9 +47,6 @@ class MultiCase:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}")
         if self.ranks != "mixed" and not self.ranks.isdigit():
             raise ValueError(f"ranks must be 'mixed' or a rank, got {self.ranks!r}")
-
-    def __str__(self) -> str:
-        return f"{self.key} {self.device}"
 
     @property
     def key(self) -> str:
@@ -76,9 +72,6 @@ class MultiCase:
         """The case of the single-adapter references: one adapter of rank r_max, all tokens."""
         return MultiCase(self.shape, self.tokens, 1, "identical", str(self.r_max), self.dtype,
                          self.device)  # fmt: skip
-
-    def fields(self) -> dict[str, Any]:
-        return {"case": str(self), "key": self.key, **asdict(self)}
 
 
 @dataclass(frozen=True)

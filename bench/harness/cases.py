@@ -46,6 +46,24 @@ LONG_PREFILL = (4096, 8192)  # CUDA only: hours on a CPU
 CPU_HALF_MAX_FLOPS = 2e7
 
 
+class Keyed:
+    """A case named by its key (the case without its device: how runs of two devices are
+    matched) and its device; `fields()` gives an entry its id, key and the case's parts."""
+
+    device: str
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.device}"
+
+    def fields(self) -> dict[str, Any]:
+        """The case's fields of a results entry: its id, key and parts (a dataclass's)."""
+        return {"case": str(self), "key": self.key, **asdict(self)}  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
 class Case:
     """One measured configuration; str(case) is its test id and its key across runs."""
@@ -158,6 +176,7 @@ class Profile:
     timer_grid: tuple[tuple[str, int, int], ...] = ()  # cases of the independent timer check
     cuda_grid: tuple[tuple[str, int, int], ...] = ()  # more cases on CUDA: long prefill
     dora_grid: tuple[tuple[str, int, int], ...] = ()  # cases the DoRA impls run (time, memory)
+    dora_memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as dora_grid
 
     def cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         """Every valid case of the grid for each device and that device's dtypes; CUDA adds
@@ -173,6 +192,10 @@ class Profile:
 
     def dora_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         return _expand(self.dora_grid, devices, dtypes)
+
+    def dora_memory_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
+        grid = self.dora_grid if self.dora_memory_grid is None else self.dora_memory_grid
+        return _expand(grid, devices, dtypes)
 
 
 def _expand(
@@ -202,10 +225,13 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         "quick",
         QUICK_GRID,
-        Budget(1.2, 11, 61),
+        Budget(1.0, 11, 61),
+        # Memory at the prefill only: at one token every impl holds the same weights.
+        memory_grid=(QUICK_PREFILL,),
         timer_grid=QUICK_GRID,
         cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
         dora_grid=QUICK_GRID,
+        dora_memory_grid=(QUICK_PREFILL,),
     ),
     "full": Profile(
         "full",

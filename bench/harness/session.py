@@ -167,15 +167,17 @@ class Settings:
     def timer_cases(self) -> list[Case]:
         return self._select(self.profile.timer_cases(self.devices, self.dtypes))
 
-    def dora_cases(self) -> list[Case]:
-        return self._select(self.profile.dora_cases(self.devices, self.dtypes))
+    def dora_cases(self, memory: bool = False) -> list[Case]:
+        """The DoRA impls' cases: of the timings, or with `memory` of the memory benchmark."""
+        cases = self.profile.dora_memory_cases if memory else self.profile.dora_cases
+        return self._select(cases(self.devices, self.dtypes))
 
     def case_impls(self, memory: bool = False) -> list[tuple[Case, str]]:
         """(case, impl) pairs of the forward and training benchmarks, or with `memory` of the
         memory benchmark: the LoRA impls on the profile's (memory) grid, the DoRA impls on its
         DoRA cases. The id of a pair, "case-impl", is the benchmark's."""
         lora = self.memory_cases() if memory else self.cases()
-        dora = self.dora_cases()
+        dora = self.dora_cases(memory)
         cases = lora + [c for c in dora if c not in lora]
         return [
             (c, name)

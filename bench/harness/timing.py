@@ -56,8 +56,12 @@ class PairedTimer:
     `base_round` then `impl_round`, as many times as wanted, or `run` until the budget's rule
     stops them, and read `paired()`. The only pairing loop of the bench."""
 
-    def __init__(self, work: Work, base_work: Work, device: str) -> None:
-        per_call = max(warm_up(work, device), warm_up(base_work, device))
+    def __init__(
+        self, work: Work, base_work: Work, device: str, per_call_s: float | None = None
+    ) -> None:
+        # per_call_s: the caller ran both works warm already and knows the longer call's
+        # seconds (a whole generation: warming it up again would cost seconds a side)
+        per_call = per_call_s or max(warm_up(work, device), warm_up(base_work, device))
         self.inner = choose_inner(per_call)
         self.round_s = per_call * self.inner  # expected seconds of one round
         self._impl = make_round(work, self.inner, device)
@@ -96,7 +100,12 @@ class PairedTimer:
 
 
 def run_paired(
-    benchmark: BenchmarkFixture, work: Work, base_work: Work, device: str, budget: Budget
+    benchmark: BenchmarkFixture,
+    work: Work,
+    base_work: Work,
+    device: str,
+    budget: Budget,
+    per_call_s: float | None = None,
 ) -> Paired:
     """Time `work` in pairs with `base_work` until the ratio is sure or the budget ends.
 
@@ -106,9 +115,9 @@ def run_paired(
     of ours: pytest-benchmark's table shows the first pairs' impl rounds, the results file
     every pair. pytest-benchmark's statistics are per round of `inner` ops (it forbids
     iterations > 1 with a setup); the per-op figures come from our own clock around the same
-    calls.
+    calls. `per_call_s`: both works are warm and a call takes about this long (no warm-up).
     """
-    timer = PairedTimer(work, base_work, device)
+    timer = PairedTimer(work, base_work, device, per_call_s)
     benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=budget.min_pairs)
     return timer.run(budget)
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from bench.families import probe
+from bench.families.generation import gen_jobs
+from bench.families.lifecycle import life_jobs
 from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
 from bench.harness.allocator import fix_malloc
@@ -32,7 +34,9 @@ from lora_kernels.presets import PRESETS
 
 SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
-BENCH_FIXTURES = {"case", "memory_case", "model_job", "multi_job", "timer_case"}
+BENCH_FIXTURES = {
+    "case", "gen_job", "life_job", "memory_case", "model_job", "multi_job", "timer_case",
+}  # fmt: skip
 PRESET_TARGETS = ("attn", "all-linear")
 
 
@@ -72,8 +76,8 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    models, multis = model_jobs(profile.name, devices), multi_jobs(profile.name, devices)
-    jobs = [str(j.case) for j in models] + [str(j.case) for j in multis]
+    families = (model_jobs, multi_jobs, gen_jobs, life_jobs)
+    jobs = [str(j.case) for jobs_of in families for j in jobs_of(profile.name, devices)]
     return list(dict.fromkeys([*map(str, cases), *jobs]))
 
 
@@ -121,6 +125,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "multi_job" in names:
         multis = multi_jobs(settings.profile.name, settings.devices)
         metafunc.parametrize("multi_job", settings.selected(multis), ids=str)
+    if "gen_job" in names:
+        gens = gen_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("gen_job", settings.selected(gens), ids=str)
+    if "life_job" in names:
+        lives = life_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("life_job", settings.selected(lives), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

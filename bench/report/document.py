@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.report.base import MODES_ORDER, Table, fmt_bytes, render
 from bench.report.dora import dora_tables
+from bench.report.generation import generation_tables
 from bench.report.layer import (
     cold_check_table,
     memory_table,
@@ -13,6 +14,7 @@ from bench.report.layer import (
     throughput_table,
     timer_table,
 )
+from bench.report.lifecycle import lifecycle_tables
 from bench.report.models import model_tables
 from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
@@ -38,6 +40,8 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *dora_tables(run),
         *model_tables(run),
         *multi_tables(run),
+        *generation_tables(run),
+        *lifecycle_tables(run),
         *profile_tables(run),
     ]
     return [t for t in tables if t.rows]

@@ -243,6 +243,98 @@ class MultiEntry(PairedTokens):
     rounds: Paired
 
 
+@dataclass(frozen=True)
+class GenerationEntry(PairedTokens):
+    """One variant generating on one case, one phase timed in pairs with the frozen model:
+    prefill (the prompt to the first new token: time to first token) or decode (the other
+    new - 1 tokens from the prompt's KV cache: time per output token = median / steps)."""
+
+    kind: ClassVar[str] = "generation"
+    fullname: str
+    case: str  # "model B=.. prompt=.. new=.. n=.. r=.. [r_max=..] dtype device"
+    key: str
+    model: str
+    batch: int
+    prompt: int
+    new: int
+    adapters: int  # 1: one adapter for every sequence; n > 1: one per sequence
+    rank: int  # the single adapter's; mixed batches take MIXED_RANKS
+    r_max: int  # ours stacked to this rank (0: the largest)
+    dtype: str
+    device: str
+    variant: str
+    origin: str  # "ours" or "peer"
+    merged: bool  # the adapter folded into W (one adapter only)
+    reference: str  # the PEFT variant its tokens and logits were checked against
+    phase: str  # "prefill" or "decode"
+    steps: int  # forwards a timed call runs: 1 (prefill) or new - 1 (decode)
+    tokens: int  # tokens a timed call processes: batch * prompt, or batch * steps
+    tokens_equal: float  # share of the generated token ids equal to the reference's
+    rel_error: float  # teacher-forced logits over prompt and new tokens, against the reference
+    build_s: float
+    threads: int
+    peak_bytes: int
+    memory_method: str
+    rounds: Paired
+
+    def __post_init__(self) -> None:
+        positive("batch, prompt, new, steps and tokens",
+                 [self.batch, self.prompt, self.new, self.steps, self.tokens])  # fmt: skip
+        if self.phase not in ("prefill", "decode"):
+            raise ValueError(f"phase must be prefill or decode, got {self.phase!r}")
+        if not 0.0 <= self.tokens_equal <= 1.0:
+            raise ValueError(f"tokens_equal must be in [0, 1], got {self.tokens_equal}")
+
+    @property
+    def per_step_s(self) -> float:
+        """Seconds of one forward: time to first token (prefill), per output token (decode)."""
+        return self.rounds.impl_median_s / self.steps
+
+
+@dataclass(frozen=True)
+class LifecycleEntry:
+    """What one adapter operation costs one variant (PEFT's PeftModel, or ours) with `loaded`
+    adapters held: seconds of each round, each from the same state. A hot swap records the
+    compiled model's compile (first call), its call before the swap, its first call after,
+    and the recompiles the swap caused."""
+
+    kind: ClassVar[str] = "lifecycle"
+    fullname: str
+    case: str  # "model targets r=.. loaded=.. dtype device"
+    key: str
+    model: str
+    targets: str
+    rank: int
+    loaded: int
+    dtype: str
+    device: str
+    variant: str  # "peft" or "ours"
+    op: str  # load, switch, delete, merge, unmerge, hotswap
+    seconds: list[float]
+    rel_error: float  # the model's logits after the op against PEFT's function of that adapter
+    threads: int
+    backend: str = ""  # hot swap: torch.compile's backend
+    compile_s: float = 0.0
+    call_s: float = 0.0
+    first_call_s: float = 0.0  # the first call after the swaps: a recompile shows here
+    recompiles: int = 0
+
+    def __post_init__(self) -> None:
+        positive_seconds("seconds", self.seconds)
+        positive("loaded", [self.loaded])
+        if self.recompiles < 0:
+            raise ValueError(f"recompiles must be >= 0, got {self.recompiles}")
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def iqr_s(self) -> float:
+        q1, _, q3 = quartiles(self.seconds)
+        return q3 - q1
+
+
 # The parts of a call a profile splits its time into (bench.harness.breakdown), in table order.
 PARTS = ("base GEMM", "shrink", "expand", "W + s·B A", "y add/copy/scale", "norm", "other ops")
 OUTSIDE = "outside ops"  # wall time no op covers: Python and dispatch between ops
@@ -287,7 +379,15 @@ class ProfileEntry(CaseEntry):
 
 
 Entry = (
-    TimeEntry | MemoryEntry | ParamsEntry | TimerCheckEntry | ModelEntry | MultiEntry | ProfileEntry
+    TimeEntry
+    | MemoryEntry
+    | ParamsEntry
+    | TimerCheckEntry
+    | ModelEntry
+    | MultiEntry
+    | ProfileEntry
+    | GenerationEntry
+    | LifecycleEntry
 )
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
@@ -299,5 +399,7 @@ ENTRY_KINDS: dict[str, type] = {
         ModelEntry,
         MultiEntry,
         ProfileEntry,
+        GenerationEntry,
+        LifecycleEntry,
     )
 }

@@ -16,6 +16,8 @@ from bench.schema.decode import from_dict, parse_entries, positive
 from bench.schema.entries import (
     ENTRY_KINDS,
     Entry,
+    GenerationEntry,
+    LifecycleEntry,
     MemoryEntry,
     ModelEntry,
     MultiEntry,
@@ -103,6 +105,12 @@ class Run:
 
     def profiles(self) -> list[ProfileEntry]:
         return [e for e in self.entries if isinstance(e, ProfileEntry)]
+
+    def generation(self) -> list[GenerationEntry]:
+        return [e for e in self.entries if isinstance(e, GenerationEntry)]
+
+    def lifecycle(self) -> list[LifecycleEntry]:
+        return [e for e in self.entries if isinstance(e, LifecycleEntry)]
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA
