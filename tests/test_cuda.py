@@ -4,6 +4,8 @@ oracle on CUDA, the CUDA memory measure, the L2 rotation and synchronized timing
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -85,3 +87,21 @@ def test_rounds_wait_for_the_kernels_they_queue() -> None:
     events = cuda_events_s(spin, 1, 3)
     wall = min(time_call(make_round(spin, 1, "cuda")) for _ in range(3))
     assert events > 1e-3 and wall >= 0.9 * events, (wall, events)
+
+
+@pytest.mark.parametrize("impl", ["cuda_graph", "triton_fused", "triton_sgmv"])
+def test_generation_on_cuda_gives_peft_s_tokens(impl: str) -> None:
+    """Greedy generation in fp32 on CUDA through our CUDA-only impls (a whole model; one
+    adapter, or four adapters one per sequence) gives PEFT's tokens on the same weights."""
+    from bench.families import generation as gen
+
+    if importlib.util.find_spec("peft") is None or importlib.util.find_spec("transformers") is None:
+        pytest.skip("needs peft and transformers: pip install 'lora-bench[peers,models]'")
+    multi = impl in MULTI_IMPLS
+    case = gen.GenCase("llama-tiny", 4, 16, 6, 3 if multi else 1, 8, 0, "fp32", "cuda")
+    base = gen.models.hf_model(case.model_case)
+    ids = gen.prompt_ids(case)
+    peft = gen.peft_mixed(base, case) if multi else gen.peft_lora(base, case)
+    want = gen.decoder(peft, "peft_mixed" if multi else "peft", case, ids).generate()
+    ours = gen.build(impl, peft, case)
+    assert torch.equal(gen.decoder(ours, impl, case, ids).generate(), want)
