@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from peft_models import needs_peft, peft_model, same, snapshot
 from torch import nn
 
 from lora_kernels import (
@@ -28,7 +29,6 @@ from lora_kernels import (
     set_adapter,
     unmerge,
 )
-from tests.test_inject import needs_peft, peft_model, same, snapshot
 
 pytestmark = needs_peft
 IDS = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(5))
@@ -63,8 +63,7 @@ def ours(kind: str = "llama", **config: object) -> nn.Module:
 def peft_function(folder: Path, kind: str = "llama") -> torch.Tensor:
     """The logits of PEFT's model with the adapter in `folder` loaded by PEFT itself."""
     from peft import PeftModel
-
-    from tests.test_inject import tiny
+    from peft_models import tiny
 
     return logits(PeftModel.from_pretrained(tiny(kind)[0], folder).eval())
 

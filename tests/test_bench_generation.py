@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from peft_models import needs_peft
 from runs import make_run
 
 from bench.families.generation import (
@@ -25,7 +26,6 @@ from bench.report.generation import generation_tables
 from bench.report.lifecycle import lifecycle_tables
 from bench.schema.entries import GenerationEntry, LifecycleEntry, Paired
 from bench.schema.run import Run, dump_run, parse_run
-from tests.test_inject import needs_peft
 
 TINY = GenCase("llama-tiny", 3, 8, 5, 1, 16, 0, "fp32", "cpu")
 

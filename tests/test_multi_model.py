@@ -8,10 +8,10 @@ import copy
 
 import pytest
 import torch
+from peft_models import needs_peft, peft_model
 from torch import nn
 
 from lora_kernels import MULTI_IMPLS, adapter_batch, multi_from_peft, rel_error
-from tests.test_inject import needs_peft, peft_model
 
 pytestmark = needs_peft
 CPU_IMPLS = [
