@@ -95,15 +95,32 @@ def _refuse_merged(layers: dict[str, LoRALinear], what: str) -> None:
 
 
 def set_adapter(model: nn.Module, name: str) -> None:
-    """Make adapter `name` the one every layer runs (its tensors, no copy)."""
+    """Make adapter `name` the one every layer runs (its tensors, no copy; moved first to the
+    layers' device and dtype if the model was moved since the load)."""
     b = bank(model)
     layers = _layers(model)
     if name not in b.adapters:
         raise ValueError(f"adapter {name!r} is not loaded; loaded: {', '.join(b.adapters)}")
     _refuse_merged(layers, f"switch to adapter {name!r}")
+    adapter = b.adapters[name]
+    for module, layer in layers.items():  # one moved since the load (model.to()) follows it
+        adapter[module] = _placed(adapter[module], layer.base.weight)
     for module, layer in layers.items():
-        _point(layer, b.adapters[name][module])
+        _point(layer, adapter[module])
     b.active = name
+
+
+def _placed(adapter: LayerAdapter, W: Tensor) -> LayerAdapter:
+    """The adapter on W's device and dtype: itself, or a moved copy (the model was moved or
+    cast after the load; the bank's inactive adapters are not module tensors)."""
+    if adapter.A.device == W.device and adapter.A.dtype == W.dtype:
+        return adapter
+
+    def moved(t: nn.Parameter) -> nn.Parameter:
+        return nn.Parameter(t.detach().to(W.device, W.dtype), requires_grad=t.requires_grad)
+
+    m = None if adapter.magnitude is None else moved(adapter.magnitude)
+    return LayerAdapter(moved(adapter.A), moved(adapter.B), adapter.alpha, adapter.scale, m)
 
 
 def _point(layer: LoRALinear, adapter: LayerAdapter) -> None:

@@ -227,3 +227,17 @@ def test_a_compiled_layer_computes_its_impl(impl: str) -> None:
         layer.lora_A.mul_(2.0)
         assert rel_error(compiled(x), layer(x)) <= 1e-6
     assert len(graphs) == traced
+
+
+def test_an_adapter_loaded_before_a_move_follows_the_model(tmp_path: Path) -> None:
+    model = ours()
+    folder = peft_saved(tmp_path, "one", seed=7)
+    load_adapter(model, folder, "one")
+    want = peft_function(folder)
+    model.to(torch.bfloat16)  # casts the active adapter; "one" sits in the bank, in fp32
+    set_adapter(model, "one")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert rel_error(logits(model).float(), want) <= 3e-2  # bf16's model tolerance
+    set_adapter(model, "default")
+    set_adapter(model, "one")  # moved once, kept moved
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
