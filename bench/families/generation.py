@@ -5,6 +5,7 @@ and ours through from_peft) and for a batch whose sequences each take their own 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
@@ -298,18 +299,12 @@ def decoder(model: nn.Module, variant: str, case: GenCase, ids: Tensor) -> Decod
     runs inside adapter_batch; the others run as they are."""
     names = case.names()
     kwargs: dict[str, Any] = {}
-    context: Callable[[], Any] = _nothing
+    context: Callable[[], Any] = contextlib.nullcontext
     if variant == "peft_mixed":
         kwargs["adapter_names"] = ["__base__" if n is None else n for n in names]
     elif variant in MULTI_IMPLS:
         context = lambda: adapter_batch(model, names)  # noqa: E731
     return Decoder(model, ids, case.new, kwargs, context, case.device)
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def prompt_ids(case: GenCase) -> Tensor:

@@ -20,10 +20,12 @@ from bench.families import models
 from bench.families.models import MODEL_DTYPES, ModelCase
 from bench.harness.cases import Keyed
 from lora_kernels import (
+    adapter_names,
     delete_adapter,
     from_peft,
     hotswap_adapter,
     load_adapter,
+    lora_layers,
     merge,
     set_adapter,
     unmerge,
@@ -176,6 +178,17 @@ class Side:
         else:
             unmerge(self.model)
 
+    def loaded(self) -> list[str]:
+        """The names of the adapters the model holds."""
+        return list(self.model.peft_config) if self.variant == "peft" else adapter_names(self.model)
+
+    def merged(self) -> bool:
+        """Whether the model's layers hold their adapter merged."""
+        if self.variant == "peft":
+            return any(getattr(m, "merged", False) for m in self.model.modules()
+                       if hasattr(m, "merged_adapters"))  # fmt: skip
+        return any(layer.merged for _, layer in lora_layers(self.model))
+
     def hotswap(self, folder: Path) -> None:
         if self.variant == "peft":
             from peft.utils.hotswap import hotswap_adapter as peft_hotswap
@@ -221,43 +234,26 @@ def timed_op(s: Side, op: str, files: Files) -> Timed:
         s.switch(state["active"])
 
     def drop_new() -> None:
-        if "new" in _loaded(s):
+        if "new" in s.loaded():
             s.delete("new")
 
     def add_new() -> None:
-        if "new" not in _loaded(s):
+        if "new" not in s.loaded():
             s.load(files.one, "new")
 
-    def unmerged() -> None:
-        if _merged(s):
+    def ensure_unmerged() -> None:
+        if s.merged():
             s.unmerge()
 
-    def merged() -> None:
-        if not _merged(s):
+    def ensure_merged() -> None:
+        if not s.merged():
             s.merge()
 
     ops = {
         "load": Timed(lambda: s.load(files.one, "new"), drop_new),
         "switch": Timed(flip, lambda: None),
         "delete": Timed(lambda: s.delete("new"), add_new),
-        "merge": Timed(s.merge, unmerged),
-        "unmerge": Timed(s.unmerge, merged),
+        "merge": Timed(s.merge, ensure_unmerged),
+        "unmerge": Timed(s.unmerge, ensure_merged),
     }
     return ops[op]
-
-
-def _loaded(s: Side) -> list[str]:
-    if s.variant == "peft":
-        return list(s.model.peft_config)
-    from lora_kernels import adapter_names
-
-    return adapter_names(s.model)
-
-
-def _merged(s: Side) -> bool:
-    if s.variant == "peft":
-        return any(getattr(m, "merged", False) for m in s.model.modules()
-                   if hasattr(m, "merged_adapters"))  # fmt: skip
-    from lora_kernels import lora_layers
-
-    return any(layer.merged for _, layer in lora_layers(s.model))

@@ -78,7 +78,7 @@ def after(b: Built, s: Side, op: str) -> float:
             life.logits(s.model, b.ids), b.want["one" if len(s.names) > 1 else "default"]
         )
     elif op == "delete":
-        if "new" in life._loaded(s):
+        if "new" in s.loaded():
             pytest.fail(f"{s.variant}: 'new' is still loaded after delete")
         error = rel_error(life.logits(s.model, b.ids), b.want["default"])
     else:  # merge, unmerge: the default adapter, merged or not
