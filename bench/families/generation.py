@@ -332,18 +332,16 @@ def teacher_logits(d: Decoder, tokens: Tensor) -> Tensor:
 
 def stacked_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers, each storage once."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in tensors}.values())  # fmt: skip
+    return models.unique_bytes([*model.parameters(), *model.buffers()])
 
 
 def cache_bytes(cache: Any) -> int:
     """Bytes of the tensors a KV cache holds."""
-    seen: dict[int, int] = {}
+    seen: list[Tensor] = []
 
     def visit(obj: Any, depth: int) -> None:
         if isinstance(obj, Tensor):
-            seen[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+            seen.append(obj)
         elif depth < 4 and isinstance(obj, (list, tuple)):
             for item in obj:
                 visit(item, depth + 1)
@@ -352,4 +350,4 @@ def cache_bytes(cache: Any) -> int:
                 visit(item, depth + 1)
 
     visit(cache, 0)
-    return sum(seen.values())
+    return models.unique_bytes(seen)

@@ -18,7 +18,7 @@ from bench.families.generation import Decoder, GenCase
 from bench.harness.runner import Harness
 from bench.harness.timing import run_paired, synchronize
 from bench.schema.entries import GenerationEntry, Paired
-from lora_kernels import MULTI_IMPLS, rel_error
+from lora_kernels import IMPLS, MULTI_IMPLS, rel_error
 
 CPU_MEMORY = "tensors: parameters, buffers and the KV cache after the last new token"
 CUDA_MEMORY = "torch.cuda.max_memory_allocated over one generation"
@@ -167,8 +167,7 @@ def time_generation(
             fullname=harness.nodeid,
             **case.fields(),
             variant=variant,
-            origin=MULTI_IMPLS[variant].origin if variant in MULTI_IMPLS else
-            ("peer" if variant.startswith("peft") else "ours"),
+            origin=(MULTI_IMPLS if variant in MULTI_IMPLS else IMPLS)[variant].origin,
             merged=variant in gen.MERGED,
             reference=gen.PEERS[gen.kind_of(variant)],
             phase=phase,

@@ -51,11 +51,6 @@ def built(case: ModelCase) -> Built:
     return b
 
 
-def _unique_bytes(tensors: list[torch.Tensor]) -> int:
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
 def tensor_bytes(model: nn.Module, work: Work) -> int:
     """Bytes of the model's parameters, their gradients after one call of `work`, and what
     autograd saved for backward during it, each storage once. The optimizer's state (AdamW:
@@ -70,7 +65,7 @@ def tensor_bytes(model: nn.Module, work: Work) -> int:
         work()
     params = list(model.parameters())
     grads = [p.grad for p in params if p.grad is not None]
-    return _unique_bytes(params + grads + saved)
+    return models.unique_bytes(params + grads + saved)
 
 
 def cuda_peak(work: Work) -> int:

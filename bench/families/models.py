@@ -156,6 +156,12 @@ def variants(mode: str, device: str, only: tuple[str, ...] | None = None) -> lis
     return [*peers, *ours]
 
 
+def unique_bytes(tensors: list[Tensor]) -> int:
+    """Bytes of the tensors' storages, each storage once (views and shared tensors too)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the original tensors."""
     memo: dict[int, object] = {id(t): t for t in model.parameters()}
