@@ -6,8 +6,10 @@ For every device and dtype the impl claims (and this machine has), and each mode
 - inputs unchanged: x, W, b, A and B (and m) hold the same values after the call.
 Shapes: one token, r=1, r=min(in, out), 1 to 3 leading dims, T=0, non-contiguous x, then
 seeded random shapes. DoRA impls get DoRAWeights: every other shape takes the exact norm
-gradient (where the impl has it), and a row of W + s·B A that is zero. `lora-bench verify
-NAME` prints the table; the tests run the same checks.
+gradient (where the impl has it), and a row of W + s·B A that is zero. QLoRA impls get
+QLoRAWeights, the formats they take on the device in turn from shape to shape (int8 where a
+4-bit format cannot pack out·in), checked against the oracle on the dequantized base.
+`lora-bench verify NAME` prints the table; the tests run the same checks.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import torch
 from tabulate import tabulate
 
 from lora_kernels.dora.weights import DoRAWeights
+from lora_kernels.quant.formats import FOUR_BIT, format_unavailable
+from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.reference import forward_error, gradient_errors, tolerance
-from lora_kernels.registry import DEVICES, MODES, Impl
+from lora_kernels.registry import DEVICES, FORMATS, MODES, Impl
 from lora_kernels.weights import SUPPORTED_DTYPES, LoRAWeights, dtype_name
 
 
@@ -54,13 +58,26 @@ class Shape:
         if impl is not None and impl.variant == "dora":
             exact = impl.exact_norm and seed % 2 == 1
             w = _dora(lora, seed, exact, zero_row=zero_rows and seed % 3 == 0)
+        if impl is not None and impl.variant == "qlora":
+            w = QLoRAWeights.quantize(lora, self.quant_format(impl, device, seed))
         gen = torch.Generator().manual_seed(seed + 1)
         width = 2 * self.in_f if self.strided else self.in_f
         x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
         return w, (x[..., ::2] if self.strided else x)
 
+    def quant_format(self, impl: Impl, device: str, seed: int) -> str:
+        """The format a QLoRA impl is checked in on this shape: its formats that run on the
+        device, in turn by seed; int8 where a 4-bit format cannot pack an odd out·in."""
+        formats = [f for f in FORMATS if f in impl.formats and not format_unavailable(f, device)]
+        if not formats:
+            raise ValueError(f"impl {impl.name!r} takes no format that runs on {device}")
+        fmt = formats[seed % len(formats)]
+        if fmt in FOUR_BIT and self.in_f * self.out_f % 2 and "int8" in formats:
+            return "int8"
+        return fmt
 
-Weights = LoRAWeights | DoRAWeights
+
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights
 
 
 def _dora(w: LoRAWeights, seed: int, exact: bool, zero_row: bool) -> DoRAWeights:

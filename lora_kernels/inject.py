@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from lora_kernels.layer import LoRALinear
 from lora_kernels.plugins import get_impl
+from lora_kernels.quant.layer import QLoRALinear
+from lora_kernels.quant.peft import convert_qlora, is_peft_qlora, qlora_refusal
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -270,17 +272,32 @@ def _adapter_of(layers: dict[str, Any], adapter: str | None) -> str:
     return names[0]
 
 
+def _kind(layer: Any, adapter: str) -> str:
+    """The variant the PEFT LoRA layer computes: "qlora" on a bitsandbytes base, "dora", "lora"."""
+    if is_peft_qlora(layer):
+        return "qlora"
+    return "dora" if is_peft_dora(layer, adapter) else "lora"
+
+
+def _refusal(name: str, layer: Any, adapter: str) -> str | None:
+    if is_peft_qlora(layer):
+        return qlora_refusal(name, layer, adapter)
+    return peft_refusal(name, layer, adapter, dora=True)
+
+
 def from_peft(
     peft_model: nn.Module, impl: str | None = None, *, adapter: str | None = None
-) -> dict[str, LoRALinear]:
+) -> dict[str, LoRALinear | QLoRALinear]:
     """Put a LoRALinear in place of each LoRA Linear of a PEFT model, with the same base
     weight, A, B, scaling, dropout and DoRA magnitude (the tensors themselves, no copies). A
-    merged LoRA layer stays merged. Returns the new layers by name; the model computes the
-    same function. `impl` must compute the layers' variant; by default two_step for LoRA and
-    dora_factored for DoRA.
+    merged LoRA layer stays merged. A QLoRA layer (LoRA on bitsandbytes' Linear4bit or
+    Linear8bitLt) becomes a QLoRALinear on the same codes and scales. Returns the new layers
+    by name; the model computes the same function. `impl` must compute the layers' variant;
+    by default two_step for LoRA, dora_factored for DoRA and qlora_lean for QLoRA.
 
     Refused, before anything changes: not a PEFT model, LoRA layers that are not Linear,
-    variants other than DoRA, a merged DoRA layer, lora_bias, disabled adapters, mixed dtypes,
+    variants other than DoRA, a merged DoRA layer, a merged or DoRA or dropout QLoRA layer,
+    lora_bias, disabled adapters, mixed dtypes,
     several adapters unless `adapter` names one (the others are dropped from the converted
     layers), an `adapter` other than the one PEFT runs (the model would mix the two), and an
     impl of the other variant.
@@ -305,11 +322,11 @@ def from_peft(
             f"model.set_adapter({adapter!r}) first, or convert {others[0]!r}"
         )
     layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
-    reasons = [r for n, m in layers.items() if (r := peft_refusal(n, m, adapter, dora=True))]
+    reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter))]
     if reasons:
         more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
         raise ValueError(f"cannot convert: {reasons[0]}{more}")
-    kinds = {n: "dora" if is_peft_dora(m, adapter) else "lora" for n, m in layers.items()}
+    kinds = {n: _kind(m, adapter) for n, m in layers.items()}
     if impl is not None:
         wrong = [n for n, kind in kinds.items() if kind != get_impl(impl).variant]
         if wrong:
@@ -318,7 +335,10 @@ def from_peft(
                 f"{kinds[wrong[0]]} ({len(wrong)} of {len(kinds)} layers); pick an impl of "
                 "their variant, or leave impl unset"
             )
-    new = {name: _convert(layer, adapter, impl) for name, layer in layers.items()}
+    new: dict[str, LoRALinear | QLoRALinear] = {}
+    for name, layer in layers.items():
+        qlora = kinds[name] == "qlora"
+        new[name] = (convert_qlora if qlora else _convert)(layer, adapter, impl)
     for name, layer in new.items():
         _replace(peft_model, name, layer)
     return new

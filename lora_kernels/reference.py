@@ -16,7 +16,10 @@ from lora_kernels.numerics import (  # re-exported: the bench imports them from 
     rel_error,
     tolerance,
 )
+from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.weights import LoRAWeights
+
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights
 
 __all__ = [
     "TOLERANCES",
@@ -32,19 +35,26 @@ __all__ = [
 ]
 
 
-def reference_forward(weights: LoRAWeights | DoRAWeights, x: Tensor) -> Tensor:
+def _lora(weights: Weights, x: Tensor) -> LoRAWeights:
+    """The LoRA function to check against, x checked: QLoRAWeights on their dequantized base."""
+    weights.check_input(x)
+    return weights.dense() if isinstance(weights, QLoRAWeights) else weights  # type: ignore[return-value]
+
+
+def reference_forward(weights: Weights, x: Tensor) -> Tensor:
     """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in float64 on the CPU; x: (..., in) -> (..., out).
-    DoRAWeights get DoRA's oracle (`dora_reference_forward`)."""
+    DoRAWeights get DoRA's oracle (`dora_reference_forward`); QLoRAWeights LoRA's on their
+    dequantized base (the format's error is not the impl's)."""
     if weights.variant == "dora":
         return dora_reference_forward(weights, x)  # type: ignore[arg-type]
-    weights.check_input(x)
+    weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     x64 = f64(x)
     y = x64 @ W.T + weights.scale * ((x64 @ A.T) @ B.T)
     return y if weights.b is None else y + f64(weights.b)
 
 
-def reference_grads(weights: LoRAWeights | DoRAWeights, x: Tensor, grad_out: Tensor) -> Grads:
+def reference_grads(weights: Weights, x: Tensor, grad_out: Tensor) -> Grads:
     """Closed-form float64 gradients for upstream gradient `grad_out` (..., out).
 
     With xa = x Aᵀ and g = grad_out: dB = s gᵀ xa, dA = s (g B)ᵀ x, dx = g W + s (g B) A.
@@ -52,7 +62,7 @@ def reference_grads(weights: LoRAWeights | DoRAWeights, x: Tensor, grad_out: Ten
     """
     if weights.variant == "dora":
         return dora_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
-    weights.check_input(x)
+    weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     s = weights.scale
     x2 = f64(x).reshape(-1, weights.in_features)  # (T, in)
@@ -63,9 +73,7 @@ def reference_grads(weights: LoRAWeights | DoRAWeights, x: Tensor, grad_out: Ten
     return Grads(x=dx.reshape(x.shape), A=s * (gB.T @ x2), B=s * (g.T @ xa))
 
 
-def forward_error(
-    op: Callable[[Tensor], Tensor], weights: LoRAWeights | DoRAWeights, x: Tensor
-) -> float:
+def forward_error(op: Callable[[Tensor], Tensor], weights: Weights, x: Tensor) -> float:
     """Relative error of op(x), run on poisoned memory, against the float64 oracle."""
     with poisoned_memory():
         y = op(x)
@@ -79,7 +87,7 @@ def forward_error(
 
 def gradient_errors(
     op: Callable[[Tensor], Tensor],
-    weights: LoRAWeights | DoRAWeights,
+    weights: Weights,
     x: Tensor,
     grad_out: Tensor,
 ) -> dict[str, float]:

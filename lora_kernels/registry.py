@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import torch
 from torch import Tensor
 
+from lora_kernels.quant.formats import FORMATS
 from lora_kernels.weights import SUPPORTED_DTYPES, LayerTensors, LoRAWeights, dtype_name
 
 if TYPE_CHECKING:
     from lora_kernels.dora.weights import DoRAWeights
+    from lora_kernels.quant.weights import QLoRAWeights
 
 Op = Callable[[Tensor], Tensor]
 MODES = ("infer", "train")
@@ -21,7 +23,7 @@ DEVICES = ("cpu", "cuda")
 ALL_DEVICES = frozenset(DEVICES)
 ALL_DTYPES = frozenset(SUPPORTED_DTYPES)
 ORIGINS = ("ours", "peer", "plugin")
-VARIANTS = ("lora", "dora")
+VARIANTS = ("lora", "dora", "qlora")
 
 
 def _subset(name: str, value: object, allowed: tuple, impl: str) -> None:
@@ -41,7 +43,8 @@ class Impl:
     `compiles` marks builders that generate code (slow per new shape; tests use few shapes).
     `requires` says why the impl cannot run here (a missing package), or None.
     `origin` is "ours", "peer" or "plugin"; `source` names the package or module it came from.
-    `variant` is the function computed: "lora" builds on LoRAWeights, "dora" on DoRAWeights.
+    `variant` is the function computed: "lora" builds on LoRAWeights, "dora" on DoRAWeights,
+    "qlora" on QLoRAWeights (a quantized base), of one of the impl's `formats`.
     `exact_norm` (DoRA) is False for impls that can only treat the norm as a constant in
     backward; they refuse to train weights with detach_norm=False.
     """
@@ -59,6 +62,7 @@ class Impl:
     source: str = "lora-bench"
     variant: str = "lora"
     exact_norm: bool = True
+    formats: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -78,6 +82,10 @@ class Impl:
             raise ValueError(f"impl {self.name!r}: origin must be one of {ORIGINS}")
         if self.variant not in VARIANTS:
             raise ValueError(f"impl {self.name!r}: variant must be one of {VARIANTS}")
+        if self.variant == "qlora":
+            _subset("formats", self.formats, FORMATS, self.name)
+        elif self.formats:
+            raise ValueError(f"impl {self.name!r}: formats are for variant 'qlora' only")
 
     def unavailable_reason(self, device: str | torch.device, dtype: torch.dtype, mode: str) -> str:
         """Why this impl cannot run here, or "" when it can."""
@@ -95,7 +103,7 @@ class Impl:
             return f"impl {self.name!r} supports modes {sorted(self.modes)}, not {mode!r}"
         return self.requires() or ""
 
-    def build(self, weights: LoRAWeights | DoRAWeights, mode: str = "infer") -> Op:
+    def build(self, weights: LoRAWeights | DoRAWeights | QLoRAWeights, mode: str = "infer") -> Op:
         """Validate that this impl supports the weights' variant, device, dtype and `mode`;
         build the op."""
         self.check_variant(weights, mode)
@@ -108,6 +116,13 @@ class Impl:
         """Raise unless the weights are of this impl's variant (and, for a DoRA impl that
         trains them, of a norm gradient it computes)."""
         variant = getattr(weights, "variant", None)
+        if variant == self.variant == "qlora":
+            fmt = weights.fmt  # type: ignore[attr-defined]
+            if fmt not in self.formats:
+                raise ValueError(
+                    f"impl {self.name!r} takes bases in {sorted(self.formats)}, not {fmt!r}"
+                )
+            return
         if variant == self.variant:
             if mode == "train" and not self.exact_norm and not weights.detach_norm:  # type: ignore[attr-defined]
                 raise ValueError(
@@ -118,6 +133,11 @@ class Impl:
         if variant is None:
             raise TypeError(f"impl {self.name!r} builds on weights, got {type(weights).__name__}")
         mine = ", ".join(i.name for i in IMPLS.values() if i.variant == variant)
+        if "qlora" in (variant, self.variant):
+            raise ValueError(
+                f"impl {self.name!r} computes {self.variant}, but the weights are "
+                f"{type(weights).__name__} ({variant}); pick one of: {mine}"
+            )
         if self.variant == "lora":
             raise ValueError(
                 f"impl {self.name!r} computes LoRA and would ignore DoRA's magnitude; "
@@ -129,7 +149,7 @@ class Impl:
         )
 
 
-def rows_op(w: LayerTensors, fn: Callable[[Tensor], Tensor]) -> Op:
+def rows_op(w: LayerTensors | QLoRAWeights, fn: Callable[[Tensor], Tensor]) -> Op:
     """An op that runs fn on x flattened to (T, in) rows and gives y back as (..., out)."""
 
     def op(x: Tensor) -> Tensor:
@@ -168,7 +188,7 @@ def impls_table(impls: list[Impl] | None = None) -> str:
         [
             f"`{impl.name}`",
             impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
-            {"lora": "LoRA", "dora": "DoRA"}[impl.variant],
+            {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}[impl.variant],
             impl.description,
             ", ".join(sorted(impl.devices)),
             ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES if d in impl.dtypes),

@@ -47,13 +47,15 @@ def chosen_impls(names: list[str] | None, case, mode: str) -> tuple[list[str], l
             raise ResultError(f"--impl {', '.join(unknown)}: unknown; known: {', '.join(IMPLS)}")
         for n in names:
             reason = IMPLS[n].unavailable_reason(case.device, case.torch_dtype, mode)
+            if IMPLS[n].variant == "qlora":
+                reason = "a QLoRA impl runs on a quantized base: see bench/test_quant.py"
             if reason:
                 raise ResultError(f"--impl {n}: {reason}")
         return list(dict.fromkeys(["base", *names])), []
     chosen, left = [], []
     for name, impl in IMPLS.items():
-        if impl.origin == "plugin":
-            continue
+        if impl.origin == "plugin" or impl.variant == "qlora":
+            continue  # QLoRA impls need a quantized base: their family profiles them
         reason = impl.unavailable_reason(case.device, case.torch_dtype, mode)
         if reason:
             left.append(f"{name}: {reason}")

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         "expand y += s·xa Bᵀ": lambda: y.addmm_(xa, w.B.t(), alpha=w.scale),
     }
     for name, impl in IMPLS.items():
-        if not impl.unavailable_reason(case.device, case.torch_dtype, "infer"):
+        if impl.variant == "lora" and not impl.unavailable_reason(
+            case.device, case.torch_dtype, "infer"
+        ):
             op, _ = charge_copy(impl.build(w), x)
             rows[name] = functools.partial(op, x)
     table = [

@@ -1,10 +1,12 @@
-"""Importing this package registers every implementation, ours (LoRA, then DoRA) then the
-peers, in the order of the tables."""
+"""Importing this package registers every implementation, ours (LoRA, DoRA, then LoRA on a
+quantized base) then the peers, in the order of the tables."""
 
 # isort: off
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
 from lora_kernels.dora import eager as dora_eager, autograd as dora_autograd
+from lora_kernels.quant import impls as quant_impls
 from lora_kernels.impls import peers
+from lora_kernels.quant import peers as quant_peers
 # isort: on
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "eager",
     "merged",
     "peers",
+    "quant_impls",
+    "quant_peers",
     "stacked",
     "triton_fused",
 ]
