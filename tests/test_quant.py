@@ -139,7 +139,7 @@ def test_merge_error_is_measured_against_both_layers(fmt: str) -> None:
     q = QLoRAWeights.quantize(w, fmt)
     x = torch.randn(32, 64)
     e = merge_error(q, w.W, x)
-    assert e.vs_unmerged > 0 and e.quantized > 0 and e.weight > 0
+    assert e.vs_unmerged > 0 and e.quantized > 0 and e.weight_error > 0
     y_float = reference_forward(w, x)
     assert e.quantized == pytest.approx(rel_error(reference_forward(q, x), y_float), rel=1e-6)
 

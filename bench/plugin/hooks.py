@@ -19,6 +19,7 @@ from bench.families.generation import gen_jobs
 from bench.families.lifecycle import life_jobs
 from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
+from bench.families.quant import quant_jobs
 from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
 from bench.harness.runner import Harness
@@ -35,7 +36,8 @@ from lora_kernels.presets import PRESETS
 SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
 BENCH_FIXTURES = {
-    "case", "gen_job", "life_job", "memory_case", "model_job", "multi_job", "timer_case",
+    "case", "gen_job", "life_job", "memory_case", "model_job", "multi_job", "quant_job",
+    "timer_case",
 }  # fmt: skip
 PRESET_TARGETS = ("attn", "all-linear")
 
@@ -76,7 +78,7 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    families = (model_jobs, multi_jobs, gen_jobs, life_jobs)
+    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs)
     jobs = [str(j.case) for jobs_of in families for j in jobs_of(profile.name, devices)]
     return list(dict.fromkeys([*map(str, cases), *jobs]))
 
@@ -131,6 +133,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "life_job" in names:
         lives = life_jobs(settings.profile.name, settings.devices)
         metafunc.parametrize("life_job", settings.selected(lives), ids=str)
+    if "quant_job" in names:
+        quants = quant_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("quant_job", settings.selected(quants), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

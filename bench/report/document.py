@@ -15,6 +15,7 @@ from bench.report.layer import (
     timer_table,
 )
 from bench.report.lifecycle import lifecycle_tables
+from bench.report.quant import quant_tables
 from bench.report.models import model_tables
 from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
@@ -42,6 +43,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *multi_tables(run),
         *generation_tables(run),
         *lifecycle_tables(run),
+        *quant_tables(run),
         *profile_tables(run),
     ]
     return [t for t in tables if t.rows]

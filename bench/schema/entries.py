@@ -292,6 +292,39 @@ class GenerationEntry(PairedTokens):
 
 
 @dataclass(frozen=True)
+class QuantEntry:
+    """One job of the quantized-base family. A layer job: an impl's forward or training step
+    (impl "dense": the float base layer) timed in pairs with the quantized base's own, and
+    the bytes autograd kept for backward. "merge": the requantized merged layer's forward
+    paired with the unmerged one (qlora_lean), and the merge's errors. "model": our whole
+    QLoRA model's training step paired with PEFT's (same codes, A and B)."""
+
+    kind: ClassVar[str] = "quant"
+    fullname: str
+    case: str  # "shape T=.. r=.. format dtype device"
+    key: str
+    shape: str  # a layer shape, or the model of a "model" job
+    tokens: int
+    rank: int
+    fmt: str
+    dtype: str
+    device: str
+    impl: str
+    mode: str
+    threads: int
+    rel_error: float  # against the oracle on the dequantized base (model: against PEFT)
+    base_bytes: int  # bytes holding W: the codes and scales, or the float W for "dense"
+    saved_bytes: int  # training: bytes autograd kept for backward (model: ours), else 0
+    peer_saved_bytes: int  # model: PEFT's saved bytes; else 0
+    peak_bytes: int  # CUDA: peak allocated over one call above what was held; 0 elsewhere
+    rounds: Paired
+    vs_unmerged: float = 0.0  # merge: output error against the unmerged quantized layer
+    vs_float: float = 0.0  # merge: against the float layer the base was quantized from
+    quantized: float = 0.0  # merge: the unmerged quantized layer's error against the float one
+    weight_error: float = 0.0  # merge: ‖Ŵ' − (Ŵ + s·B A)‖ / ‖Ŵ + s·B A‖
+
+
+@dataclass(frozen=True)
 class LifecycleEntry:
     """What one adapter operation costs one variant (PEFT's PeftModel, or ours) with `loaded`
     adapters held: seconds of each round, each from the same state. A hot swap records the
@@ -388,6 +421,7 @@ Entry = (
     | ProfileEntry
     | GenerationEntry
     | LifecycleEntry
+    | QuantEntry
 )
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
@@ -401,5 +435,6 @@ ENTRY_KINDS: dict[str, type] = {
         ProfileEntry,
         GenerationEntry,
         LifecycleEntry,
+        QuantEntry,
     )
 }

@@ -18,6 +18,7 @@ from bench.schema.entries import (
     Entry,
     GenerationEntry,
     LifecycleEntry,
+    QuantEntry,
     MemoryEntry,
     ModelEntry,
     MultiEntry,
@@ -111,6 +112,9 @@ class Run:
 
     def lifecycle(self) -> list[LifecycleEntry]:
         return [e for e in self.entries if isinstance(e, LifecycleEntry)]
+
+    def quant(self) -> list[QuantEntry]:
+        return [e for e in self.entries if isinstance(e, QuantEntry)]
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA

@@ -41,7 +41,7 @@ class MergeError:
     vs_unmerged: float
     vs_float: float
     quantized: float
-    weight: float  # weight_error
+    weight_error: float  # see weight_error()
 
 
 def merge_error(w: QLoRAWeights, W_float: Tensor, x: Tensor) -> MergeError:

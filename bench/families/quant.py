@@ -1,0 +1,110 @@
+"""LoRA on a quantized base (QLoRA): each impl's forward and training step timed in pairs with
+the quantized base's own (dequantize, then the GEMM: what bitsandbytes' layer runs on the
+CPU), the dense base of the same shape beside them (what dequantization costs), the bytes
+autograd keeps for backward, the error of merging into the quantized weight, and a whole
+model's training step against PEFT's QLoRA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.families.models import MODEL_DTYPES
+from bench.harness.cases import DTYPES, SHAPES, Keyed
+from lora_kernels import LoRAWeights
+from lora_kernels.quant import QLoRAWeights
+
+MODES = ("infer", "train")
+DENSE = "dense"  # the float base layer of the same shape (not an impl: F.linear on W)
+MERGE = "merge"  # the merge-error job
+MODEL = "model"  # the whole-model training step: ours against PEFT's QLoRA
+
+
+@dataclass(frozen=True)
+class QuantCase(Keyed):
+    """One layer shape at `tokens` tokens and rank `rank`, its base in format `fmt`."""
+
+    shape: str
+    tokens: int
+    rank: int
+    fmt: str
+    dtype: str
+    device: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.shape} T={self.tokens} r={self.rank} {self.fmt} {self.dtype}"
+
+    def lora(self) -> LoRAWeights:
+        """The float layer (seeded; B non-zero) the quantized one is made from."""
+        s = SHAPES[self.shape]
+        return LoRAWeights.random(s.in_features, s.out_features, self.rank, bias=s.bias,
+                                  seed=7, dtype=DTYPES[self.dtype], device=self.device)  # fmt: skip
+
+    def weights(self) -> tuple[LoRAWeights, QLoRAWeights]:
+        w = self.lora()
+        return w, QLoRAWeights.quantize(w, self.fmt)
+
+    def input(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.tokens)
+        x = torch.randn(self.tokens, SHAPES[self.shape].in_features, generator=gen)
+        return x.to(device=self.device, dtype=DTYPES[self.dtype])
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    """A timed impl (or DENSE) in `mode`; MERGE: the merge error; MODEL: the model's step."""
+
+    case: QuantCase
+    impl: str
+    mode: str
+
+    def __str__(self) -> str:
+        return f"{self.impl} {self.mode} {self.case}"
+
+
+@dataclass(frozen=True)
+class QuantProfile:
+    """A profile's layer case (shape, tokens, rank), the formats per device, the impls timed,
+    the ranks of the merge error, and the model of the whole-model step ("" leaves it out)."""
+
+    shape: str
+    tokens: int
+    rank: int
+    formats: dict[str, tuple[str, ...]]
+    impls: tuple[str, ...]
+    merge_ranks: tuple[int, ...]
+    model: str
+
+
+CUDA_FORMATS = ("nf4", "int8", "fp8")
+QUANT_PROFILES: dict[str, QuantProfile] = {
+    "tiny": QuantProfile("gpt2-medium.c_proj", 64, 8, {"cpu": ("nf4", "int8"), "cuda": ("nf4",)},
+                         ("qlora_lean", "peft_qlora"), (8,), "llama-tiny"),  # fmt: skip
+    # A GQA key projection (4096 -> 1024) at a 512-token prefill, rank 8: big enough that
+    # the base dominates as in a real model, small enough for the quick budget.
+    "quick": QuantProfile("llama3-8b.k_proj", 512, 8, {"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS},
+                          ("qlora_lean", "peft_qlora"), (8, 64), "llama-cpu"),  # fmt: skip
+    "full": QuantProfile("llama3-8b.q_proj", 512, 16,
+                         {"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
+                         ("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"), (8, 16, 64, 256),
+                         "llama-cpu"),  # fmt: skip
+}
+
+
+def quant_jobs(profile: str, devices: list[str]) -> list[QuantJob]:
+    spec = QUANT_PROFILES[profile]
+    jobs = []
+    for device in devices:
+        dtype = MODEL_DTYPES[device]
+        for fmt in spec.formats[device]:
+            case = QuantCase(spec.shape, spec.tokens, spec.rank, fmt, dtype, device)
+            jobs += [QuantJob(case, impl, mode) for mode in MODES
+                     for impl in (DENSE, *spec.impls)]  # fmt: skip
+            jobs += [QuantJob(QuantCase(spec.shape, spec.tokens, r, fmt, dtype, device), MERGE, "infer")
+                     for r in spec.merge_ranks]  # fmt: skip
+        if spec.model:
+            fmt = spec.formats[device][0]
+            jobs.append(QuantJob(QuantCase(spec.model, 16, 16, fmt, dtype, device), MODEL, "train"))
+    return jobs

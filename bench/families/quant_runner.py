@@ -1,0 +1,198 @@
+"""The quantized-base bench's steps for one job: build, check against the oracle on the
+dequantized base (or PEFT's model), time in pairs, count what training keeps, and record a
+QuantEntry."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+from torch import Tensor, nn
+
+from bench.families import models
+from bench.families.quant import DENSE, MERGE, MODEL, QuantCase, QuantJob
+from bench.harness.cases import DTYPES
+from bench.harness.rounds import Budget
+from bench.harness.runner import Harness
+from bench.harness.timing import run_paired, synchronize
+from bench.schema.entries import Paired, QuantEntry
+from lora_kernels import IMPLS, from_peft, rel_error, tolerance
+from lora_kernels.quant import format_unavailable
+from lora_kernels.quant.merge import merge_error, merge_requantize
+from lora_kernels.reference import forward_error, gradient_errors
+
+LAYER_BUDGET = Budget(1.5, min_pairs=7, max_pairs=60)
+MODEL_BUDGET = Budget(2.0, min_pairs=7, max_pairs=60)
+Work = Callable[[], object]
+
+
+def skip_reason(job: QuantJob) -> str:
+    case = job.case
+    reason = format_unavailable(case.fmt, case.device)
+    if reason or job.impl in (DENSE, MERGE):
+        return reason or ""
+    if job.impl == MODEL:
+        return models.missing() or IMPLS["peft_qlora"].requires() or ""
+    impl = IMPLS[job.impl]
+    if case.fmt not in impl.formats:
+        return f"impl {job.impl!r} takes {sorted(impl.formats)}, not {case.fmt!r}"
+    if impl.origin == "peer" and case.fmt == "int8" and case.device == "cuda":
+        return "bitsandbytes' int8 layer quantizes activations on CUDA: another function"
+    return impl.unavailable_reason(case.device, DTYPES[case.dtype], job.mode)
+
+
+def saved_bytes(step: Work) -> int:
+    """Bytes of the storages autograd keeps for backward in one call of `step` (each once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def peak_bytes(step: Work, device: str) -> int:
+    """CUDA: peak bytes allocated over one call above what was held before; 0 elsewhere."""
+    if device != "cuda":
+        return 0
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _call(op: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor | None,
+          tensors: list[Tensor]) -> Work:  # fmt: skip
+    """One forward, or with `grad` a training step (forward, backward) from clear grads."""
+    if grad is None:
+        return lambda: op(x)
+
+    def step() -> None:
+        for t in tensors:
+            t.grad = None
+        op(x).backward(grad)
+
+    return step
+
+
+def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> QuantEntry:
+    case, train = job.case, job.mode == "train"
+    w, q = case.weights()
+    x = case.input().requires_grad_(train)
+    grad = torch.randn_like(x[:, :1].expand(-1, w.out_features).contiguous()) if train else None
+    if train:
+        q.requires_grad_()
+    qbase = _call(IMPLS["qbase"].build(q, job.mode), x, grad, [x])
+    error, held = 0.0, q.base.nbytes()
+    if job.impl == DENSE:
+        work = _call(IMPLS["base"].build(w, job.mode), x, grad, [x])
+        held = w.W.numel() * w.W.element_size()
+    else:
+        op = IMPLS[job.impl].build(q, job.mode)
+        errors = {"y": forward_error(op, q, x.detach())}
+        if train:
+            errors.update(gradient_errors(op, q, x, grad))  # type: ignore[arg-type]
+        error = max(errors.values())
+        tol = tolerance(DTYPES[case.dtype], case.device)
+        if not error <= tol:
+            pytest.fail(f"{job}: rel errors {errors} exceed {tol:g}; not timed")
+        work = _call(op, x, grad, [x, q.A, q.B])
+    work(), qbase()  # warm
+    rounds = run_paired(benchmark, work, qbase, case.device, harness.settings.budget(LAYER_BUDGET))
+    saved = saved_bytes(work) if train else 0
+    return entry(harness, job, error, held, saved, 0, peak_bytes(work, case.device), rounds)
+
+
+def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> QuantEntry:
+    """The merged layer's forward against the unmerged one's, and the merge's errors."""
+    case = job.case
+    w, q = case.weights()
+    x = case.input()
+    e = merge_error(q, w.W, x)
+    merged = dataclasses.replace(q, base=merge_requantize(q))
+    work = _call(IMPLS["qbase"].build(merged), x, None, [])
+    unmerged = _call(IMPLS["qlora_lean"].build(q), x, None, [])
+    rounds = run_paired(benchmark, work, unmerged, case.device,
+                        harness.settings.budget(LAYER_BUDGET))  # fmt: skip
+    return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, 0, rounds,
+                 **dataclasses.asdict(e))  # fmt: skip
+
+
+def qlora_models(case: QuantCase) -> tuple[nn.Module, nn.Module]:
+    """PEFT's QLoRA on the case's model (all-linear, A and B random) and ours from it."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_kernels.quant.model import quantize_linears
+
+    model_case = models.ModelCase(case.shape, "all-linear", case.tokens, case.rank, case.dtype,
+                                  case.device)  # fmt: skip
+    base = models.hf_model(model_case)
+    quantize_linears(base, case.fmt)
+    config = LoraConfig(r=case.rank, lora_alpha=2 * case.rank, target_modules="all-linear",
+                        init_lora_weights=False)  # fmt: skip
+    peft = get_peft_model(base, config).train()  # bitsandbytes' fp32 path (see bnb_layer)
+    ours = copy.deepcopy(peft)
+    from_peft(ours)
+    return peft, ours
+
+
+def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> QuantEntry:
+    """Our QLoRA model's training step paired with PEFT's; their gradients compared."""
+    case = job.case
+    peft, ours = qlora_models(case)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, models.MODELS[case.shape].vocab, (1, case.tokens), generator=gen)
+    ids = ids.to(case.device)
+
+    def step_of(model: nn.Module) -> Work:
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def step() -> None:
+            for p in params:
+                p.grad = None
+            model(input_ids=ids, labels=ids).loss.backward()
+
+        return step
+
+    work, base = step_of(ours), step_of(peft)
+    work(), base()
+    grads = zip([p.grad for p in ours.parameters() if p.requires_grad],
+                [p.grad for p in peft.parameters() if p.requires_grad], strict=True)  # fmt: skip
+    error = max(rel_error(a, b) for a, b in grads)
+    tol = models.MODEL_TOLERANCE[case.dtype]
+    if not error <= tol:
+        pytest.fail(f"{job}: gradients differ from PEFT's by {error:.3g} > {tol:g}; not timed")
+    rounds = run_paired(benchmark, work, base, case.device, harness.settings.budget(MODEL_BUDGET))
+    held = sum(m.quant.nbytes() for m in ours.modules() if hasattr(m, "quant"))
+    return entry(harness, job, error, held, saved_bytes(work), saved_bytes(base),
+                 peak_bytes(work, case.device), rounds)  # fmt: skip
+
+
+def entry(harness: Harness, job: QuantJob, error: float, held: int, saved: int, peer: int,
+          peak: int, rounds: Paired, **merge: float) -> QuantEntry:  # fmt: skip
+    c = job.case
+    return QuantEntry(
+        fullname=harness.nodeid, **c.fields(), impl=job.impl, mode=job.mode,
+        threads=harness.settings.threads, rel_error=error, base_bytes=held, saved_bytes=saved,
+        peer_saved_bytes=peer, peak_bytes=peak, rounds=rounds, **merge,
+    )  # fmt: skip
+
+
+def time_quant(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> None:
+    reason = skip_reason(job)
+    if reason:
+        pytest.skip(reason)
+    benchmark.group = f"quant {job.case}"
+    run = {MERGE: merge_job, MODEL: model_job}.get(job.impl, layer_job)
+    harness.record(benchmark, run(harness, benchmark, job))
+
