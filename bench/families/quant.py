@@ -66,13 +66,15 @@ class QuantJob:
 
 @dataclass(frozen=True)
 class QuantProfile:
-    """A profile's layer case (shape, tokens, rank), the formats per device, the impls timed,
-    the ranks of the merge error, and the model of the whole-model step ("" leaves it out)."""
+    """A profile's layer case (shape, tokens, rank), the formats per device, those whose
+    training step is timed too, the impls timed, the ranks of the merge error, and the model
+    of the whole-model step ("" leaves it out)."""
 
     shape: str
     tokens: int
     rank: int
     formats: dict[str, tuple[str, ...]]
+    train_formats: tuple[str, ...]
     impls: tuple[str, ...]
     merge_ranks: tuple[int, ...]
     model: str
@@ -80,16 +82,39 @@ class QuantProfile:
 
 CUDA_FORMATS = ("nf4", "int8", "fp8")
 QUANT_PROFILES: dict[str, QuantProfile] = {
-    "tiny": QuantProfile("gpt2-medium.c_proj", 64, 8, {"cpu": ("nf4", "int8"), "cuda": ("nf4",)},
-                         ("qlora_lean", "peft_qlora"), (8,), "llama-tiny"),  # fmt: skip
-    # A GQA key projection (4096 -> 1024) at a 512-token prefill, rank 8: big enough that
-    # the base dominates as in a real model, small enough for the quick budget.
-    "quick": QuantProfile("llama3-8b.k_proj", 512, 8, {"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS},
-                          ("qlora_lean", "peft_qlora"), (8, 64), "llama-cpu"),  # fmt: skip
-    "full": QuantProfile("llama3-8b.q_proj", 512, 16,
-                         {"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
-                         ("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"), (8, 16, 64, 256),
-                         "llama-cpu"),  # fmt: skip
+    "tiny": QuantProfile(
+        "gpt2-medium.c_proj",
+        64,
+        8,
+        {"cpu": ("nf4", "int8"), "cuda": ("nf4",)},
+        ("nf4",),
+        ("qlora_lean", "peft_qlora"),
+        (8,),
+        "llama-tiny",
+    ),
+    # A GQA key projection (4096 -> 1024) at a 512-token prefill, rank 8: the base dominates
+    # as in a real model, and it fits the quick budget. int8's training step, fp4, more ranks
+    # and the other impls run in full.
+    "quick": QuantProfile(
+        "llama3-8b.k_proj",
+        512,
+        8,
+        {"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS},
+        ("nf4", "fp8"),
+        ("qlora_lean", "peft_qlora"),
+        (8,),
+        "llama-cpu",
+    ),
+    "full": QuantProfile(
+        "llama3-8b.q_proj",
+        512,
+        16,
+        {"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
+        ("nf4", "fp4", "int8", "fp8"),
+        ("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"),
+        (8, 16, 64, 256),
+        "llama-cpu",
+    ),
 }
 
 
@@ -100,7 +125,8 @@ def quant_jobs(profile: str, devices: list[str]) -> list[QuantJob]:
         dtype = MODEL_DTYPES[device]
         for fmt in spec.formats[device]:
             case = QuantCase(spec.shape, spec.tokens, spec.rank, fmt, dtype, device)
-            jobs += [QuantJob(case, impl, mode) for mode in MODES
+            modes = MODES if fmt in spec.train_formats else ("infer",)
+            jobs += [QuantJob(case, impl, mode) for mode in modes
                      for impl in (DENSE, *spec.impls)]  # fmt: skip
             jobs += [QuantJob(QuantCase(spec.shape, spec.tokens, r, fmt, dtype, device), MERGE, "infer")
                      for r in spec.merge_ranks]  # fmt: skip

@@ -25,8 +25,8 @@ from lora_kernels.quant import format_unavailable
 from lora_kernels.quant.merge import merge_error, merge_requantize
 from lora_kernels.reference import forward_error, gradient_errors
 
-LAYER_BUDGET = Budget(1.5, min_pairs=7, max_pairs=60)
-MODEL_BUDGET = Budget(2.0, min_pairs=7, max_pairs=60)
+LAYER_BUDGET = Budget(1.0, min_pairs=5, max_pairs=40)
+MODEL_BUDGET = Budget(2.0, min_pairs=7, max_pairs=40)
 Work = Callable[[], object]
 
 
@@ -195,4 +195,3 @@ def time_quant(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> 
     benchmark.group = f"quant {job.case}"
     run = {MERGE: merge_job, MODEL: model_job}.get(job.impl, layer_job)
     harness.record(benchmark, run(harness, benchmark, job))
-
