@@ -98,9 +98,25 @@ def test_llama3_8b_plan() -> None:
     assert plan(get_preset("llama3-8b"), "q", 16, optimizer="sgd").lora.optimizer == 0
 
 
+def test_qlora_plan_holds_the_linear_weights_quantized() -> None:
+    preset = get_preset("llama3-8b")
+    dense = plan(preset, "all-linear", 16, dtype="bf16")
+    linear = 32 * sum(s.in_features * s.out_features for s in preset.linears.values())
+    nf4 = plan(preset, "all-linear", 16, dtype="bf16", base_dtype="nf4")
+    # half a byte a weight and an fp32 absmax per 64 weights, in place of two bytes a weight
+    assert nf4.lora.frozen == dense.lora.frozen - 2 * linear + linear // 2 + 4 * linear // 64
+    assert nf4.lora.dequantized == 2 * 14336 * 4096  # the largest layer, in bf16
+    rows = 32 * sum(s.out_features for s in preset.linears.values())
+    int8 = plan(preset, "all-linear", 16, dtype="bf16", base_dtype="int8")
+    assert int8.lora.frozen == dense.lora.frozen - linear + 4 * rows  # a byte + a row scale
+    assert nf4.full == dense.full and nf4.trainable == dense.trainable
+    assert dense.lora.dequantized == 0 and nf4.base_dtype == "nf4" and dense.base_dtype == "bf16"
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
+        (lambda: plan(get_preset("gpt2"), "attn", 4, base_dtype="int4"), "nf4, int8, fp8"),
         (lambda: get_preset("llama2"), "presets: gpt2, gpt2-medium"),
         (lambda: plan(get_preset("gpt2"), "q", 4), "module names attn.c_attn"),
         (lambda: plan(get_preset("gpt2"), "all-linear", 769), "exceeds min(in, out) = 768"),
@@ -124,6 +140,9 @@ def test_plan_cli(capsys: pytest.CaptureFixture) -> None:
     assert main(["plan", "gpt2", "--targets", "attn", "--json", "--dtype", "fp32"]) == 0
     plans = json.loads(capsys.readouterr().out)
     assert [p["rank"] for p in plans] == [16] and plans[0]["dtype"] == "fp32"
+    assert main(["plan", "llama3-8b", "--targets", "all-linear", "--base-dtype", "nf4"]) == 0
+    out = capsys.readouterr().out
+    assert "bf16 on a nf4 base" in out and "a dequantized weight (QLoRA)" in out
 
 
 @pytest.mark.parametrize(

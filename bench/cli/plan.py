@@ -34,7 +34,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         preset = get_preset(args.model)
         plans = [
             plan(preset, args.targets, rank, alpha=args.alpha, use_rslora=args.rslora,
-                 dtype=args.dtype, optimizer=args.optimizer, tokens=args.tokens)
+                 dtype=args.dtype, optimizer=args.optimizer, tokens=args.tokens,
+                 base_dtype=args.base_dtype)
             for rank in _ranks(args.rank or ["16"])
         ]  # fmt: skip
     except ValueError as err:
@@ -60,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="default: the rank (scale 1)")
     p.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(r)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument(
+        "--base-dtype",
+        choices=["nf4", "int8", "fp8"],
+        default=None,
+        help="hold the frozen linear weights quantized (QLoRA); default: --dtype",
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per training step")
     p.add_argument("--json", action="store_true", help="print the plans as JSON")

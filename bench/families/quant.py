@@ -12,6 +12,7 @@ import torch
 
 from bench.families.models import MODEL_DTYPES
 from bench.harness.cases import DTYPES, SHAPES, Keyed
+from bench.harness.rounds import Budget
 from lora_kernels import LoRAWeights
 from lora_kernels.quant import QLoRAWeights
 
@@ -68,7 +69,7 @@ class QuantJob:
 class QuantProfile:
     """A profile's layer case (shape, tokens, rank), the formats per device, those whose
     training step is timed too, the impls timed, the ranks of the merge error, and the model
-    of the whole-model step ("" leaves it out)."""
+    of the whole-model step ("" leaves it out), and when each job's paired rounds stop."""
 
     shape: str
     tokens: int
@@ -78,44 +79,34 @@ class QuantProfile:
     impls: tuple[str, ...]
     merge_ranks: tuple[int, ...]
     model: str
+    budget: Budget
 
 
 CUDA_FORMATS = ("nf4", "int8", "fp8")
 QUANT_PROFILES: dict[str, QuantProfile] = {
     "tiny": QuantProfile(
-        "gpt2-medium.c_proj",
-        64,
-        8,
-        {"cpu": ("nf4", "int8"), "cuda": ("nf4",)},
-        ("nf4",),
-        ("qlora_lean", "peft_qlora"),
-        (8,),
-        "llama-tiny",
+        shape="gpt2-medium.c_proj", tokens=64, rank=8,
+        formats={"cpu": ("nf4", "int8"), "cuda": ("nf4",)}, train_formats=("nf4",),
+        impls=("qlora_lean", "peft_qlora"), merge_ranks=(8,), model="llama-tiny",
+        budget=Budget(0.2, 3, 5),
     ),
     # A GQA key projection (4096 -> 1024) at a 512-token prefill, rank 8: the base dominates
-    # as in a real model, and it fits the quick budget. int8's training step, fp4, more ranks
-    # and the other impls run in full.
+    # as in a real model, and it fits the quick budget. The 4096² query projection at rank 16,
+    # int8's training step, fp4, more ranks and the other impls run in full.
     "quick": QuantProfile(
-        "llama3-8b.k_proj",
-        512,
-        8,
-        {"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS},
-        ("nf4", "fp8"),
-        ("qlora_lean", "peft_qlora"),
-        (8,),
-        "llama-cpu",
+        shape="llama3-8b.k_proj", tokens=512, rank=8,
+        formats={"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS}, train_formats=("nf4", "fp8"),
+        impls=("qlora_lean", "peft_qlora"), merge_ranks=(8,), model="llama-cpu",
+        budget=Budget(1.0, 5, 40),
     ),
     "full": QuantProfile(
-        "llama3-8b.q_proj",
-        512,
-        16,
-        {"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
-        ("nf4", "fp4", "int8", "fp8"),
-        ("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"),
-        (8, 16, 64, 256),
-        "llama-cpu",
+        shape="llama3-8b.q_proj", tokens=512, rank=16,
+        formats={"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
+        train_formats=("nf4", "fp4", "int8", "fp8"),
+        impls=("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"),
+        merge_ranks=(8, 16, 64, 256), model="llama-cpu", budget=Budget(4.0, 9, 100),
     ),
-}
+}  # fmt: skip
 
 
 def quant_jobs(profile: str, devices: list[str]) -> list[QuantJob]:
@@ -128,8 +119,9 @@ def quant_jobs(profile: str, devices: list[str]) -> list[QuantJob]:
             modes = MODES if fmt in spec.train_formats else ("infer",)
             jobs += [QuantJob(case, impl, mode) for mode in modes
                      for impl in (DENSE, *spec.impls)]  # fmt: skip
-            jobs += [QuantJob(QuantCase(spec.shape, spec.tokens, r, fmt, dtype, device), MERGE, "infer")
-                     for r in spec.merge_ranks]  # fmt: skip
+            merges = [QuantCase(spec.shape, spec.tokens, r, fmt, dtype, device)
+                      for r in spec.merge_ranks]  # fmt: skip
+            jobs += [QuantJob(c, MERGE, "infer") for c in merges]
         if spec.model:
             fmt = spec.formats[device][0]
             jobs.append(QuantJob(QuantCase(spec.model, 16, 16, fmt, dtype, device), MODEL, "train"))

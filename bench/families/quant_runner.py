@@ -14,7 +14,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from torch import Tensor, nn
 
 from bench.families import models
-from bench.families.quant import DENSE, MERGE, MODEL, QuantCase, QuantJob
+from bench.families.quant import DENSE, MERGE, MODEL, QUANT_PROFILES, QuantCase, QuantJob
 from bench.harness.cases import DTYPES
 from bench.harness.rounds import Budget
 from bench.harness.runner import Harness
@@ -22,12 +22,16 @@ from bench.harness.timing import run_paired, synchronize
 from bench.schema.entries import Paired, QuantEntry
 from lora_kernels import IMPLS, from_peft, rel_error, tolerance
 from lora_kernels.quant import format_unavailable
-from lora_kernels.quant.merge import merge_error, merge_requantize
+from lora_kernels.quant.layer import QLoRALinear
+from lora_kernels.quant.merge import MergeError, merge_error, merge_requantize
 from lora_kernels.reference import forward_error, gradient_errors
 
-LAYER_BUDGET = Budget(1.0, min_pairs=5, max_pairs=40)
-MODEL_BUDGET = Budget(2.0, min_pairs=7, max_pairs=40)
 Work = Callable[[], object]
+
+
+def budget(harness: Harness) -> Budget:
+    """The profile's rounds, with --lora-seconds and --lora-target applied."""
+    return harness.settings.budget(QUANT_PROFILES[harness.settings.profile.name].budget)
 
 
 def skip_reason(job: QuantJob) -> str:
@@ -108,7 +112,7 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
             pytest.fail(f"{job}: rel errors {errors} exceed {tol:g}; not timed")
         work = _call(op, x, grad, [x, q.A, q.B])
     work(), qbase()  # warm
-    rounds = run_paired(benchmark, work, qbase, case.device, harness.settings.budget(LAYER_BUDGET))
+    rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
     saved = saved_bytes(work) if train else 0
     return entry(harness, job, error, held, saved, 0, peak_bytes(work, case.device), rounds)
 
@@ -123,9 +127,8 @@ def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     work = _call(IMPLS["qbase"].build(merged), x, None, [])
     unmerged = _call(IMPLS["qlora_lean"].build(q), x, None, [])
     rounds = run_paired(benchmark, work, unmerged, case.device,
-                        harness.settings.budget(LAYER_BUDGET))  # fmt: skip
-    return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, 0, rounds,
-                 **dataclasses.asdict(e))  # fmt: skip
+                        budget(harness))  # fmt: skip
+    return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, 0, rounds, e)
 
 
 def qlora_models(case: QuantCase) -> tuple[nn.Module, nn.Module]:
@@ -166,25 +169,28 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
 
     work, base = step_of(ours), step_of(peft)
     work(), base()
-    grads = zip([p.grad for p in ours.parameters() if p.requires_grad],
-                [p.grad for p in peft.parameters() if p.requires_grad], strict=True)  # fmt: skip
-    error = max(rel_error(a, b) for a, b in grads)
+
+    def grads(model: nn.Module) -> list[Tensor]:
+        return [p.grad for p in model.parameters() if p.grad is not None]
+
+    error = max(rel_error(a, b) for a, b in zip(grads(ours), grads(peft), strict=True))
     tol = models.MODEL_TOLERANCE[case.dtype]
     if not error <= tol:
         pytest.fail(f"{job}: gradients differ from PEFT's by {error:.3g} > {tol:g}; not timed")
-    rounds = run_paired(benchmark, work, base, case.device, harness.settings.budget(MODEL_BUDGET))
-    held = sum(m.quant.nbytes() for m in ours.modules() if hasattr(m, "quant"))
+    rounds = run_paired(benchmark, work, base, case.device, budget(harness))
+    held = sum(m.quant.nbytes() for m in ours.modules() if isinstance(m, QLoRALinear))
     return entry(harness, job, error, held, saved_bytes(work), saved_bytes(base),
                  peak_bytes(work, case.device), rounds)  # fmt: skip
 
 
 def entry(harness: Harness, job: QuantJob, error: float, held: int, saved: int, peer: int,
-          peak: int, rounds: Paired, **merge: float) -> QuantEntry:  # fmt: skip
+          peak: int, rounds: Paired, merge: MergeError | None = None) -> QuantEntry:  # fmt: skip
     c = job.case
     return QuantEntry(
         fullname=harness.nodeid, **c.fields(), impl=job.impl, mode=job.mode,
         threads=harness.settings.threads, rel_error=error, base_bytes=held, saved_bytes=saved,
-        peer_saved_bytes=peer, peak_bytes=peak, rounds=rounds, **merge,
+        peer_saved_bytes=peer, peak_bytes=peak, rounds=rounds,
+        **(dataclasses.asdict(merge) if merge else {}),
     )  # fmt: skip
 
 

@@ -15,10 +15,10 @@ from bench.report.layer import (
     timer_table,
 )
 from bench.report.lifecycle import lifecycle_tables
-from bench.report.quant import quant_tables
 from bench.report.models import model_tables
 from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
+from bench.report.quant import quant_tables
 from bench.schema.run import Run
 
 

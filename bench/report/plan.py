@@ -15,6 +15,7 @@ MEMORY_ROWS = (
     ("gradients", "gradients"),
     ("optimizer state", "optimizer"),
     ("saved activations of the linear layers", "activations"),
+    ("a dequantized weight (QLoRA)", "dequantized"),
 )
 
 
@@ -31,7 +32,9 @@ def plan_text(plans: list[Any]) -> str:
     first = plans[0]
     head = (
         f"{first.model}: LoRA on {', '.join(first.targets)} of every block "
-        f"({first.adapted_layers} layers); {first.dtype}, {first.optimizer}, "
+        f"({first.adapted_layers} layers); {first.dtype}"
+        + (f" on a {first.base_dtype} base" if first.base_dtype != first.dtype else "")
+        + f", {first.optimizer}, "
         f"{first.tokens} tokens per step\n\n"
     )
     summary = [
@@ -51,6 +54,8 @@ def plan_text(plans: list[Any]) -> str:
                "full fine-tuning", "extra FLOPs/token unmerged"]  # fmt: skip
     breakdown = []
     for label, key in MEMORY_ROWS:
+        if key == "dequantized" and not any(p.lora.dequantized for p in plans):
+            continue  # a float base: no weight is dequantized
         full = fmt_bytes(getattr(first.full, key))
         breakdown.append([label, *(fmt_bytes(getattr(p.lora, key)) for p in plans), full])
     totals = [fmt_bytes(p.lora.total) for p in plans]

@@ -30,8 +30,8 @@ def layer_table(run: Run) -> Table:
         error = "" if e.impl == DENSE else f"{e.rel_error:.1e}"
         rows.append([e.case, e.mode, e.impl, what, ratio, fmt_bytes(e.base_bytes), saved, peak,
                      error])  # fmt: skip
-    headers = ["case", "mode", "impl", "ratio of", "median [95% CI]", "W held", "saved for backward",
-               "peak (CUDA)", "err"]  # fmt: skip
+    headers = ["case", "mode", "impl", "ratio of", "median [95% CI]", "W held",
+               "saved for backward", "peak (CUDA)", "err"]  # fmt: skip
     note = (
         "Paired rounds against the quantized base's own forward or training step (forward, "
         "then dx): Ŵ dequantized, then the GEMM, which is what bitsandbytes' layer runs on the "
