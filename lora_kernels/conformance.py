@@ -7,8 +7,8 @@ For every device and dtype the impl claims (and this machine has), and each mode
 Shapes: one token, r=1, r=min(in, out), 1 to 3 leading dims, T=0, non-contiguous x, then
 seeded random shapes. DoRA impls get DoRAWeights: every other shape takes the exact norm
 gradient (where the impl has it), and a row of W + s·B A that is zero. QLoRA impls get
-QLoRAWeights, the formats they take on the device in turn from shape to shape (int8 where a
-4-bit format cannot pack out·in), checked against the oracle on the dequantized base.
+QLoRAWeights, the formats they take on the device in turn from shape to shape (4-bit ones
+with `in` rounded up to whole blocks), checked against the oracle on the dequantized base.
 `lora-bench verify NAME` prints the table; the tests run the same checks.
 """
 
@@ -51,15 +51,23 @@ class Shape:
         zero_rows: bool = True,
     ) -> tuple[Weights, torch.Tensor]:
         """Weights and x for `impl`'s variant (LoRA when None). DoRA: the exact norm gradient
-        for odd seeds (where the impl has it), a zero row for multiples of 3 (if zero_rows)."""
+        for odd seeds (where the impl has it), a zero row for multiples of 3 (if zero_rows).
+        QLoRA in a 4-bit format: `in` rounded up to whole blocks of 64 (a block may not
+        straddle rows: see QuantizedBase.quantize)."""
+        fmt = (
+            "" if impl is None or impl.variant != "qlora" else self.quant_format(impl, device, seed)
+        )
+        if fmt in FOUR_BIT and self.in_f % 64:
+            whole = dataclasses.replace(self, in_f=-(-self.in_f // 64) * 64)
+            return whole.make(dtype, device, seed, impl, zero_rows)
         lora = LoRAWeights.random(self.in_f, self.out_f, self.rank, bias=self.bias, seed=seed,
                                   dtype=dtype, device=device)  # fmt: skip
         w: Weights = lora
         if impl is not None and impl.variant == "dora":
             exact = impl.exact_norm and seed % 2 == 1
             w = _dora(lora, seed, exact, zero_row=zero_rows and seed % 3 == 0)
-        if impl is not None and impl.variant == "qlora":
-            w = QLoRAWeights.quantize(lora, self.quant_format(impl, device, seed))
+        if fmt:
+            w = QLoRAWeights.quantize(lora, fmt)
         gen = torch.Generator().manual_seed(seed + 1)
         width = 2 * self.in_f if self.strided else self.in_f
         x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
@@ -67,14 +75,11 @@ class Shape:
 
     def quant_format(self, impl: Impl, device: str, seed: int) -> str:
         """The format a QLoRA impl is checked in on this shape: its formats that run on the
-        device, in turn by seed; int8 where a 4-bit format cannot pack an odd out·in."""
+        device, in turn by seed."""
         formats = [f for f in FORMATS if f in impl.formats and not format_unavailable(f, device)]
         if not formats:
             raise ValueError(f"impl {impl.name!r} takes no format that runs on {device}")
-        fmt = formats[seed % len(formats)]
-        if fmt in FOUR_BIT and self.in_f * self.out_f % 2 and "int8" in formats:
-            return "int8"
-        return fmt
+        return formats[seed % len(formats)]
 
 
 Weights = LoRAWeights | DoRAWeights | QLoRAWeights

@@ -10,7 +10,7 @@ import importlib.util
 
 import pytest
 import torch
-from peft_models import needs_peft, same, snapshot, tiny
+from peft_models import needs_peft, same, snapshot
 
 from lora_kernels import IMPLS, LoRAWeights, from_peft, reference_forward, rel_error
 from lora_kernels.quant import QLoRAWeights, QuantizedBase
@@ -57,8 +57,8 @@ def test_quantize_refuses_saying_what_is_allowed(kwargs: dict, match: str) -> No
 
 @needs_bnb
 def test_quantize_refuses_odd_four_bit_shapes_and_non_finite_w() -> None:
-    with pytest.raises(ValueError, match="out·in must be even"):
-        QuantizedBase.quantize(torch.randn(3, 5), "nf4")
+    with pytest.raises(ValueError, match="in_features must be a multiple of the block size 64"):
+        QuantizedBase.quantize(torch.randn(3, 96), "nf4")
     W = torch.randn(4, 8)
     W[1, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
@@ -144,6 +144,18 @@ def test_merge_error_is_measured_against_both_layers(fmt: str) -> None:
     assert e.quantized == pytest.approx(rel_error(reference_forward(q, x), y_float), rel=1e-6)
 
 
+def llama64() -> tuple[torch.nn.Module, str]:
+    """A two-block Llama whose linear layers take whole 4-bit blocks (in: 64 or 128)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval(), "all-linear"
+
+
 @needs_peft
 @needs_bnb
 @pytest.mark.parametrize("fmt", ["nf4", "int8"])
@@ -152,7 +164,7 @@ def test_from_peft_takes_a_qlora_model_with_its_function(fmt: str) -> None:
 
     from lora_kernels.quant.model import quantize_linears
 
-    model, targets = tiny("llama")
+    model, targets = llama64()
     quantize_linears(model, fmt, targets)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
     peft = get_peft_model(model, config).train()  # bitsandbytes' fp32 path (see bnb_layer)
@@ -177,7 +189,7 @@ def test_from_peft_refuses_qlora_with_dropout_changing_nothing() -> None:
 
     from lora_kernels.quant.model import quantize_linears
 
-    model, targets = tiny("llama")
+    model, targets = llama64()
     quantize_linears(model, "nf4", targets)
     peft = get_peft_model(model, LoraConfig(r=4, target_modules=targets, lora_dropout=0.1))
     before = snapshot(peft)

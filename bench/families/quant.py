@@ -69,7 +69,8 @@ class QuantJob:
 class QuantProfile:
     """A profile's layer case (shape, tokens, rank), the formats per device, those whose
     training step is timed too, the impls timed, the ranks of the merge error, and the model
-    of the whole-model step ("" leaves it out), and when each job's paired rounds stop."""
+    of the whole-model step ("" leaves it out) with its base's format, and when each job's
+    paired rounds stop."""
 
     shape: str
     tokens: int
@@ -79,6 +80,7 @@ class QuantProfile:
     impls: tuple[str, ...]
     merge_ranks: tuple[int, ...]
     model: str
+    model_format: str
     budget: Budget
 
 
@@ -88,7 +90,7 @@ QUANT_PROFILES: dict[str, QuantProfile] = {
         shape="gpt2-medium.c_proj", tokens=64, rank=8,
         formats={"cpu": ("nf4", "int8"), "cuda": ("nf4",)}, train_formats=("nf4",),
         impls=("qlora_lean", "peft_qlora"), merge_ranks=(8,), model="llama-tiny",
-        budget=Budget(0.2, 3, 5),
+        model_format="int8", budget=Budget(0.2, 3, 5),  # its MLP's 96 inputs: no whole 4-bit block
     ),
     # A GQA key projection (4096 -> 1024) at a 512-token prefill, rank 8: the base dominates
     # as in a real model, and it fits the quick budget. The 4096² query projection at rank 16,
@@ -97,14 +99,15 @@ QUANT_PROFILES: dict[str, QuantProfile] = {
         shape="llama3-8b.k_proj", tokens=512, rank=8,
         formats={"cpu": ("nf4", "int8"), "cuda": CUDA_FORMATS}, train_formats=("nf4", "fp8"),
         impls=("qlora_lean", "peft_qlora"), merge_ranks=(8,), model="llama-cpu",
-        budget=Budget(1.0, 5, 40),
+        model_format="nf4", budget=Budget(1.0, 5, 40),
     ),
     "full": QuantProfile(
         shape="llama3-8b.q_proj", tokens=512, rank=16,
         formats={"cpu": ("nf4", "fp4", "int8"), "cuda": CUDA_FORMATS},
         train_formats=("nf4", "fp4", "int8", "fp8"),
         impls=("bnb_base", "qlora_dequant", "qlora_lean", "peft_qlora"),
-        merge_ranks=(8, 16, 64, 256), model="llama-cpu", budget=Budget(4.0, 9, 100),
+        merge_ranks=(8, 16, 64, 256), model="llama-cpu", model_format="nf4",
+        budget=Budget(4.0, 9, 100),
     ),
 }  # fmt: skip
 
@@ -123,6 +126,6 @@ def quant_jobs(profile: str, devices: list[str]) -> list[QuantJob]:
                       for r in spec.merge_ranks]  # fmt: skip
             jobs += [QuantJob(c, MERGE, "infer") for c in merges]
         if spec.model:
-            fmt = spec.formats[device][0]
-            jobs.append(QuantJob(QuantCase(spec.model, 16, 16, fmt, dtype, device), MODEL, "train"))
+            case = QuantCase(spec.model, 16, 16, spec.model_format, dtype, device)
+            jobs.append(QuantJob(case, MODEL, "train"))
     return jobs

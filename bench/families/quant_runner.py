@@ -102,10 +102,13 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         work = _call(IMPLS["base"].build(w, job.mode), x, grad, [x])
         held = w.W.numel() * w.W.element_size()
     else:
-        op = IMPLS[job.impl].build(q, job.mode)
-        errors = {"y": forward_error(op, q, x.detach())}
+        impl = IMPLS[job.impl]
+        op = impl.build(q, job.mode)
+        oracle = q if impl.lora_equivalent else dataclasses.replace(q, scale=0.0)  # bnb_base
+        errors = {"y": forward_error(op, oracle, x.detach())}
         if train:
-            errors.update(gradient_errors(op, q, x, grad))  # type: ignore[arg-type]
+            grads = gradient_errors(op, oracle, x, grad)  # type: ignore[arg-type]
+            errors.update(grads if impl.lora_equivalent else {"x": grads["x"]})
         error = max(errors.values())
         tol = tolerance(DTYPES[case.dtype], case.device)
         if not error <= tol:

@@ -4,7 +4,7 @@ quantized base) then the peers, in the order of the tables."""
 # isort: off
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
 from lora_kernels.dora import eager as dora_eager, autograd as dora_autograd
-from lora_kernels.quant import impls as quant_impls
+from lora_kernels.quant import impls as quant_impls, triton_nf4
 from lora_kernels.impls import peers
 from lora_kernels.quant import peers as quant_peers
 # isort: on
@@ -22,4 +22,5 @@ __all__ = [
     "quant_peers",
     "stacked",
     "triton_fused",
+    "triton_nf4",
 ]

@@ -85,9 +85,11 @@ class QuantizedBase:
             if fmt in FOUR_BIT:
                 if blocksize not in BLOCKSIZES:
                     raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {blocksize!r}")
-                if W.numel() % 2:
+                if shape[1] % blocksize:
                     raise ValueError(
-                        f"{fmt} packs two codes a byte: out·in must be even, got {shape}"
+                        f"{fmt}: in_features must be a multiple of the block size {blocksize}, "
+                        f"got W {shape}; a block straddling two rows is decoded wrongly by "
+                        "bitsandbytes' CPU kernel (0.50) and by row-tiled kernels"
                     )
                 import bitsandbytes.functional as bnbf
 
@@ -123,6 +125,12 @@ class QuantizedBase:
         shape = (layer.out_features, layer.in_features)
         state = getattr(weight, "quant_state", None)
         if state is not None:
+            if shape[1] % state.blocksize:
+                raise ValueError(
+                    f"{type(layer).__name__} {shape}: in_features is not a multiple of its "
+                    f"block size {state.blocksize}; such blocks straddle rows, which "
+                    "bitsandbytes' CPU kernel (0.50) decodes wrongly"
+                )
             return cls(state.quant_type, weight.data, shape, dtype, state.blocksize, state)
         SCB = weight.SCB if getattr(weight, "SCB", None) is not None else layer.state.SCB
         if weight.dtype != torch.int8 or SCB is None:
