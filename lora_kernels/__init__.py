@@ -1,5 +1,6 @@
-"""lora_kernels: a LoRA linear layer and interchangeable forward implementations, LoRA's and
-DoRA's; the same for many adapters served in one batch."""
+"""lora_kernels: a LoRA linear layer and interchangeable forward implementations, LoRA's,
+DoRA's and LoRA's on a quantized base (QLoRA); the same for many adapters served in one
+batch."""
 
 from lora_kernels import impls as _impls  # registers every implementation
 from lora_kernels.adapters import (
@@ -28,6 +29,9 @@ from lora_kernels.params import ParamCount, count_parameters, linear_total, lora
 from lora_kernels.planner import Plan, plan
 from lora_kernels.plugins import ENTRY_POINT_GROUP, PluginError, get_impl, load_plugins
 from lora_kernels.presets import PRESETS, Preset, get_preset
+from lora_kernels.quant import QLoRAWeights, QuantizedBase
+from lora_kernels.quant.layer import QLoRALinear
+from lora_kernels.quant.model import quantize_linears
 from lora_kernels.reference import (
     TOLERANCES,
     Grads,
@@ -61,6 +65,9 @@ __all__ = [
     "Plan",
     "PluginError",
     "Preset",
+    "QLoRALinear",
+    "QLoRAWeights",
+    "QuantizedBase",
     "adapter_batch",
     "adapter_names",
     "count_parameters",
@@ -80,6 +87,7 @@ __all__ = [
     "multi_from_peft",
     "multi_reference_forward",
     "plan",
+    "quantize_linears",
     "random_index",
     "reference_forward",
     "reference_grads",

@@ -181,14 +181,15 @@ def register(impl: AnyImpl, registry: dict[str, AnyImpl] | None = None) -> AnyIm
 
 def impls_table(impls: list[Impl] | None = None) -> str:
     """GitHub-markdown table of impls (default: all registered): name, origin, what it computes
-    (LoRA or DoRA), description, devices, dtypes, modes."""
+    (LoRA, DoRA, or QLoRA and the base formats it takes), description, devices, dtypes, modes."""
     from tabulate import tabulate
 
     rows = [
         [
             f"`{impl.name}`",
             impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
-            {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}[impl.variant],
+            {"lora": "LoRA", "dora": "DoRA"}.get(impl.variant)
+            or "QLoRA: " + ", ".join(f for f in FORMATS if f in impl.formats),
             impl.description,
             ", ".join(sorted(impl.devices)),
             ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES if d in impl.dtypes),

@@ -64,15 +64,32 @@ def saved_bytes(step: Work) -> int:
 
 
 def peak_bytes(step: Work, device: str) -> int:
-    """CUDA: peak bytes allocated over one call above what was held before; 0 elsewhere."""
+    """Peak bytes allocated over one call of `step` above what was held before it: CUDA's
+    allocator statistics; on the CPU, the torch profiler's memory timeline (every tensor
+    created and destroyed in the call, in order)."""
     if device != "cuda":
-        return 0
+        return _profiled_peak(step)
     synchronize(device)
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     step()
     synchronize(device)
     return torch.cuda.max_memory_allocated() - before
+
+
+def _profiled_peak(step: Work) -> int:
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:  # fmt: skip
+        step()
+    live = peak = 0
+    for _, action, (key, _version), size in prof._memory_profile().timeline:
+        if key.device.type == "cpu" and action in (Action.CREATE, Action.DESTROY):
+            live += size if action == Action.CREATE else -size
+            peak = max(peak, live)
+    return peak
 
 
 def _call(op: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor | None,
@@ -116,8 +133,8 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         work = _call(op, x, grad, [x, q.A, q.B])
     work(), qbase()  # warm
     rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
-    saved = saved_bytes(work) if train else 0
-    return entry(harness, job, error, held, saved, 0, peak_bytes(work, case.device), rounds)
+    saved, peak = (saved_bytes(work), peak_bytes(work, case.device)) if train else (0, 0)
+    return entry(harness, job, error, held, saved, peak, rounds)
 
 
 def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> QuantEntry:
@@ -131,7 +148,7 @@ def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     unmerged = _call(IMPLS["qlora_lean"].build(q), x, None, [])
     rounds = run_paired(benchmark, work, unmerged, case.device,
                         budget(harness))  # fmt: skip
-    return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, 0, rounds, e)
+    return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, rounds, merge=e)
 
 
 def qlora_models(case: QuantCase) -> tuple[nn.Module, nn.Module]:
@@ -182,18 +199,21 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         pytest.fail(f"{job}: gradients differ from PEFT's by {error:.3g} > {tol:g}; not timed")
     rounds = run_paired(benchmark, work, base, case.device, budget(harness))
     held = sum(m.quant.nbytes() for m in ours.modules() if isinstance(m, QLoRALinear))
-    return entry(harness, job, error, held, saved_bytes(work), saved_bytes(base),
-                 peak_bytes(work, case.device), rounds)  # fmt: skip
+    peer_saved, peer_peak = saved_bytes(base), peak_bytes(base, case.device)
+    return entry(harness, job, error, held, saved_bytes(work), peak_bytes(work, case.device),
+                 rounds, peer_saved=peer_saved, peer_peak=peer_peak)  # fmt: skip
 
 
-def entry(harness: Harness, job: QuantJob, error: float, held: int, saved: int, peer: int,
-          peak: int, rounds: Paired, merge: MergeError | None = None) -> QuantEntry:  # fmt: skip
-    c = job.case
+def entry(harness: Harness, job: QuantJob, error: float, held: int, saved: int, peak: int,
+          rounds: Paired, merge: MergeError | None = None, peer_saved: int = 0,
+          peer_peak: int = 0) -> QuantEntry:  # fmt: skip
+    m = merge or MergeError(0.0, 0.0, 0.0, 0.0)
     return QuantEntry(
-        fullname=harness.nodeid, **c.fields(), impl=job.impl, mode=job.mode,
+        fullname=harness.nodeid, **job.case.fields(), impl=job.impl, mode=job.mode,
         threads=harness.settings.threads, rel_error=error, base_bytes=held, saved_bytes=saved,
-        peer_saved_bytes=peer, peak_bytes=peak, rounds=rounds,
-        **(dataclasses.asdict(merge) if merge else {}),
+        peak_bytes=peak, rounds=rounds, peer_saved_bytes=peer_saved, peer_peak_bytes=peer_peak,
+        vs_unmerged=m.vs_unmerged, vs_float=m.vs_float, quantized=m.quantized,
+        weight_error=m.weight_error,
     )  # fmt: skip
 
 

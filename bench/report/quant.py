@@ -26,20 +26,23 @@ def layer_table(run: Run) -> Table:
         else:
             ratio, what = _ratio(e), "impl / quantized base"
         saved = fmt_bytes(e.saved_bytes) if e.mode == "train" else ""
-        peak = fmt_bytes(e.peak_bytes) if e.peak_bytes else ""
+        peak = fmt_bytes(e.peak_bytes) if e.mode == "train" else ""
         error = "" if e.impl == DENSE else f"{e.rel_error:.1e}"
         rows.append([e.case, e.mode, e.impl, what, ratio, fmt_bytes(e.base_bytes), saved, peak,
                      error])  # fmt: skip
     headers = ["case", "mode", "impl", "ratio of", "median [95% CI]", "W held",
-               "saved for backward", "peak (CUDA)", "err"]  # fmt: skip
+               "saved for backward", "peak", "err"]  # fmt: skip
     note = (
         "Paired rounds against the quantized base's own forward or training step (forward, "
         "then dx): Ŵ dequantized, then the GEMM, which is what bitsandbytes' layer runs on the "
         "CPU. The dense row gives the quantized base's time over the dense base of the same "
         "shape: what dequantizing costs. W held: the codes and scales (dense: the float W). "
         "saved for backward: bytes autograd kept in one training step, each storage once "
-        "(x included). err: against the float64 oracle on the dequantized base, worst of y, "
-        "dx, dA and dB."
+        "(x included; tensors a Function keeps outside save_for_backward, as bitsandbytes' "
+        "4-bit matmul keeps its packed weight, are not seen). peak: bytes allocated over one "
+        "step above what was held before (CUDA: the allocator's statistics; CPU: the torch "
+        "profiler's memory timeline). err: against the float64 oracle on the dequantized "
+        "base, worst of y, dx, dA and dB."
     )
     return Table("Quantized base", headers, rows, note)
 
@@ -65,16 +68,18 @@ def merge_table(run: Run) -> Table:
 
 def model_table(run: Run) -> Table:
     rows: list[list[object]] = [
-        [e.case, _ratio(e), fmt_bytes(e.saved_bytes), fmt_bytes(e.peer_saved_bytes),
-         fmt_bytes(e.base_bytes), f"{e.rel_error:.1e}"]
+        [e.case, _ratio(e), fmt_bytes(e.peak_bytes), fmt_bytes(e.peer_peak_bytes),
+         fmt_bytes(e.saved_bytes), fmt_bytes(e.peer_saved_bytes), fmt_bytes(e.base_bytes),
+         f"{e.rel_error:.1e}"]
         for e in run.quant() if e.impl == MODEL
     ]  # fmt: skip
-    headers = ["model", "ours / PEFT's QLoRA", "saved (ours)", "saved (PEFT)", "W held",
-               "grads vs PEFT"]  # fmt: skip
+    headers = ["model", "ours / PEFT's QLoRA", "peak (ours)", "peak (PEFT)", "saved (ours)",
+               "saved (PEFT)", "W held", "grads vs PEFT"]  # fmt: skip
     note = (
         "A whole model's training step (forward, loss, backward) with LoRA on every linear "
         "layer over a quantized base: ours (from_peft: QLoRALinear, qlora_lean, on the same "
-        "codes, A and B) paired with PEFT's QLoRA. saved: bytes autograd kept for backward."
+        "codes, A and B) paired with PEFT's QLoRA. peak: bytes allocated over one step above "
+        "what was held (as in the table above); saved: bytes autograd kept for backward."
     )
     return Table("QLoRA model training step", headers, rows, note)
 

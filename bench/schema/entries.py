@@ -315,9 +315,10 @@ class QuantEntry:
     rel_error: float  # against the oracle on the dequantized base (model: against PEFT)
     base_bytes: int  # bytes holding W: the codes and scales, or the float W for "dense"
     saved_bytes: int  # training: bytes autograd kept for backward (model: ours), else 0
-    peer_saved_bytes: int  # model: PEFT's saved bytes; else 0
-    peak_bytes: int  # CUDA: peak allocated over one call above what was held; 0 elsewhere
+    peak_bytes: int  # training: peak allocated over one step above what was held, else 0
     rounds: Paired
+    peer_saved_bytes: int = 0  # model: PEFT's saved bytes
+    peer_peak_bytes: int = 0  # model: PEFT's peak
     vs_unmerged: float = 0.0  # merge: output error against the unmerged quantized layer
     vs_float: float = 0.0  # merge: against the float layer the base was quantized from
     quantized: float = 0.0  # merge: the unmerged quantized layer's error against the float one

@@ -1,6 +1,8 @@
-"""LoRA on a quantized base (QLoRA): the base held in NF4, FP4, int8 or fp8 (QuantizedBase),
-the layer's tensors (QLoRAWeights), its implementations in the one registry (variant "qlora"),
-and merging into the quantized weight with the error that brings."""
+"""LoRA on a quantized base (QLoRA): the base held in NF4, FP4, int8 or fp8 (formats), the
+layer's tensors (weights), its implementations in the one registry, variant "qlora" (impls,
+peers, triton_nf4), the layer (layer), a model's linear layers quantized for PEFT (model), and
+merging into the quantized weight with the error that brings (merge). Only the first two are
+imported here: the registry itself needs them."""
 
 from lora_kernels.quant.formats import FORMATS, QuantizedBase, format_unavailable
 from lora_kernels.quant.weights import QLoRAWeights
