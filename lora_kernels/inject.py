@@ -164,27 +164,41 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
-def _all(model: nn.Module) -> list[LoRALinear]:
-    layers = [m for _, m in lora_layers(model)]
+def _all(model: nn.Module) -> list[LoRALinear | QLoRALinear]:
+    """Every LoRALinear and QLoRALinear of the model."""
+    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, QLoRALinear))]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRALinear layer; inject() first")
     return layers
 
 
+def _variant(layer: LoRALinear | QLoRALinear) -> str:
+    if isinstance(layer, QLoRALinear):
+        return "qlora"
+    return "dora" if layer.use_dora else "lora"
+
+
 def merge(model: nn.Module) -> None:
-    """Merge every LoRALinear of the model; none is changed if one cannot be merged."""
+    """Merge every LoRALinear and QLoRALinear of the model (a QLoRA layer requantizes and keeps
+    its merge_error); none is changed if one cannot be merged."""
     layers = _all(model)
     merged = [layer for layer in layers if layer.merged]
     if merged:
         raise ValueError(f"{len(merged)} of {len(layers)} LoRA layers are merged already")
+    bases = {id(m): m.merged_base() for m in layers if isinstance(m, QLoRALinear)}
     for layer in layers:
-        layer.merged_weight()  # raises before any weight is written
+        if isinstance(layer, LoRALinear):
+            layer.merged_weight()  # raises before any weight is written
     for layer in layers:
-        layer.merge()
+        if isinstance(layer, QLoRALinear):
+            layer.merge(bases[id(layer)])
+        else:
+            layer.merge()
 
 
 def unmerge(model: nn.Module) -> None:
-    """Unmerge every LoRALinear of the model."""
+    """Unmerge every LoRALinear and QLoRALinear of the model (a QLoRA layer gets its exact
+    original bytes back)."""
     layers = _all(model)
     unmerged = [layer for layer in layers if not layer.merged]
     if unmerged:
@@ -194,15 +208,25 @@ def unmerge(model: nn.Module) -> None:
 
 
 def set_impl(model: nn.Module, impl: str) -> None:
-    """Use `impl` for every LoRALinear of the model; none changes if one cannot take it."""
+    """Use `impl` for every LoRALinear (or QLoRALinear) of the model; none changes if one
+    cannot take it."""
     variant = get_impl(impl).variant
     layers = _all(model)
-    wrong = [layer for layer in layers if variant != ("dora" if layer.use_dora else "lora")]
+    wrong = [layer for layer in layers if variant != _variant(layer)]
     if wrong:
         raise ValueError(
             f"impl {impl!r} computes {variant}, but {len(wrong)} of {len(layers)} LoRA layers "
-            f"are {'dora' if wrong[0].use_dora else 'lora'}; pick an impl of their variant"
+            f"are {_variant(wrong[0])}; pick an impl of their variant"
         )
+    quantized = [m for m in layers if isinstance(m, QLoRALinear)]
+    fmts = {m.quant.fmt for m in quantized}
+    if not fmts <= get_impl(impl).formats and variant == "qlora":
+        raise ValueError(f"impl {impl!r} takes {sorted(get_impl(impl).formats)}; the layers' "
+                         f"bases are {sorted(fmts)}")  # fmt: skip
+    for q in quantized:
+        reason = get_impl(impl).unavailable_reason(q.quant.device, q.quant.dtype, "infer")
+        if reason:
+            raise ValueError(reason)
     for layer in layers:
         layer.impl = impl
 

@@ -184,6 +184,36 @@ def test_from_peft_takes_a_qlora_model_with_its_function(fmt: str) -> None:
 
 @needs_peft
 @needs_bnb
+def test_a_qlora_model_merges_switches_impl_and_unmerges_to_its_bytes() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from lora_kernels import merge, set_impl, unmerge
+    from lora_kernels.quant.model import quantize_linears
+
+    model, targets = llama64()
+    quantize_linears(model, "nf4", targets)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft = get_peft_model(model, config).eval()
+    layers = from_peft(peft)
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = peft(input_ids=ids).logits
+    bases = {n: m.quant for n, m in layers.items()}  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="computes lora, but 14 of 14 LoRA layers are qlora"):
+        set_impl(peft, "addmm")
+    set_impl(peft, "qlora_dequant")
+    merge(peft)
+    assert all(m.merged and m.merge_error for m in layers.values())  # type: ignore[union-attr]
+    with torch.no_grad():
+        assert 0 < rel_error(peft(input_ids=ids).logits, before) < 0.5
+    unmerge(peft)
+    assert all(m.quant is bases[n] for n, m in layers.items())  # type: ignore[union-attr]
+    with torch.no_grad():
+        assert torch.equal(peft(input_ids=ids).logits, before)
+
+
+@needs_peft
+@needs_bnb
 def test_from_peft_refuses_qlora_with_dropout_changing_nothing() -> None:
     from peft import LoraConfig, get_peft_model
 

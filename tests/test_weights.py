@@ -135,6 +135,8 @@ def test_registry_entries_are_complete() -> None:
         "peft_merged",
         "peft_dora",
         "loralib",
+        "bnb_base",
+        "peft_qlora",
     }
     for name, impl in IMPLS.items():
         assert impl.name == name

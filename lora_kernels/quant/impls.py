@@ -65,9 +65,11 @@ class _Lean(torch.autograd.Function):
 
 
 def build_lean(w: QLoRAWeights) -> Op:
+    infer = build_dequant(w)  # without grad there is nothing to keep for backward
+
     def rows(x2: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
-            return build_dequant(w)(x2)
+            return infer(x2)
         return _Lean.apply(x2, w.A, w.B, w.base, w.b, w.scale)
 
     return rows_op(w, rows)

@@ -59,6 +59,7 @@ class QLoRALinear(nn.Module):
         self.merge_error: float | None = None  # the last merge's weight_error
         self._original: QuantizedBase | None = None  # the base before merge()
         self._ops: dict[str, tuple[tuple, Op]] = {}
+        self._seen: set[tuple] = set()  # input signatures (in, dtype, device) checked
 
     @property
     def impl(self) -> str:
@@ -108,8 +109,17 @@ class QLoRALinear(nn.Module):
             self._ops[mode] = cached
         return cached[1]
 
+    def _check(self, x: Tensor) -> None:
+        """Raise unless x fits the layer; each new (in, dtype, device) is checked once."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            self.weights().check_input(x)
+        signature = (x.shape[-1], x.dtype, x.device)
+        if signature not in self._seen:
+            self.weights().check_input(x)
+            self._seen.add(signature)
+
     def forward(self, x: Tensor) -> Tensor:
-        self.weights().check_input(x)
+        self._check(x)
         if self.merged:
             y = get_impl("qbase").build(self.weights())(x)
             if torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
@@ -118,16 +128,22 @@ class QLoRALinear(nn.Module):
         grads = self.lora_A.requires_grad or self.lora_B.requires_grad or x.requires_grad
         return self._op("train" if grads and torch.is_grad_enabled() else "infer")(x)
 
-    @torch.no_grad()
-    def merge(self) -> float:
-        """Put Ŵ + s·B A, requantized, in place of the base; returns and keeps in
-        `merge_error` its relative weight error (see merge.weight_error). The base is not
-        written: it is kept for unmerge()."""
+    def merged_base(self) -> QuantizedBase:
+        """Ŵ + s·B A quantized again in the base's format, without putting it in place.
+        Raises ValueError when the layer is merged already or the sum is not finite."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        w = self.weights()
-        merged = merge_requantize(w)
-        self.merge_error = weight_error(w, merged)
+        return merge_requantize(self.weights())
+
+    @torch.no_grad()
+    def merge(self, merged: QuantizedBase | None = None) -> float:
+        """Put Ŵ + s·B A, requantized (`merged`, from merged_base(), or made here), in place
+        of the base; returns and keeps in `merge_error` its relative weight error (see
+        merge.weight_error). The base is not written: it is kept for unmerge()."""
+        merged = self.merged_base() if merged is None else merged
+        if self.merged:
+            raise ValueError("merge() called on a layer that is already merged; unmerge() first")
+        self.merge_error = weight_error(self.weights(), merged)
         self._original, self.quant, self.merged = self.quant, merged, True
         self._ops = {}
         return self.merge_error
