@@ -112,17 +112,19 @@ def _fold(w: LoRAWeights | DoRAWeights) -> tuple[Tensor, Tensor | None]:
     return w.merged_weight(c), c
 
 
-class _MergedCannotTrain(torch.autograd.Function):
-    """y unchanged, tied to A and B so that a backward says why it cannot reach them."""
+class MergedCannotTrain(torch.autograd.Function):
+    """y unchanged, tied to A and B so that a backward says why it cannot reach them: the
+    layer (`what`) is merged."""
 
     @staticmethod
-    def forward(ctx: Any, y: Tensor, A: Tensor, B: Tensor) -> Tensor:
+    def forward(ctx: Any, y: Tensor, A: Tensor, B: Tensor, what: str) -> Tensor:
+        ctx.what = what
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
         raise RuntimeError(
-            "this LoRALinear is merged: W holds s·B A, so no gradient reaches lora_A or "
+            f"this {ctx.what} is merged: W holds s·B A, so no gradient reaches lora_A or "
             "lora_B; call unmerge() before training it"
         )
 
@@ -265,7 +267,7 @@ class LoRALinear(nn.Module):
             self._built("infer").check(x)
             y = self.base(x)
             if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
-                return _MergedCannotTrain.apply(y, A, B)
+                return MergedCannotTrain.apply(y, A, B, "LoRALinear")
             return y
         if self.training and self._dropout_p > 0:
             built = self._built("train")

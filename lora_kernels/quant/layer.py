@@ -3,11 +3,10 @@ registry impl of variant "qlora"; merging requantizes and keeps the original byt
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from lora_kernels.layer import MergedCannotTrain
 from lora_kernels.plugins import get_impl
 from lora_kernels.quant.formats import QuantizedBase
 from lora_kernels.quant.merge import merge_requantize, weight_error
@@ -15,21 +14,6 @@ from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.registry import Impl, Op
 
 DEFAULT_IMPL = "qlora_lean"
-
-
-class _MergedCannotTrain(torch.autograd.Function):
-    """y unchanged, tied to A and B so that a backward says why it cannot reach them."""
-
-    @staticmethod
-    def forward(ctx: Any, y: Tensor, A: Tensor, B: Tensor) -> Tensor:
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple:
-        raise RuntimeError(
-            "this QLoRALinear is merged: its quantized W holds s·B A, so no gradient reaches "
-            "lora_A or lora_B; call unmerge() before training it"
-        )
 
 
 class QLoRALinear(nn.Module):
@@ -123,7 +107,7 @@ class QLoRALinear(nn.Module):
         if self.merged:
             y = get_impl("qbase").build(self.weights())(x)
             if torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
-                return _MergedCannotTrain.apply(y, self.lora_A, self.lora_B)
+                return MergedCannotTrain.apply(y, self.lora_A, self.lora_B, "QLoRALinear")
             return y
         grads = self.lora_A.requires_grad or self.lora_B.requires_grad or x.requires_grad
         return self._op("train" if grads and torch.is_grad_enabled() else "infer")(x)
