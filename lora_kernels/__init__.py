@@ -1,6 +1,6 @@
 """lora_kernels: a LoRA linear layer and interchangeable forward implementations, LoRA's,
 DoRA's and LoRA's on a quantized base (QLoRA); the same for many adapters served in one
-batch."""
+batch, and for whole modules (q, k and v together; a SwiGLU MLP)."""
 
 from lora_kernels import impls as _impls  # registers every implementation
 from lora_kernels.adapters import (
@@ -12,6 +12,7 @@ from lora_kernels.adapters import (
     set_adapter,
 )
 from lora_kernels.dora import DoRAWeights
+from lora_kernels.fused import FUSED_IMPLS, FusedImpl, MLPWeights, QKVWeights, module_reference
 from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
 from lora_kernels.multi import (
@@ -48,15 +49,18 @@ del _impls
 __all__ = [
     "DISTRIBUTIONS",
     "ENTRY_POINT_GROUP",
+    "FUSED_IMPLS",
     "IMPLS",
     "MULTI_IMPLS",
     "PRESETS",
     "TOLERANCES",
     "DoRAWeights",
+    "FusedImpl",
     "Grads",
     "Impl",
     "LoRALinear",
     "LoRAWeights",
+    "MLPWeights",
     "MultiImpl",
     "MultiLoRALinear",
     "MultiLoRAWeights",
@@ -65,6 +69,7 @@ __all__ = [
     "Plan",
     "PluginError",
     "Preset",
+    "QKVWeights",
     "QLoRALinear",
     "QLoRAWeights",
     "QuantizedBase",
@@ -84,6 +89,7 @@ __all__ = [
     "lora_layers",
     "lora_trainable",
     "merge",
+    "module_reference",
     "multi_from_peft",
     "multi_reference_forward",
     "plan",
