@@ -10,7 +10,8 @@ import torch
 from runs import make_run
 
 from bench.families.quant import QuantCase, QuantJob, quant_jobs
-from bench.families.quant_runner import peak_bytes, saved_bytes, skip_reason
+from bench.families.quant_runner import skip_reason
+from bench.harness.memory import peak_bytes, saved_bytes
 from bench.report.quant import quant_tables
 from bench.schema.entries import Paired, QuantEntry
 from bench.schema.run import Run, dump_run, parse_run
@@ -57,6 +58,7 @@ def test_saved_bytes_counts_each_storage_once() -> None:
     x = torch.randn(8, 16, requires_grad=True)
     W = torch.randn(4, 16)
     assert saved_bytes(lambda: (x @ W.t()).sum()) == W.numel() * 4  # dx needs W; x is not saved
+    assert saved_bytes(lambda: (x @ W.t()).sum(), held=[W]) == 0  # a weight held anyway
     y = x.exp()  # saves its output
     assert saved_bytes(lambda: (y * y).sum()) == y.numel() * 4  # y twice, one storage
 

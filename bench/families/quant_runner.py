@@ -16,9 +16,10 @@ from torch import Tensor, nn
 from bench.families import models
 from bench.families.quant import DENSE, MERGE, MODEL, QUANT_PROFILES, QuantCase, QuantJob
 from bench.harness.cases import DTYPES
+from bench.harness.memory import peak_bytes, saved_bytes
 from bench.harness.rounds import Budget
 from bench.harness.runner import Harness
-from bench.harness.timing import run_paired, synchronize
+from bench.harness.timing import run_paired
 from bench.schema.entries import Paired, QuantEntry
 from lora_kernels import IMPLS, from_peft, rel_error, tolerance
 from lora_kernels.quant import format_unavailable
@@ -47,49 +48,6 @@ def skip_reason(job: QuantJob) -> str:
     if impl.origin == "peer" and case.fmt == "int8" and case.device == "cuda":
         return "bitsandbytes' int8 layer quantizes activations on CUDA: another function"
     return impl.unavailable_reason(case.device, DTYPES[case.dtype], job.mode)
-
-
-def saved_bytes(step: Work) -> int:
-    """Bytes of the storages autograd keeps for backward in one call of `step` (each once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(seen.values())
-
-
-def peak_bytes(step: Work, device: str) -> int:
-    """Peak bytes allocated over one call of `step` above what was held before it: CUDA's
-    allocator statistics; on the CPU, the torch profiler's memory timeline (every tensor
-    created and destroyed in the call, in order)."""
-    if device != "cuda":
-        return _profiled_peak(step)
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated() - before
-
-
-def _profiled_peak(step: Work) -> int:
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:  # fmt: skip
-        step()
-    live = peak = 0
-    for _, action, (key, _version), size in prof._memory_profile().timeline:
-        if key.device.type == "cpu" and action in (Action.CREATE, Action.DESTROY):
-            live += size if action == Action.CREATE else -size
-            peak = max(peak, live)
-    return peak
 
 
 def _call(op: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor | None,
@@ -133,7 +91,8 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         work = _call(op, x, grad, [x, q.A, q.B])
     work(), qbase()  # warm
     rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
-    saved, peak = (saved_bytes(work), peak_bytes(work, case.device)) if train else (0, 0)
+    weights = [*q.base.tensors().values(), q.A, q.B, w.W, *([] if w.b is None else [w.b])]
+    saved, peak = (saved_bytes(work, weights), peak_bytes(work, case.device)) if train else (0, 0)
     return entry(harness, job, error, held, saved, peak, rounds)
 
 
@@ -199,9 +158,13 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         pytest.fail(f"{job}: gradients differ from PEFT's by {error:.3g} > {tol:g}; not timed")
     rounds = run_paired(benchmark, work, base, case.device, budget(harness))
     held = sum(m.quant.nbytes() for m in ours.modules() if isinstance(m, QLoRALinear))
-    peer_saved, peer_peak = saved_bytes(base), peak_bytes(base, case.device)
-    return entry(harness, job, error, held, saved_bytes(work), peak_bytes(work, case.device),
-                 rounds, peer_saved=peer_saved, peer_peak=peer_peak)  # fmt: skip
+    weights = [*ours.parameters(), *ours.buffers(), *peft.parameters(), *peft.buffers()]
+    weights += [t for m in ours.modules() if isinstance(m, QLoRALinear)
+                for t in m.quant.tensors().values()]  # fmt: skip
+    peer_saved, peer_peak = saved_bytes(base, weights), peak_bytes(base, case.device)
+    saved, peak = saved_bytes(work, weights), peak_bytes(work, case.device)
+    return entry(harness, job, error, held, saved, peak, rounds, peer_saved=peer_saved,
+                 peer_peak=peer_peak)  # fmt: skip
 
 
 def entry(harness: Harness, job: QuantJob, error: float, held: int, saved: int, peak: int,

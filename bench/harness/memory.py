@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -162,3 +162,52 @@ class CpuProbe:
             self.proc.wait(timeout=30)
             stdout.close()
             self.proc = None
+
+
+# --- one call's saved tensors and peak, in this process (families beyond the layer grid) ---
+
+
+def saved_bytes(step: Callable[[], object], held: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the storages autograd keeps for backward in one call of `step`, each once,
+    leaving out those of `held` (weights that exist whether or not a step runs)."""
+    seen: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in held}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def peak_bytes(step: Callable[[], object], device: str) -> int:
+    """Peak bytes allocated over one call of `step` above what was held before it: CUDA's
+    allocator statistics; on the CPU, the torch profiler's memory timeline (every tensor
+    created and destroyed in the call, in order)."""
+    if device != "cuda":
+        return _profiled_peak(step)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _profiled_peak(step: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:  # fmt: skip
+        step()
+    live = peak = 0
+    for _, action, (key, _version), size in prof._memory_profile().timeline:
+        if key.device.type == "cpu" and action in (Action.CREATE, Action.DESTROY):
+            live += size if action == Action.CREATE else -size
+            peak = max(peak, live)
+    return peak

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bench.families import probe
+from bench.families.fused import fused_jobs
 from bench.families.generation import gen_jobs
 from bench.families.lifecycle import life_jobs
 from bench.families.models import model_jobs
@@ -36,8 +37,8 @@ from lora_kernels.presets import PRESETS
 SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
 BENCH_FIXTURES = {
-    "case", "gen_job", "life_job", "memory_case", "model_job", "multi_job", "quant_job",
-    "timer_case",
+    "case", "fused_job", "gen_job", "life_job", "memory_case", "model_job", "multi_job",
+    "quant_job", "timer_case",
 }  # fmt: skip
 PRESET_TARGETS = ("attn", "all-linear")
 
@@ -78,7 +79,7 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs)
+    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs, fused_jobs)
     jobs = [str(j.case) for jobs_of in families for j in jobs_of(profile.name, devices)]
     return list(dict.fromkeys([*map(str, cases), *jobs]))
 
@@ -136,6 +137,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "quant_job" in names:
         quants = quant_jobs(settings.profile.name, settings.devices)
         metafunc.parametrize("quant_job", settings.selected(quants), ids=str)
+    if "fused_job" in names:
+        fuseds = fused_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("fused_job", settings.selected(fuseds), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.report.base import MODES_ORDER, Table, fmt_bytes, render
 from bench.report.dora import dora_tables
+from bench.report.fused import fused_tables
 from bench.report.generation import generation_tables
 from bench.report.layer import (
     cold_check_table,
@@ -44,6 +45,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *generation_tables(run),
         *lifecycle_tables(run),
         *quant_tables(run),
+        *fused_tables(run),
         *profile_tables(run),
     ]
     return [t for t in tables if t.rows]

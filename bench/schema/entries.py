@@ -292,6 +292,33 @@ class GenerationEntry(PairedTokens):
 
 
 @dataclass(frozen=True)
+class FusedEntry:
+    """One module-level impl (q, k and v together, or a SwiGLU MLP) on one module case, its
+    forward or training step timed in pairs with the frozen module's, and in training the
+    bytes autograd kept for backward (the frozen module's beside) and the step's peak."""
+
+    kind: ClassVar[str] = "fused"
+    fullname: str
+    case: str  # "model module T=.. r=.. dtype device"
+    key: str
+    module: str  # "qkv" or "mlp"
+    model: str
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+    impl: str
+    mode: str
+    origin: str  # "ours" or "peer"
+    threads: int
+    rel_error: float  # against the module's float64 oracle, worst of outputs and gradients
+    saved_bytes: int
+    frozen_saved_bytes: int
+    peak_bytes: int
+    rounds: Paired
+
+
+@dataclass(frozen=True)
 class QuantEntry:
     """One job of the quantized-base family. A layer job: an impl's forward or training step
     (impl "dense": the float base layer) timed in pairs with the quantized base's own, and
@@ -423,6 +450,7 @@ Entry = (
     | GenerationEntry
     | LifecycleEntry
     | QuantEntry
+    | FusedEntry
 )
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
@@ -437,5 +465,6 @@ ENTRY_KINDS: dict[str, type] = {
         GenerationEntry,
         LifecycleEntry,
         QuantEntry,
+        FusedEntry,
     )
 }

@@ -16,6 +16,7 @@ from bench.schema.decode import from_dict, parse_entries, positive
 from bench.schema.entries import (
     ENTRY_KINDS,
     Entry,
+    FusedEntry,
     GenerationEntry,
     LifecycleEntry,
     MemoryEntry,
@@ -115,6 +116,9 @@ class Run:
 
     def quant(self) -> list[QuantEntry]:
         return [e for e in self.entries if isinstance(e, QuantEntry)]
+
+    def fused(self) -> list[FusedEntry]:
+        return [e for e in self.entries if isinstance(e, FusedEntry)]
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA

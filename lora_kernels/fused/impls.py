@@ -125,8 +125,9 @@ class MLPFunction(torch.autograd.Function):
         dBd = _grad_of_b(ha, dy, sd) if need[6] else None
         dh = (dy @ w.down.W).addmm_(gd, Ad)  # (T, inter)
         dAd = gd.t() @ h if need[5] else None
-        du = dh * F.silu(g)
-        dg = torch.ops.aten.silu_backward(dh.mul_(u), g)  # silu'(g) · dh · u in one pass
+        du = F.silu(g).mul_(dh)
+        # dg = silu'(g) · dh · u, written over dh: no third T x inter buffer
+        dg = torch.ops.aten.silu_backward.grad_input(dh.mul_(u), g, grad_input=dh)
         rg = Bg.shape[1]
         G = torch.cat([(dg @ Bg).mul_(sg), (du @ Bu).mul_(su)], dim=1)  # (T, r_g + r_u)
         dBg = _grad_of_b(xa[:, :rg], dg, sg) if need[2] else None
