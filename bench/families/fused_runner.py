@@ -16,12 +16,10 @@ from bench.families.fused import FUSED_PROFILES, FusedJob
 from bench.harness.cases import DTYPES
 from bench.harness.memory import peak_bytes, saved_bytes
 from bench.harness.runner import Harness
-from bench.harness.timing import run_paired
+from bench.harness.timing import call_or_step, run_paired
 from bench.schema.entries import FusedEntry
 from lora_kernels import rel_error, tolerance
 from lora_kernels.fused import FUSED_IMPLS, MLPWeights, ModuleWeights, module_reference
-
-Work = Callable[[], object]
 
 
 def frozen(w: ModuleWeights) -> Callable[[Tensor], tuple[Tensor, ...]]:
@@ -33,20 +31,6 @@ def frozen(w: ModuleWeights) -> Callable[[Tensor], tuple[Tensor, ...]]:
             F.linear(F.silu(F.linear(x, g.W, g.b)) * F.linear(x, u.W, u.b), d.W, d.b),
         )
     return lambda x: tuple(F.linear(x, p.W, p.b) for p in ps.values())
-
-
-def work(op: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, grads: tuple[Tensor, ...] | None,
-         tensors: list[Tensor]) -> Work:  # fmt: skip
-    """One forward, or with `grads` a training step (forward, backward) from clear grads."""
-    if grads is None:
-        return lambda: op(x)
-
-    def step() -> None:
-        for t in tensors:
-            t.grad = None
-        torch.autograd.backward(op(x), grads)
-
-    return step
 
 
 def time_fused(harness: Harness, benchmark: BenchmarkFixture, job: FusedJob) -> None:
@@ -73,7 +57,7 @@ def time_fused(harness: Harness, benchmark: BenchmarkFixture, job: FusedJob) -> 
     if not max(errors) <= tol:
         pytest.fail(f"{job}: rel error {max(errors):.3g} > {tol:g} against the oracle; not timed")
     tensors = [x, *w.trainable().values()]
-    mine, base = work(op, x, grads, tensors), work(frozen(w), x, grads, tensors)
+    mine, base = call_or_step(op, x, grads, tensors), call_or_step(frozen(w), x, grads, tensors)
     mine(), base()  # warm
     budget = harness.settings.budget(FUSED_PROFILES[harness.settings.profile.name].budget)
     rounds = run_paired(benchmark, mine, base, case.device, budget)

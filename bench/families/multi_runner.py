@@ -12,7 +12,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from torch import Tensor
 
 from bench.families.multi import MULTI_PROFILES, SINGLE, Batch, MultiCase, build_work
-from bench.harness.memory import CPU_CALL_METHOD, CUDA_CALL_METHOD, CpuProbe
+from bench.harness.memory import CPU_CALL_METHOD, CUDA_CALL_METHOD, CpuProbe, peak_bytes
 from bench.harness.runner import Harness
 from bench.harness.timing import run_paired, synchronize
 from bench.schema.entries import MultiEntry
@@ -46,16 +46,6 @@ def origin(variant: str) -> str:
     return "single" if variant.startswith(SINGLE) else MULTI_IMPLS[variant].origin
 
 
-def cuda_call_peak(work) -> int:
-    """Bytes allocated above what was held before, over one call."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    work()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 def time_multi(
     harness: Harness, benchmark: BenchmarkFixture, probe: CpuProbe, case: MultiCase, variant: str
 ) -> None:
@@ -78,7 +68,7 @@ def time_multi(
     if benchmark.disabled:
         return
     cuda = torch.device(case.device).type == "cuda"
-    peak = cuda_call_peak(work) if cuda else probe.measure_multi(case, variant)
+    peak = peak_bytes(work, "cuda") if cuda else probe.measure_multi(case, variant)
     spec = MULTI_PROFILES[harness.settings.profile.name]
     budget = harness.settings.budget(spec.budget)
     paired = run_paired(benchmark, work, base_work, case.device, budget)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,15 +18,13 @@ from bench.harness.cases import DTYPES
 from bench.harness.memory import peak_bytes, saved_bytes
 from bench.harness.rounds import Budget
 from bench.harness.runner import Harness
-from bench.harness.timing import run_paired
+from bench.harness.timing import Work, call_or_step, run_paired
 from bench.schema.entries import Paired, QuantEntry
 from lora_kernels import IMPLS, from_peft, rel_error, tolerance
 from lora_kernels.quant import format_unavailable
 from lora_kernels.quant.layer import QLoRALinear
 from lora_kernels.quant.merge import MergeError, merge_error, merge_requantize
 from lora_kernels.reference import forward_error, gradient_errors
-
-Work = Callable[[], object]
 
 
 def budget(harness: Harness) -> Budget:
@@ -50,20 +47,6 @@ def skip_reason(job: QuantJob) -> str:
     return impl.unavailable_reason(case.device, DTYPES[case.dtype], job.mode)
 
 
-def _call(op: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor | None,
-          tensors: list[Tensor]) -> Work:  # fmt: skip
-    """One forward, or with `grad` a training step (forward, backward) from clear grads."""
-    if grad is None:
-        return lambda: op(x)
-
-    def step() -> None:
-        for t in tensors:
-            t.grad = None
-        op(x).backward(grad)
-
-    return step
-
-
 def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> QuantEntry:
     case, train = job.case, job.mode == "train"
     w, q = case.weights()
@@ -71,10 +54,10 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     grad = torch.randn_like(x[:, :1].expand(-1, w.out_features).contiguous()) if train else None
     if train:
         q.requires_grad_()
-    qbase = _call(IMPLS["qbase"].build(q, job.mode), x, grad, [x])
+    qbase = call_or_step(IMPLS["qbase"].build(q, job.mode), x, grad, [x])
     error, held = 0.0, q.base.nbytes()
     if job.impl == DENSE:
-        work = _call(IMPLS["base"].build(w, job.mode), x, grad, [x])
+        work = call_or_step(IMPLS["base"].build(w, job.mode), x, grad, [x])
         held = w.W.numel() * w.W.element_size()
     else:
         impl = IMPLS[job.impl]
@@ -88,7 +71,7 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         tol = tolerance(DTYPES[case.dtype], case.device)
         if not error <= tol:
             pytest.fail(f"{job}: rel errors {errors} exceed {tol:g}; not timed")
-        work = _call(op, x, grad, [x, q.A, q.B])
+        work = call_or_step(op, x, grad, [x, q.A, q.B])
     work(), qbase()  # warm
     rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
     weights = [*q.base.tensors().values(), q.A, q.B, w.W, *([] if w.b is None else [w.b])]
@@ -103,8 +86,8 @@ def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     x = case.input()
     e = merge_error(q, w.W, x)
     merged = dataclasses.replace(q, base=merge_requantize(q))
-    work = _call(IMPLS["qbase"].build(merged), x, None, [])
-    unmerged = _call(IMPLS["qlora_lean"].build(q), x, None, [])
+    work = call_or_step(IMPLS["qbase"].build(merged), x, None, [])
+    unmerged = call_or_step(IMPLS["qlora_lean"].build(q), x, None, [])
     rounds = run_paired(benchmark, work, unmerged, case.device,
                         budget(harness))  # fmt: skip
     return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, rounds, merge=e)

@@ -10,11 +10,31 @@ from dataclasses import dataclass
 
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
+from torch import Tensor
 
 from bench.harness.rounds import BUDGET, Budget, choose_inner, stop_reason
 from bench.schema.entries import Paired
 
 Work = Callable[[], object]
+
+
+def call_or_step(
+    op: Callable[[Tensor], object],
+    x: Tensor,
+    grads: Tensor | tuple[Tensor, ...] | None,
+    tensors: list[Tensor],
+) -> Work:
+    """op(x), or with `grads` (one per output) a training step: `tensors`' grads cleared,
+    then forward and backward."""
+    if grads is None:
+        return lambda: op(x)
+
+    def step() -> None:
+        for t in tensors:
+            t.grad = None
+        torch.autograd.backward(op(x), grads)  # type: ignore[arg-type]
+
+    return step
 
 
 def synchronize(device: str) -> None:
