@@ -13,6 +13,13 @@ from lora_kernels.adapters import (
 )
 from lora_kernels.dora import DoRAWeights
 from lora_kernels.fused import FUSED_IMPLS, FusedImpl, MLPWeights, QKVWeights, module_reference
+from lora_kernels.fused.model import (
+    FuseError,
+    FuseReport,
+    fuse_modules,
+    fused_modules,
+    unfuse_modules,
+)
 from lora_kernels.inject import from_peft, inject, lora_layers, merge, set_impl, unmerge
 from lora_kernels.layer import LoRALinear
 from lora_kernels.multi import (
@@ -55,6 +62,8 @@ __all__ = [
     "PRESETS",
     "TOLERANCES",
     "DoRAWeights",
+    "FuseError",
+    "FuseReport",
     "FusedImpl",
     "Grads",
     "Impl",
@@ -78,6 +87,8 @@ __all__ = [
     "count_parameters",
     "delete_adapter",
     "from_peft",
+    "fuse_modules",
+    "fused_modules",
     "get_impl",
     "get_multi_impl",
     "get_preset",
@@ -102,5 +113,6 @@ __all__ = [
     "set_adapter",
     "set_impl",
     "tolerance",
+    "unfuse_modules",
     "unmerge",
 ]

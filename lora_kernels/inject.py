@@ -8,11 +8,13 @@ The new layers share the original weight and bias tensors (no copy). transformer
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor, nn
 
+from lora_kernels.fused.model import FuseError, fuse_modules
 from lora_kernels.layer import LoRALinear
 from lora_kernels.plugins import get_impl
 from lora_kernels.quant.layer import QLoRALinear
@@ -106,11 +108,17 @@ def inject(
     dropout: float = 0.0,
     impl: str | None = None,
     use_dora: bool = False,
+    fuse: bool = False,
+    fuse_fallback: bool = False,
 ) -> dict[str, LoRALinear]:
     """Put a LoRALinear in place of each selected linear layer, sharing its weight and bias,
     and freeze every other parameter of the model. Returns the new layers by name.
     use_dora=True makes them DoRA layers; impl defaults to LoRALinear's (two_step, or
     dora_factored with DoRA).
+
+    fuse=True then runs attention's q, k and v and SwiGLU MLPs as fused modules
+    (fuse_modules): a module that cannot fuse refuses the whole call, unless fuse_fallback
+    leaves it per layer with a warning that names it. The other layers run `impl`.
 
     Everything is checked before the model changes: a model that holds LoRA layers already,
     the targets, the rank of every layer, and every LoRALinear argument (dropout, alpha, the
@@ -127,6 +135,10 @@ def inject(
             f"impl {impl!r} computes {get_impl(impl).variant}; use_dora={use_dora} needs a "
             f"{'DoRA' if use_dora else 'LoRA'} impl"
         )
+    if fuse and (use_dora or dropout):
+        raise ValueError("fuse=True runs plain LoRA without dropout: drop use_dora and dropout")
+    if fuse_fallback and not fuse:
+        raise ValueError("fuse_fallback=True is for fuse=True")
     chosen = select_linears(model, targets)
     bases = {name: as_linear(module) for name, module in chosen.items()}
     for name, base in bases.items():
@@ -154,7 +166,24 @@ def inject(
     model.requires_grad_(False)
     for name, layer in new.items():
         _replace(model, name, layer)
+    if fuse:
+        _fuse(model, chosen, flags, fuse_fallback)
     return new
+
+
+def _fuse(model: nn.Module, chosen: dict[str, nn.Module], flags: dict[nn.Parameter, bool],
+          fallback: bool) -> None:  # fmt: skip
+    """fuse_modules after inject placed its layers; a refusal puts the model back as it was."""
+    try:
+        report = fuse_modules(model, fallback=fallback)
+    except FuseError:
+        for name, module in chosen.items():
+            _replace(model, name, module)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        raise
+    for why in report.unfused.values():
+        warnings.warn(f"left per layer: {why}", stacklevel=3)
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +206,8 @@ class LoRALinear(nn.Module):
         self.impl = impl or ("dora_factored" if use_dora else "two_step")
         self.merged = False
         self._folded: _Folded | None = None  # what merge() folded into W, to take it out
+        # fuse_modules: the shared call of a fused module (q, k and v) this layer is part of
+        self._fused: Callable[[LoRALinear, Tensor], Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, **kwargs: Any) -> LoRALinear:
@@ -279,9 +282,12 @@ class LoRALinear(nn.Module):
             return self.base(x) + self.scale * F.linear(xa, B)
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        compiling = torch.compiler.is_compiling()
+        if self._fused is not None and not compiling:
+            return self._fused(self, x)
         needs_grad = A.requires_grad or B.requires_grad or x.requires_grad
         mode = "train" if needs_grad and torch.is_grad_enabled() else "infer"
-        if torch.compiler.is_compiling():
+        if compiling:
             # Traced into the caller's graph: the impl's op built on the live tensors, with
             # no cache keyed on ids and versions, which dynamo would guard on and recompile
             # for (an adapter copied in place, a hot swap, would cost a recompile).
@@ -383,4 +389,5 @@ class LoRALinear(nn.Module):
             f"in={self.base.in_features}, out={self.base.out_features}, r={self.rank}, "
             f"alpha={self.alpha}, scale={self.scale:.4g}, impl={self.impl}, merged={self.merged}"
             + (f", dora=True, detach_norm={self.detach_norm}" if self.use_dora else "")
+            + (", fused=qkv" if self._fused is not None else "")
         )
