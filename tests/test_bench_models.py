@@ -11,7 +11,15 @@ from runs import make_run
 from torch import nn
 
 from bench.families.model_runner import tensor_bytes
-from bench.families.models import MODELS, ModelCase, model_jobs, shared_copy, variants
+from bench.families.models import (
+    FUSED,
+    FUSED_BASE_IMPL,
+    MODELS,
+    ModelCase,
+    model_jobs,
+    shared_copy,
+    variants,
+)
 from bench.report.models import model_tables
 from bench.schema.entries import ModelEntry, Paired
 from bench.schema.run import Run, dump_run, parse_run
@@ -21,15 +29,19 @@ from lora_kernels import IMPLS, get_preset
 def test_quick_jobs_stay_small_and_full_runs_every_impl() -> None:
     quick = model_jobs("quick", ["cpu"])
     assert {str(j.case) for j in quick} == {"llama-cpu all-linear T=16 r=16 fp32 cpu"}
-    assert len(quick) == 5 + 4  # the prefill is the generation bench's
+    assert len(quick) == 6 + 5  # the prefill is the generation bench's
+    assert [j.variant for j in quick if j.mode == "train"][-1] == "fused"
     trainers = [n for n, i in IMPLS.items()
                 if i.origin == "ours" and i.lora_equivalent and i.variant == "lora"
                 and not i.unavailable_reason("cpu", torch.float32, "train")]  # fmt: skip
-    assert variants("train", "cpu") == ["peft", *trainers]
+    assert variants("train", "cpu") == ["peft", *trainers, "fused"]
     assert "peft_merged" in variants("infer", "cpu") and "merged" in variants("infer", "cpu")
     assert "peft_merged" not in variants("train", "cpu")
     cuda = {str(j.case) for j in model_jobs("full", ["cuda"])}
     assert "llama3-8b-2blocks all-linear T=2048 r=16 bf16 cuda" in cuda
+    assert (FUSED, FUSED_BASE_IMPL) == ("fused", "autograd")  # as the models table's note says
+    fused = {str(j.case) for j in model_jobs("full", ["cpu"]) if j.variant == "fused"}
+    assert fused and not any("gpt2" in case for case in fused)  # GPT-2 has nothing to fuse
 
 
 def test_model_presets_keep_their_real_layers() -> None:

@@ -143,10 +143,15 @@ def test_model_bench_is_checked_timed_and_tabled(tiny_run: tuple[Path, str]) -> 
         pytest.skip(missing())
     run = load_run(tiny_run[0] / "cpu-tiny.json")
     got = {(e.mode, e.variant): e for e in run.models()}
-    want = {("infer", v) for v in ("peft", "peft_merged", "addmm")} | {
-        ("train", v) for v in ("peft", "addmm")
+    want = {("infer", v) for v in ("peft", "peft_merged", "addmm", "fused")} | {
+        ("train", v) for v in ("peft", "addmm", "fused")
     }
     assert set(got) == want
+    assert got[("train", "fused")].trainable == got[("train", "peft")].trainable
+    assert (
+        "fused: our `autograd` with attention's q, k and v"
+        in (tiny_run[0] / "cpu-tiny.md").read_text()
+    )
     for e in got.values():
         assert e.case == "llama-tiny attn T=32 r=16 fp32 cpu" and e.threads == 1
         assert e.ratio_to_base > 0 and len(e.rounds.impl_s) >= 3

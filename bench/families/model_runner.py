@@ -134,7 +134,8 @@ def time_model(
     peak = cuda_peak(work) if cuda else tensor_bytes(model, work)
     names = models.target_names(b.base, case)
     shares = [
-        models.share_in(m, names, w, case.device) for m, w in ((model, work), (b.base, base_work))
+        models.share_in(model, models.adapted_names(model, names), work, case.device),
+        models.share_in(b.base, names, base_work, case.device),
     ]
     spec = models.MODEL_PROFILES[harness.settings.profile.name]
     budget = harness.settings.budget(spec.budget)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from bench.harness.cases import DTYPES, Keyed
 from bench.harness.rounds import Budget
 from bench.harness.timing import Work, synchronize
-from lora_kernels import IMPLS, PRESETS, Preset, from_peft
+from lora_kernels import IMPLS, PRESETS, Preset, from_peft, fuse_modules, fused_modules
 from lora_kernels.presets import llama
 
 
@@ -38,6 +38,9 @@ MODELS: dict[str, Preset] = {
     "llama3-8b-2blocks": _blocks("llama3-8b-2blocks", PRESETS["llama3-8b"], 2, "num_hidden_layers"),
 }
 FORWARD_PEERS = ("peft", "peft_merged")
+# Our per-layer `autograd` with attention's q, k and v and the SwiGLU MLPs fused (fuse_modules)
+FUSED = "fused"
+FUSED_BASE_IMPL = "autograd"
 TRAIN_PEERS = ("peft",)
 MODEL_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 1e-2}  # over every layer of a model
 MODEL_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
@@ -51,13 +54,13 @@ class ModelProfile:
 
     grid: tuple[tuple[str, int, str], ...]  # (model, tokens, targets)
     cuda_grid: tuple[tuple[str, int, str], ...]
-    ours: tuple[str, ...] | None  # None: every LoRA impl of ours that runs the mode
+    ours: tuple[str, ...] | None  # None: every LoRA impl of ours that runs the mode, and fused
     budget: Budget
 
 
 BOTH = ("attn", "all-linear")
 MODEL_PROFILES: dict[str, ModelProfile] = {
-    "tiny": ModelProfile((("llama-tiny", 32, "attn"),), (), ("addmm",),
+    "tiny": ModelProfile((("llama-tiny", 32, "attn"),), (), ("addmm", FUSED),
                          Budget(0.05, 3, 5, target=0.05)),
     # Within the quick bench's 5 minutes on a 2-core CPU: a short step (16 tokens: one token
     # would leave attention nothing to weigh, so k_proj's adapter no gradient to check), with
@@ -67,7 +70,7 @@ MODEL_PROFILES: dict[str, ModelProfile] = {
     "quick": ModelProfile(
         (("llama-cpu", 16, "all-linear"),),
         (("llama-cpu", 512, "attn"), ("llama-cpu", 512, "all-linear")),
-        ("two_step", "addmm", "autograd"), Budget(0.5, 5, 21),
+        ("two_step", "addmm", "autograd", FUSED), Budget(0.5, 5, 21),
     ),
     "full": ModelProfile(
         tuple((m, t, g) for m, t in (("llama-cpu", 16), ("llama-cpu", 128), ("llama-cpu", 512),
@@ -132,6 +135,7 @@ def model_jobs(profile: str, devices: list[str]) -> list[ModelJob]:
         for case in model_cases(profile, devices)
         for mode in ("infer", "train")
         for variant in variants(mode, case.device, MODEL_PROFILES[profile].ours)
+        if variant != FUSED or fusable(case)
     ]
 
 
@@ -143,9 +147,14 @@ def missing() -> str | None:
     return None
 
 
+def fusable(case: ModelCase) -> bool:
+    """Whether the case's model has modules fuse_modules fuses: Llama's attention and MLP."""
+    return case.preset.hf["model_type"] == "llama"
+
+
 def variants(mode: str, device: str, only: tuple[str, ...] | None = None) -> list[str]:
-    """PEFT's variants, then each of our LoRA impls that runs `mode` on `device` (those in
-    `only` when given)."""
+    """PEFT's variants, then each of our LoRA impls that runs `mode` on `device`, then fused
+    (those in `only` when given)."""
     peers = FORWARD_PEERS if mode == "infer" else TRAIN_PEERS
     ours = [
         name for name, impl in IMPLS.items()
@@ -153,7 +162,8 @@ def variants(mode: str, device: str, only: tuple[str, ...] | None = None) -> lis
         and (only is None or name in only)
         and not impl.unavailable_reason(device, torch.float32, mode)
     ]  # fmt: skip
-    return [*peers, *ours]
+    fused = [FUSED] if only is None or FUSED in only else []
+    return [*peers, *ours, *fused]
 
 
 def unique_bytes(tensors: list[Tensor]) -> int:
@@ -197,13 +207,16 @@ def peft_model(base: nn.Module, case: ModelCase) -> nn.Module:
 
 def build(variant: str, peft: Any) -> nn.Module:  # peft: a PeftModel
     """The model of one variant: PEFT's model, PEFT merged into its own copy of the weights,
-    or our impl through from_peft on a copy sharing PEFT's tensors."""
+    or our impl through from_peft on a copy sharing PEFT's tensors (fused: `autograd`, then
+    fuse_modules, which refuses a model where a module with LoRA cannot fuse)."""
     if variant == "peft":
         return peft
     if variant == "peft_merged":
         return copy.deepcopy(peft).merge_and_unload()
     model = shared_copy(peft)
-    from_peft(model, impl=variant)
+    from_peft(model, impl=FUSED_BASE_IMPL if variant == FUSED else variant)
+    if variant == FUSED:
+        fuse_modules(model)
     return model
 
 
@@ -269,6 +282,12 @@ def target_names(base: nn.Module, case: ModelCase) -> list[str]:
     """Full names of the targeted layers in the base model."""
     suffixes = tuple(f".{m}" for m in case.preset.resolve(case.targets))
     return [n for n, _ in base.named_modules() if n.endswith(suffixes)]
+
+
+def adapted_names(model: nn.Module, targets: list[str]) -> list[str]:
+    """The modules whose calls hold the targeted layers' work in `model`: the targets, and
+    its fused MLPs (which run their layers without calling them)."""
+    return targets + [n for n, kind in fused_modules(model).items() if kind == "mlp"]
 
 
 def share_in(model: nn.Module, names: list[str], work: Work, device: str) -> float:

@@ -44,5 +44,8 @@ def model_tables(run: Run) -> list[Table]:
             "share is of one call instrumented with hooks on the targeted layers (their frozen "
             "GEMM included), apart from the timed rounds. Memory: " + "; ".join(methods)
         )
+        if any(e.variant == "fused" for e in entries):  # bench.families.models.FUSED
+            note += (". fused: our `autograd` with attention's q, k and v and the SwiGLU MLPs "
+                     "run as fused modules (fuse_modules)")  # fmt: skip
         tables.append(Table(f"Models ({title})", headers, model_rows(entries), note))
     return tables
