@@ -17,13 +17,16 @@ from lora_kernels import rel_error
 from lora_kernels.fused import module_reference
 
 
-def test_full_times_every_module_impl_at_decode_and_prefill_and_quick_none_yet() -> None:
+def test_full_times_every_module_impl_at_decode_and_prefill_and_quick_the_prefill_step() -> None:
     full = [str(j) for j in fused_jobs("full", ["cpu"])]
     for impl in ("qkv_fused", "qkv_layers", "peft_qkv"):
         assert f"{impl} train llama-cpu qkv T=512 r=16 fp32 cpu" in full
         assert f"{impl} infer llama-cpu qkv T=16 r=16 fp32 cpu" in full
     assert "mlp_fused train llama-cpu mlp T=512 r=16 fp32 cpu" in full
-    assert fused_jobs("quick", ["cpu"]) == []  # bench/families/budget.py: the 5 minutes are spent
+    quick = [str(j) for j in fused_jobs("quick", ["cpu"])]
+    assert len(quick) == 6 and all("train llama-cpu" in j and "T=512" in j for j in quick)
+    cuda = [str(j) for j in fused_jobs("full", ["cuda"])]
+    assert "mlp_fused train llama3-8b-2blocks mlp T=2048 r=16 bf16 cuda" in cuda
 
 
 def test_the_frozen_module_is_the_module_without_its_adapters() -> None:

@@ -64,28 +64,38 @@ class FusedJob:
 
 @dataclass(frozen=True)
 class FusedProfile:
-    """A profile's model, token counts, rank, modes and rounds."""
+    """A profile's model and token counts (on a CPU, and on CUDA), rank, modes and rounds."""
 
     model: str
     tokens: tuple[int, ...]
     rank: int
     modes: tuple[str, ...]
     budget: Budget
+    cuda_model: str = "llama3-8b-2blocks"  # Llama-3-8B's real sizes
+    cuda_tokens: tuple[int, ...] = ()
 
 
 FUSED_PROFILES: dict[str, FusedProfile] = {
     "tiny": FusedProfile("llama-tiny", (64,), 8, ("train",), Budget(0.2, 3, 5)),
-    # Not yet in the quick profile: its 5 minutes are spent (bench/families/budget.py).
-    "quick": FusedProfile("llama-cpu", (), 16, ("train",), Budget(1.0, 5, 40)),
-    "full": FusedProfile("llama-cpu", (16, 512), 16, ("train", "infer"), Budget(4.0, 9, 100)),
-}
+    # The training step at a prefill of 512 tokens, where the targets are set; decode and
+    # the forward run in full.
+    "quick": FusedProfile("llama-cpu", (512,), 16, ("train",), Budget(1.0, 5, 40),
+                          cuda_tokens=(2048,)),
+    "full": FusedProfile("llama-cpu", (16, 512), 16, ("train", "infer"), Budget(4.0, 9, 100),
+                         cuda_tokens=(1, 2048, 8192)),
+}  # fmt: skip
 
 
 def fused_jobs(profile: str, devices: list[str]) -> list[FusedJob]:
     spec = FUSED_PROFILES[profile]
-    return [
-        FusedJob(FusedCase(module, spec.model, tokens, spec.rank, MODEL_DTYPES[device], device),
-                 name, mode)
-        for device in devices for tokens in spec.tokens for module in ("qkv", "mlp")
-        for mode in spec.modes for name, impl in FUSED_IMPLS.items() if impl.module == module
-    ]  # fmt: skip
+    jobs = []
+    for device in devices:
+        model, tokens = (spec.cuda_model, spec.cuda_tokens) if device == "cuda" else (
+            spec.model, spec.tokens)  # fmt: skip
+        jobs += [
+            FusedJob(FusedCase(module, model, t, spec.rank, MODEL_DTYPES[device], device),
+                     name, mode)
+            for t in tokens for module in ("qkv", "mlp") for mode in spec.modes
+            for name, impl in FUSED_IMPLS.items() if impl.module == module
+        ]  # fmt: skip
+    return jobs

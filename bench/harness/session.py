@@ -175,17 +175,18 @@ class Settings:
     def case_impls(self, memory: bool = False) -> list[tuple[Case, str]]:
         """(case, impl) pairs of the forward and training benchmarks, or with `memory` of the
         memory benchmark: the LoRA impls on the profile's (memory) grid, the DoRA impls on its
-        DoRA cases (QLoRA impls have their own family, bench/test_quant.py). The id of a
-        pair, "case-impl", is the benchmark's."""
+        DoRA cases (QLoRA impls have their own family, bench/test_quant.py), less those the
+        profile times in full only. The id of a pair, "case-impl", is the benchmark's."""
         lora = self.memory_cases() if memory else self.cases()
         dora = self.dora_cases(memory)
         cases = lora + [c for c in dora if c not in lora]
         of = {"lora": lora, "dora": dora}  # QLoRA impls run in the quantized-base family
+        later = () if memory else self.profile.timed_in_full
         return [
             (c, name)
             for c in cases
             for name, impl in IMPLS.items()
-            if c in of.get(variant_of(impl), [])
+            if c in of.get(variant_of(impl), []) and name not in later
         ]
 
     def selected(self, jobs: list[J]) -> list[J]:
