@@ -284,7 +284,10 @@ def test_a_broken_impl_fails_the_gate(
         ("addmm", "infer", "not equivalent"), ("addmm", "train", "not equivalent")
     ]  # fmt: skip
     times = run.of(AbTime)
-    assert [(t.impl, t.mode) for t in times] == [("base", "infer"), ("base", "train")]
+    # first attempts; a base that read as changed under load is timed again (attempt >= 1)
+    firsts = [(t.impl, t.mode) for t in times if t.attempt == 0]
+    assert firsts == [("base", "infer"), ("base", "train")]
+    assert {(t.impl, t.mode) for t in times} == set(firsts)
     for t in times:
         assert len(t.base_s) == len(t.current_s) >= 15
         assert t.ratio > 0  # computed; how fast is the machine's business

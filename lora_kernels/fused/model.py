@@ -6,7 +6,9 @@ Names, parameters and state_dict keys stay as they were.
 
 `fuse_modules` plans every candidate (a module with LoRA on any of its projections) before it
 changes anything: one that cannot fuse is refused with its name and why, or, with
-fallback=True, left per layer and named in the report. A merged layer runs per layer.
+fallback=True, left per layer and named in the report. A merged layer runs per layer, and so
+does a model being traced by torch.compile (the shared call keeps state between calls, which a
+graph cannot; the compiler fuses what it can itself).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class _Live:
         self.key: tuple = ()
         self.seen: set[tuple] = set()
         self.op: ModuleOp | None = None
+        self.built: ModuleWeights | None = None  # the weights self.op was built on
 
     def weights(self) -> ModuleWeights:
         ws = [layer.weights() for layer in self.layers]
@@ -65,14 +68,13 @@ class _Live:
     def op_for(self, x: Tensor) -> ModuleOp:
         """The fused op, x checked against the weights (each new signature once)."""
         key = tuple((id(t), t._version) for layer in self.layers for t in _tensors(layer))
-        if self.op is None or key != self.key:
+        if self.op is None or self.built is None or key != self.key:
             w = self.weights()
             self.op = build_qkv_fused(w) if isinstance(w, QKVWeights) else build_mlp_fused(w)  # type: ignore[arg-type]
-            self.key, self.seen = key, set()
-            self._weights = w
+            self.key, self.seen, self.built = key, set(), w
         signature = (x.shape[-1], x.dtype, x.device)
         if signature not in self.seen:
-            self._weights.check_input(x)
+            self.built.check_input(x)
             self.seen.add(signature)
         return self.op
 
