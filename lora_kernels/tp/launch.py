@@ -1,0 +1,90 @@
+"""Start `world` processes on this machine joined in one process group (gloo on a CPU, NCCL
+when each rank has a GPU of its own), run a function on each, and gather what each returns.
+Nothing to install or start by hand: the rendezvous is a file in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
+
+BACKENDS = ("gloo", "nccl")
+
+
+class RankError(RuntimeError):
+    """A rank raised, died or timed out on a collective; the message names each rank and why."""
+
+
+def _child(index: int, world: int, backend: str, folder: str, timeout_s: float, threads: int,
+           fn: Callable[..., Any], args: tuple) -> None:  # fmt: skip
+    torch.set_num_threads(threads)
+    if backend == "nccl":
+        torch.cuda.set_device(index)
+    dist.init_process_group(backend, init_method=f"file://{folder}/rendezvous", rank=index,
+                            world_size=world, timeout=timedelta(seconds=timeout_s))  # fmt: skip
+    try:
+        result = fn(index, world, *args)
+        part = Path(folder) / f"rank{index}.pt"
+        torch.save(result, f"{part}.partial")
+        os.replace(f"{part}.partial", part)  # whole, or not there
+    except BaseException as err:
+        lines = str(err).strip().splitlines() or [""]
+        (Path(folder) / f"rank{index}.error").write_text(f"{type(err).__name__}: {lines[0]}")
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(
+    world: int,
+    fn: Callable[..., Any],
+    *args: Any,
+    backend: str = "gloo",
+    timeout_s: float = 60.0,
+    threads: int = 1,
+) -> list[Any]:
+    """fn(index, world, *args) on each of `world` new processes in one process group; returns
+    each rank's result (what torch.save takes), in rank order. fn must be importable (a
+    module-level function). A rank that raises, dies or waits on a collective longer than
+    `timeout_s` stops the others and raises RankError; no result is returned half."""
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"world must be an int >= 1, got {world!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "nccl" and torch.cuda.device_count() < world:
+        raise ValueError(f"nccl with {world} ranks needs {world} GPUs, this machine has "
+                         f"{torch.cuda.device_count()}; use gloo, or fewer ranks")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="lora-tp-") as folder:
+        try:
+            mp.spawn(_child, args=(world, backend, folder, timeout_s, threads, fn, args),
+                     nprocs=world, join=True)  # fmt: skip
+        except ProcessException as err:
+            raise RankError(_failures(folder, world, err)) from None
+        parts = [Path(folder) / f"rank{i}.pt" for i in range(world)]
+        missing = [i for i, p in enumerate(parts) if not p.exists()]
+        if missing:
+            raise RankError(f"ranks {missing} of {world} returned no result")
+        return [torch.load(p, weights_only=False) for p in parts]
+
+
+def _failures(folder: str, world: int, err: ProcessException) -> str:
+    """The rank that stopped first, and every rank's error that was written down."""
+    said = {}
+    for i in range(world):
+        path = Path(folder) / f"rank{i}.error"
+        if path.exists():
+            said[i] = f"rank {i} of {world} raised {path.read_text()}"
+    first = err.error_index
+    if first not in said:
+        code = err.exit_code if isinstance(err, ProcessExitedException) else None
+        said[first] = f"rank {first} of {world} " + (
+            "failed" if code is None else f"died (exit {code})")  # fmt: skip
+    return "; ".join(said[i] for i in sorted(said)) + "; the others were stopped"

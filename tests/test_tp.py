@@ -1,0 +1,97 @@
+"""Tensor-parallel LoRA: every split (column and row base; adapter replicated, sharded, fully
+sharded) against the single-device float64 oracle, forward and the gradients of x, A and B,
+with 2 and 4 gloo processes started by the test; the bytes each collective moves against
+expected_traffic; and refusals before any process starts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.distributed as dist
+from tp_workers import case_inputs, case_weights, one_dies, one_raises, one_stalls, step
+
+from lora_kernels import reference_forward, reference_grads, rel_error
+from lora_kernels.tp import ADAPTERS, KINDS, RankError, TPSplit, expected_traffic, run_ranks
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
+TOL = 1e-5
+
+
+def cases(world: int) -> list[dict]:
+    """Each split on random shapes whose split dimensions the world divides, B non-zero."""
+    rng = random.Random(world)
+    out = []
+    for i, (kind, adapter) in enumerate((k, a) for k in KINDS for a in ADAPTERS):
+        n, m = (world * rng.randint(2, 9) for _ in range(2))
+        r = world * rng.randint(1, min(n, m) // world)
+        lead = rng.choice([(5,), (2, 3), (1,)])
+        out.append({"kind": kind, "adapter": adapter, "in": n, "out": m, "r": r, "lead": lead,
+                    "bias": i % 2 == 0, "seed": 100 * world + i})  # fmt: skip
+    return out
+
+
+def expected(case: dict, world: int, index: int) -> dict[str, torch.Tensor]:
+    """What rank `index` should hold, cut from the whole layer's float64 oracle."""
+    w = case_weights(case)
+    x, dy = case_inputs(case)
+    y = reference_forward(w, x)
+    grads = reference_grads(w, x, dy)
+    split = TPSplit(case["kind"], case["adapter"], world)
+    c = split.slices(case["in"], case["out"], case["r"], index)
+    dA, dB = grads.A[c.a_rows, c.a_cols], grads.B[c.b_rows]
+    base = x.double() @ w.W.double().T + (0 if w.b is None else w.b.double())
+    if split.kind == "column":
+        return {"y": y[..., c.out], "base": base[..., c.out], "dx": grads.x, "dA": dA, "dB": dB}
+    return {"y": y, "base": base, "dx": grads.x[..., c.inp], "dA": dA, "dB": dB}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_split_computes_the_single_device_function(world: int) -> None:
+    todo = cases(world)
+    ranks = run_ranks(world, step, todo, timeout_s=120)
+    for case, *per_rank in zip(todo, *ranks, strict=True):
+        label = f"{case['kind']}/{case['adapter']} tp={world}"
+        for index, got in enumerate(per_rank):
+            want = expected(case, world, index)
+            for name, ref in want.items():
+                assert ref.abs().sum() > 0, f"{label}: the oracle's {name} is zero"
+                err = rel_error(got[name], ref)
+                assert err <= TOL, f"{label} rank {index}: {name} off by {err:.2g}"
+            tokens = torch.Size(case["lead"]).numel()
+            split = TPSplit(case["kind"], case["adapter"], world)
+            assert got["traffic"] == expected_traffic(split, tokens, case["in"], case["out"],
+                                                      case["r"], 4), label  # fmt: skip
+
+
+def test_a_world_that_does_not_divide_is_refused_before_any_process() -> None:
+    with pytest.raises(ValueError, match=r"column/sharded tp=4: the world size 4 does not "
+                       r"divide out_features \(6\)"):  # fmt: skip
+        TPSplit("column", "sharded", 4).check(8, 6, 4)
+    with pytest.raises(ValueError, match=r"does not divide rank \(6\).*splits out_features, rank"):
+        TPSplit("column", "fully_sharded", 4).check(8, 8, 6)
+    with pytest.raises(ValueError, match=r"does not divide in_features \(6\)"):
+        TPSplit("row", "replicated", 4).check(6, 8, 4)
+    with pytest.raises(ValueError, match=r"does not divide out_features \(6\)"):
+        TPSplit("row", "fully_sharded", 4).check(8, 6, 3)
+    TPSplit("row", "fully_sharded", 2).check(8, 6, 3)  # r need not divide: A splits along in
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TPSplit("diagonal", "sharded", 2)
+    with pytest.raises(ValueError, match="adapter must be one of"):
+        TPSplit("row", "halved", 2)
+    with pytest.raises(ValueError, match="world must be an int >= 1"):
+        TPSplit("row", "sharded", 0)
+
+
+@pytest.mark.parametrize(
+    ("fn", "match"),
+    [
+        (one_raises, r"rank 1 of 2 raised ValueError: rank 1 refuses"),
+        (one_dies, r"rank 1 of 2 died \(exit 3\);.*the others were stopped"),
+        (one_stalls, r"rank 0 of 2 raised .*the others were stopped"),
+    ],
+)
+def test_a_rank_that_fails_stops_the_others_with_a_clear_error(fn: object, match: str) -> None:
+    with pytest.raises(RankError, match=match):
+        run_ranks(2, fn, timeout_s=3)
