@@ -4,7 +4,8 @@ rank puts in; a ring all-reduce sends about 2·(tp − 1)/tp of it per rank, an 
 (tp − 1)/tp of its output).
 
 - copy_to: identity forward, all-reduce of the gradient backward (x read whole by every rank
-  of a column-parallel layer: each rank's dx is partial);
+  of a column-parallel layer: each rank's dx is partial); `replicated` is the same for an
+  adapter tensor every rank holds whole;
 - reduce_from: all-reduce forward, identity backward (partial outputs summed, the sum used
   the same way on every rank);
 - reduce_both: all-reduce forward and backward (partial shrinks summed, the sum used
@@ -54,13 +55,13 @@ def _all_reduce(t: Tensor, group: Any, traffic: Traffic | None, phase: str) -> T
 
 class _CopyTo(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any, traffic: Traffic | None) -> Tensor:
-        ctx.group, ctx.traffic = group, traffic
+    def forward(ctx: Any, x: Tensor, group: Any, traffic: Traffic | None, phase: str) -> Tensor:
+        ctx.group, ctx.traffic, ctx.phase = group, traffic, phase
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
-        return _all_reduce(g.clone(), ctx.group, ctx.traffic, "backward"), None, None
+        return _all_reduce(g.clone(), ctx.group, ctx.traffic, ctx.phase), None, None, None
 
 
 class _ReduceFrom(torch.autograd.Function):
@@ -97,7 +98,7 @@ class _GatherLast(torch.autograd.Function):
 
 def copy_to(x: Tensor, group: Any = None, traffic: Traffic | None = None) -> Tensor:
     """x, whose gradient is all-reduced over the group in backward."""
-    return _CopyTo.apply(x, group, traffic)
+    return _CopyTo.apply(x, group, traffic, "backward")
 
 
 def reduce_from(x: Tensor, group: Any = None, traffic: Traffic | None = None) -> Tensor:
@@ -115,12 +116,8 @@ def gather_last(x: Tensor, group: Any = None, traffic: Traffic | None = None) ->
     return _GatherLast.apply(x, group, traffic)
 
 
-def all_reduce_grad(p: Tensor, group: Any = None, traffic: Traffic | None = None) -> None:
-    """Sum each gradient of p over the group before it accumulates into p.grad: a replicated
-    tensor whose gradient each rank computes only part of (accumulation over micro-batches
-    stays right: each backward's part is summed once)."""
-
-    def hook(g: Tensor) -> Tensor:
-        return _all_reduce(g.clone(), group, traffic, "backward grad")
-
-    p.register_hook(hook)
+def replicated(p: Tensor, group: Any = None, traffic: Traffic | None = None) -> Tensor:
+    """p, as a rank uses a tensor every rank holds whole but computes only part of the
+    gradient of: its gradient is summed over the group in backward, each backward's part
+    once (so accumulation over micro-batches stays right)."""
+    return _CopyTo.apply(p, group, traffic, "backward grad")

@@ -4,6 +4,7 @@ Nothing to install or start by hand: the rendezvous is a file in a temporary fol
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import tempfile
 from collections.abc import Callable
@@ -25,6 +26,7 @@ class RankError(RuntimeError):
 
 def _child(index: int, world: int, backend: str, folder: str, timeout_s: float, threads: int,
            fn: Callable[..., Any], args: tuple) -> None:  # fmt: skip
+    faulthandler.enable()  # a rank that crashes says where on its stderr
     torch.set_num_threads(threads)
     if backend == "nccl":
         torch.cuda.set_device(index)

@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from lora_kernels.tp.comm import (
     Traffic,
-    all_reduce_grad,
     copy_to,
     gather_last,
     reduce_both,
     reduce_from,
+    replicated,
 )
 from lora_kernels.tp.split import TPSplit
 from lora_kernels.weights import LoRAWeights
@@ -31,7 +31,8 @@ class TPLoRALinear(nn.Module):
     default group when None). Column: x (..., in), whole on every rank -> y_i (..., out / tp),
     this rank's slice of y. Row: x_i (..., in / tp), this rank's slice of x -> y (..., out),
     whole on every rank. W_i and b_i are frozen; lora_A and lora_B (this rank's A_i and B_i)
-    train, and a replicated one gets its gradient summed over the group in backward.
+    train, and a replicated one gets its gradient summed over the group in backward (each
+    rank computes part of it).
     `traffic` counts the bytes every collective of the layer puts in."""
 
     def __init__(
@@ -55,8 +56,6 @@ class TPLoRALinear(nn.Module):
         self.bias = _frozen(shard.b)
         self.lora_A = nn.Parameter(shard.A.detach().clone())
         self.lora_B = nn.Parameter(shard.B.detach().clone())
-        for name in split.replicated:
-            all_reduce_grad(getattr(self, f"lora_{name}"), group, traffic)
 
     def base_forward(self, x: Tensor) -> Tensor:
         """The frozen tensor-parallel layer of the same split, without the adapter."""
@@ -66,28 +65,40 @@ class TPLoRALinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        A, B, s = self.lora_A, self.lora_B, self.scale
+        lead = x.shape[:-1]
+        y = self._forward(x.reshape(-1, x.shape[-1]))
+        return y.view(*lead, y.shape[-1])
+
+    def _forward(self, x: Tensor) -> Tensor:
+        """x (T, in) or (T, in / tp) -> (T, out / tp) or (T, out). Each expand is added in
+        place into the output: one output-sized tensor a call, as the frozen layer's."""
+        A: Tensor = self.lora_A
+        B: Tensor = self.lora_B
+        s = self.scale
         adapter, group, traffic = self.split.adapter, self.group, self.traffic
+        if "A" in self.split.replicated:
+            A = replicated(A, group, traffic)
+        if "B" in self.split.replicated:
+            B = replicated(B, group, traffic)
         if self.split.kind == "column":
             xr = copy_to(x, group, traffic)
-            y = F.linear(xr, self.weight, self.bias)
-            xa = F.linear(xr, A)  # (..., r), or (..., r / tp) fully sharded
+            xa = xr @ A.t()  # (T, r), or (T, r / tp) fully sharded
             if adapter == "fully_sharded":
                 xa = gather_last(xa, group, traffic)
             B_i = B[self.out] if adapter == "replicated" else B
-            return y + s * F.linear(xa, B_i)
-        partial = F.linear(x, self.weight)  # (..., out), this rank's part of the sum
+            return F.linear(xr, self.weight, self.bias).addmm_(xa, B_i.t(), alpha=s)
+        partial = x @ self.weight.t()  # (T, out), this rank's part of the sum
         if adapter == "sharded":  # expanded here, summed by the base's own all-reduce
-            partial = partial + s * F.linear(F.linear(x, A), B)
+            partial.addmm_(x @ A.t(), B.t(), alpha=s)
             y = reduce_from(partial, group, traffic)
         elif adapter == "fully_sharded":  # each rank expands its columns of y
-            xa = reduce_both(F.linear(x, A), group, traffic)
+            xa = reduce_both(x @ A.t(), group, traffic)
             start, stop = self.out.start, self.out.stop
-            partial.narrow(-1, start, stop - start).add_(F.linear(xa, B), alpha=s)
+            partial.narrow(-1, start, stop - start).addmm_(xa, B.t(), alpha=s)
             y = reduce_from(partial, group, traffic)
         else:  # replicated: the whole shrink on every rank, expanded after the sum
-            xa = reduce_from(F.linear(x, A[:, self.inp]), group, traffic)
-            y = reduce_from(partial, group, traffic) + s * F.linear(xa, B)
+            xa = reduce_from(x @ A[:, self.inp].t(), group, traffic)
+            y = reduce_from(partial, group, traffic).addmm_(xa, B.t(), alpha=s)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

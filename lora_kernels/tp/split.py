@@ -20,6 +20,7 @@ The base's own collective (column: dx in backward; row: y in forward) comes on t
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -140,27 +141,37 @@ class TPSplit:
 
 
 def expected_traffic(
-    split: TPSplit, tokens: int, in_features: int, out_features: int, rank: int, itemsize: int
+    split: TPSplit,
+    tokens: int,
+    in_features: int,
+    out_features: int,
+    rank: int,
+    itemsize: int,
+    *,
+    train: bool = True,
+    adapter: bool = True,
 ) -> dict[str, int]:
-    """Bytes each kind of collective puts in on one rank over a forward and a backward (x
-    requiring its gradient), the base's own included, as TPLoRALinear's Traffic records them:
-    "forward all_reduce", "forward all_gather", "backward all_reduce", "backward grad
-    all_reduce" (the replicated tensors' gradients)."""
+    """Bytes each kind of collective puts in on one rank over a forward, and with `train` a
+    backward (x requiring its gradient), the base's own included, as TPLoRALinear's Traffic
+    records them: "forward all_reduce", "forward all_gather", "backward all_reduce",
+    "backward grad all_reduce" (the replicated tensors' gradients). adapter=False: the frozen
+    layer of the same split alone."""
     split.check(in_features, out_features, rank)
     T, n, m, r, tp = tokens, in_features, out_features, rank, split.world
-    out: dict[str, int] = {}
+    out: Counter[str] = Counter()
     if split.kind == "column":
-        out["backward all_reduce"] = T * n  # dx, the base's
-        if split.adapter == "fully_sharded":
-            out["forward all_gather"] = T * r // tp
-            out["backward all_reduce"] += T * r
+        out["backward all_reduce"] += T * n  # dx, the base's
     else:
-        out["forward all_reduce"] = T * m  # y, the base's
-        if split.adapter in ("replicated", "fully_sharded"):
+        out["forward all_reduce"] += T * m  # y, the base's
+    if adapter:
+        if split.kind == "column" and split.adapter == "fully_sharded":
+            out["forward all_gather"] += T * r // tp
+            out["backward all_reduce"] += T * r
+        if split.kind == "row" and split.adapter in ("replicated", "fully_sharded"):
             out["forward all_reduce"] += T * r
-        if split.adapter == "fully_sharded":
-            out["backward all_reduce"] = T * r
-    grads = {"A": r * n, "B": m * r}
-    if split.replicated:
-        out["backward grad all_reduce"] = sum(grads[name] for name in split.replicated)
-    return {k: v * itemsize for k, v in out.items()}
+        if split.kind == "row" and split.adapter == "fully_sharded":
+            out["backward all_reduce"] += T * r
+        grads = {"A": r * n, "B": m * r}
+        for name in split.replicated:
+            out["backward grad all_reduce"] += grads[name]
+    return {k: v * itemsize for k, v in out.items() if v and (train or k.startswith("forward"))}
