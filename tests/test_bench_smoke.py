@@ -228,3 +228,15 @@ def test_breakdown_and_traces(tiny_run: tuple[Path, str]) -> None:
     folder = tiny_run[0].parent / "traces" / "toy_T512_r8_fp32_cpu"
     trace = json.loads(gzip.decompress((folder / "addmm-train.trace.json.gz").read_bytes()))
     assert any(ev.get("name") == "lora-bench addmm train" for ev in trace["traceEvents"])
+
+
+def test_tp_bench_checks_and_times_every_split(tiny_run: tuple[Path, str]) -> None:
+    run = load_run(tiny_run[0] / "cpu-tiny.json")
+    got = {(e.parallel, e.adapter): e for e in run.tp()}
+    if not got:
+        pytest.skip("torch.distributed is not available")
+    assert len(got) == 6
+    for e in got.values():
+        assert e.rel_error <= 1e-5 and e.world == 2 and e.backend == "gloo"
+        assert e.comm_bytes > e.base_comm_bytes > 0 and e.peak_bytes > 0
+        assert len(e.rounds.impl_s) >= 3

@@ -21,6 +21,7 @@ from bench.families.lifecycle import life_jobs
 from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
 from bench.families.quant import quant_jobs
+from bench.families.tp import tp_jobs
 from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
 from bench.harness.runner import Harness
@@ -38,7 +39,7 @@ SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
 BENCH_FIXTURES = {
     "case", "fused_job", "gen_job", "life_job", "memory_case", "model_job", "multi_job",
-    "quant_job", "timer_case",
+    "quant_job", "timer_case", "tp_job",
 }  # fmt: skip
 PRESET_TARGETS = ("attn", "all-linear")
 
@@ -79,7 +80,7 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs, fused_jobs)
+    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs, fused_jobs, tp_jobs)
     jobs = [str(j.case) for jobs_of in families for j in jobs_of(profile.name, devices)]
     return list(dict.fromkeys([*map(str, cases), *jobs]))
 
@@ -140,6 +141,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fused_job" in names:
         fuseds = fused_jobs(settings.profile.name, settings.devices)
         metafunc.parametrize("fused_job", settings.selected(fuseds), ids=str)
+    if "tp_job" in names:
+        tps = tp_jobs(settings.profile.name, settings.devices)
+        metafunc.parametrize("tp_job", settings.selected(tps), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 

@@ -20,6 +20,7 @@ from bench.report.models import model_tables
 from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
 from bench.report.quant import quant_tables
+from bench.report.tp import tp_tables
 from bench.schema.run import Run
 
 
@@ -46,6 +47,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *lifecycle_tables(run),
         *quant_tables(run),
         *fused_tables(run),
+        *tp_tables(run),
         *profile_tables(run),
     ]
     return [t for t in tables if t.rows]

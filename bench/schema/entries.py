@@ -319,6 +319,38 @@ class FusedEntry:
 
 
 @dataclass(frozen=True)
+class TPEntry:
+    """One split of a tensor-parallel LoRA layer on `world` ranks: its forward or training
+    step timed in pairs (on rank 0, every call started on a barrier) with the frozen
+    tensor-parallel layer of the same split, in the same processes; the bytes its collectives
+    put in per call on a rank (measured, and equal to the formulas of
+    lora_kernels.tp.expected_traffic, or the job fails), the frozen layer's beside; the peak
+    bytes of a call on the worst rank."""
+
+    kind: ClassVar[str] = "tp"
+    fullname: str
+    case: str  # "layer kind/adapter tp=.. T=.. r=.. dtype device"
+    key: str
+    layer: str
+    parallel: str  # "column" or "row": how the base splits
+    adapter: str  # "replicated", "sharded" or "fully_sharded"
+    world: int
+    tokens: int
+    rank: int
+    dtype: str
+    device: str
+    backend: str  # "gloo" or "nccl"
+    mode: str
+    threads: int  # per rank
+    rel_error: float  # worst rank's, against its slices of the whole layer's float64 oracle
+    comm_bytes: int
+    base_comm_bytes: int
+    peak_bytes: int
+    base_peak_bytes: int
+    rounds: Paired
+
+
+@dataclass(frozen=True)
 class QuantEntry:
     """One job of the quantized-base family. A layer job: an impl's forward or training step
     (impl "dense": the float base layer) timed in pairs with the quantized base's own, and
@@ -451,6 +483,7 @@ Entry = (
     | LifecycleEntry
     | QuantEntry
     | FusedEntry
+    | TPEntry
 )
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
@@ -466,5 +499,6 @@ ENTRY_KINDS: dict[str, type] = {
         LifecycleEntry,
         QuantEntry,
         FusedEntry,
+        TPEntry,
     )
 }

@@ -28,6 +28,7 @@ from bench.schema.entries import (
     QuantEntry,
     TimeEntry,
     TimerCheckEntry,
+    TPEntry,
 )
 from bench.schema.io import ResultError, read_json
 
@@ -119,6 +120,9 @@ class Run:
 
     def fused(self) -> list[FusedEntry]:
         return [e for e in self.entries if isinstance(e, FusedEntry)]
+
+    def tp(self) -> list[TPEntry]:
+        return [e for e in self.entries if isinstance(e, TPEntry)]
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA

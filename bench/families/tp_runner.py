@@ -1,0 +1,191 @@
+"""The tensor-parallel bench's steps for one job. Each rank (a process of its own) builds its
+shard, checks its outputs and gradients against the whole layer's float64 oracle, counts the
+bytes each collective puts in, measures its peak, then times the LoRA layer in pairs with the
+frozen layer of the same split: every call starts on a barrier, so a rank's time includes
+waiting for the others at the collectives, and rank 0 decides when the rounds stop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from bench.families.tp import TP_PROFILES, TPCase, TPJob
+from bench.harness.cases import DTYPES
+from bench.harness.memory import peak_bytes
+from bench.harness.rounds import Budget, choose_inner, stop_reason
+from bench.harness.runner import Harness
+from bench.harness.timing import synchronize
+from bench.schema.entries import Paired, TPEntry
+from lora_kernels import reference_forward, reference_grads, rel_error, tolerance
+from lora_kernels.tp import TPLoRALinear, Traffic, expected_traffic, run_ranks
+
+TIMEOUT_S = 300.0  # a collective waiting longer than this means a rank is gone
+PEAK_ATTEMPTS = 10
+
+
+def _steps(layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor, train: bool
+           ) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]]:  # fmt: skip
+    """The LoRA layer's call and the frozen layer's (forward, and in training backward with dx,
+    x requiring its gradient, and the adapter's gradients), and what clears the gradients
+    they leave: the timed rounds run it before each call, the peaks outside the measured call
+    (else a call's peak would count the previous call's gradients it frees)."""
+
+    def clear() -> None:
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+
+    def call(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            if train:
+                fn(x).backward(dy)
+                return
+            with torch.no_grad():
+                fn(x)
+
+        return run
+
+    return call(layer), call(layer.base_forward), clear
+
+
+def _errors(case: TPCase, layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor,
+            train: bool) -> float:  # fmt: skip
+    """This rank's worst relative error against its slices of the whole layer's oracle."""
+    whole_x, whole_dy = case.inputs()
+    w = case.weights()
+    c = case.split.slices(case.in_features, case.out_features, case.rank, dist.get_rank())
+    column = case.split.kind == "column"
+    y = layer(x)
+    want = reference_forward(w, whole_x)
+    errors = [rel_error(y, want[..., c.out] if column else want)]
+    if train:
+        y.backward(dy)
+        g = reference_grads(w, whole_x, whole_dy)
+        errors += [rel_error(x.grad, g.x if column else g.x[..., c.inp]),  # type: ignore[arg-type]
+                   rel_error(layer.lora_A.grad, g.A[c.a_rows, c.a_cols]),  # type: ignore[arg-type]
+                   rel_error(layer.lora_B.grad, g.B[c.b_rows])]  # type: ignore[arg-type]  # fmt: skip
+    return max(errors)
+
+
+def _peak(call: Callable[[], None], clear: Callable[[], None], device: str) -> int:
+    """peak_bytes of the call, its gradients cleared first. On a CPU its memory timeline (the
+    torch profiler's private analysis) now and then fails an internal check ("duplicate
+    outputs") on these graphs; every rank then runs the call again, as its collectives need
+    them all."""
+    for _ in range(PEAK_ATTEMPTS):
+        clear()
+        try:
+            value: int | None = peak_bytes(call, device)
+        except AssertionError:
+            value = None
+        values: list[int | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        if value is not None and None not in values:
+            return value
+    raise RuntimeError(f"the torch profiler's memory timeline failed {PEAK_ATTEMPTS} times")
+
+
+def _moved(traffic: Traffic, call: Callable[[], None]) -> dict[str, int]:
+    traffic.clear()
+    call()
+    return dict(traffic.bytes)
+
+
+def _time(call: Callable[[], None], inner: int, device: str) -> float:
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(inner):
+        call()
+    synchronize(device)
+    return (time.perf_counter() - start) / inner
+
+
+def _agree(value: Any) -> Any:
+    """Rank 0's value, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -> dict:
+    """One rank's part of a job (run by run_ranks in a process of its own)."""
+    case, train = TPCase(**fields), mode == "train"  # on CUDA, run_ranks set this rank's GPU
+    traffic = Traffic()
+    layer = TPLoRALinear(case.weights(), case.split, traffic=traffic)
+    whole_x, whole_dy = case.inputs()
+    column = case.split.kind == "column"
+    x = (whole_x if column else whole_x[..., layer.inp]).clone().requires_grad_(train)
+    dy = whole_dy[..., layer.out] if column else whole_dy
+    error = _errors(case, layer, x, dy, train)
+    lora_run, base_run, clear = _steps(layer, x, dy, train)
+
+    def lora() -> None:
+        clear()
+        lora_run()
+
+    def base() -> None:
+        clear()
+        base_run()
+
+    moved = {"lora": _moved(traffic, lora), "base": _moved(traffic, base)}
+    traffic.clear()
+    device = torch.device(case.device).type
+    peaks = {"lora": _peak(lora_run, clear, device), "base": _peak(base_run, clear, device)}
+    for call in (lora, base, lora, base):  # warm
+        call()
+    inner = _agree(choose_inner(max(_time(lora, 1, device), _time(base, 1, device))))
+    impl_s: list[float] = []
+    base_s: list[float] = []
+    start, stopped = time.perf_counter(), None
+    while stopped is None:
+        base_s.append(_time(base, inner, device))
+        impl_s.append(_time(lora, inner, device))
+        ratios = [i / b for i, b in zip(impl_s, base_s, strict=True)]
+        stopped = _agree(stop_reason(ratios, time.perf_counter() - start, budget))
+    return {"error": error, "moved": moved, "peaks": peaks, "inner": inner, "impl_s": impl_s,
+            "base_s": base_s, "stopped": stopped, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def time_tp(harness: Harness, benchmark: BenchmarkFixture, job: TPJob) -> None:
+    case, train = job.case, job.mode == "train"
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    if case.device == "cuda" and torch.cuda.device_count() < case.world:
+        pytest.skip(f"tensor parallelism over {case.world} ranks needs {case.world} GPUs; "
+                    f"this machine has {torch.cuda.device_count()}")  # fmt: skip
+    benchmark.group = f"tp {case}"
+    budget = harness.settings.budget(TP_PROFILES[harness.settings.profile.name].budget)
+    threads = max(1, harness.settings.threads // case.world)
+
+    def run() -> list[dict]:
+        return run_ranks(case.world, rank_work, asdict(case), job.mode, budget,
+                         backend=case.backend, timeout_s=TIMEOUT_S, threads=threads)  # fmt: skip
+
+    ranks = benchmark.pedantic(run, rounds=1, iterations=1)
+    tol = tolerance(DTYPES[case.dtype], case.device)
+    error = max(r["error"] for r in ranks)
+    if not error <= tol:
+        pytest.fail(f"{job}: rel error {error:.3g} > {tol:g} against the oracle")
+    itemsize = DTYPES[case.dtype].itemsize
+    args = (case.split, case.tokens, case.in_features, case.out_features, case.rank, itemsize)
+    want = {"lora": expected_traffic(*args, train=train),
+            "base": expected_traffic(*args, train=train, adapter=False)}  # fmt: skip
+    for r in ranks:
+        if r["moved"] != want:
+            pytest.fail(f"{job}: the collectives moved {r['moved']}, the formulas say {want}")
+    first = ranks[0]
+    rounds = Paired(first["inner"], first["impl_s"], first["base_s"], first["stopped"],
+                    budget.target)  # fmt: skip
+    harness.record(benchmark, TPEntry(
+        fullname=harness.nodeid, **case.fields(), parallel=case.split.kind, mode=job.mode,
+        backend=case.backend, threads=first["threads"], rel_error=error,
+        comm_bytes=sum(want["lora"].values()), base_comm_bytes=sum(want["base"].values()),
+        peak_bytes=max(r["peaks"]["lora"] for r in ranks),
+        base_peak_bytes=max(r["peaks"]["base"] for r in ranks), rounds=rounds,
+    ))  # fmt: skip
