@@ -1,5 +1,5 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
-report, compare, check, plot, baseline and export read results JSONs and import neither torch
+report, compare, check, plot, baseline, export and merge read results JSONs and import neither torch
 nor the registry; ab drives two side processes and imports no torch itself; run, impls,
 verify, profile and plan load torch.
 
@@ -20,6 +20,7 @@ from bench.cli import (
     compare,
     export,
     impls,
+    merge,
     plan,
     plot,
     profile,
@@ -29,7 +30,21 @@ from bench.cli import (
 )
 from bench.schema.io import ResultError
 
-COMMANDS = (report, compare, check, plot, baseline, ab, plan, export, impls, verify, profile, run)
+COMMANDS = (
+    report,
+    compare,
+    check,
+    plot,
+    baseline,
+    ab,
+    plan,
+    export,
+    impls,
+    verify,
+    profile,
+    run,
+    merge,
+)
 PASS_THROUGH = "--"  # what follows goes to pytest, for `run` only
 
 

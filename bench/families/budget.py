@@ -37,3 +37,14 @@ QUICK: dict[str, FileBudget] = {
     "bench/test_fused.py": FileBudget(6, 15.0),
     "bench/test_tp.py": FileBudget(1, 0.5),  # none on a CPU: collected as one empty-set skip
 }
+
+
+def expected_seconds(path: str) -> float:
+    """Seconds a benchmark of the file at `path` (e.g. "bench/test_forward.py", or that file
+    installed elsewhere) is expected to take: its quick measurement per benchmark; 1 s for a
+    file without one. What --lora-shard balances shards by (for any profile: the files'
+    proportions, not their seconds, matter)."""
+    budget = QUICK.get(f"bench/{path.replace(chr(92), '/').rpartition('/')[2]}")
+    if budget is None or budget.benchmarks == 0:
+        return 1.0
+    return budget.seconds / budget.benchmarks

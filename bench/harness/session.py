@@ -111,6 +111,8 @@ class Settings:
     trace_dir: Path | None = None  # --lora-trace: a trace per timed (case, impl, mode)
     started_at: float = field(default_factory=time.monotonic)
     not_run: list[str] = field(default_factory=list)  # benchmarks the deadline skipped
+    shard: tuple[int, int] | None = None  # --lora-shard i/N: (i, N)
+    shard_items: list[str] = field(default_factory=list)  # the shard's benchmark ids
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -138,6 +140,7 @@ class Settings:
             seconds=seconds,
             target=target,
             deadline=config.getoption("lora_deadline"),
+            shard=config.getoption("lora_shard"),
             trace_dir=_folder(config, trace) if trace else None,
         )
 
@@ -236,6 +239,8 @@ class Settings:
             allocator=self.allocator,
             deadline=self.deadline,
             not_run=list(self.not_run),
+            shard="" if self.shard is None else "/".join(map(str, self.shard)),
+            shard_items=list(self.shard_items),
             impls=impl_infos(),
             shapes=list(SHAPES),
             peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},

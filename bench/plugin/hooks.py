@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bench.families import probe
+from bench.families.budget import expected_seconds
 from bench.families.fused import fused_jobs
 from bench.families.generation import gen_jobs
 from bench.families.lifecycle import life_jobs
@@ -26,6 +27,7 @@ from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
 from bench.harness.runner import Harness
 from bench.harness.session import Settings, configure_torch, cpu_model, device_name, physical_cores
+from bench.harness.shards import assign
 from bench.plugin.options import OPTIONS
 from bench.report.document import run_markdown
 from bench.report.plan import presets_markdown
@@ -146,6 +148,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tp_job", settings.selected(tps), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --lora-shard i/N, keep the benchmarks of shard i (the others are deselected), by
+    each one's expected seconds: its file's measured seconds per benchmark (bench/families/
+    budget.py), 1 s for a file that has none."""
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or settings.shard is None:
+        return
+    bench = [i for i in items if _module_of(i).partition(".")[0] == "bench"]
+    seconds = {i.nodeid: expected_seconds(i.nodeid.partition("::")[0]) for i in bench}
+    index, count = settings.shard
+    keep = set(assign(seconds, count)[index - 1])
+    settings.shard_items = [n.partition("::")[2] for n in seconds if n in keep]
+    dropped = [i for i in bench if i.nodeid not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
+
+
+def _module_of(item: pytest.Item) -> str:
+    module = getattr(item, "module", None)
+    return getattr(module, "__name__", "")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -26,6 +26,25 @@ def positive_number(text: str) -> float:
     return value
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """(i, N) of "i/N", 1 <= i <= N (shard i of N, 1-based); ValueError saying what is
+    allowed otherwise."""
+    head, sep, tail = text.partition("/")
+    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+        raise ValueError(f"a shard is written i/N (e.g. 2/4), got {text!r}")
+    index, count = int(head), int(tail)
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {text}: i must be in 1..N (N = {count}), got {index}")
+    return index, count
+
+
+def shard_option(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def fraction(text: str) -> float:
     """'1%' or 0.01 -> 0.01: a finite fraction in (0, 1), or a usage error."""
     try:
@@ -98,6 +117,12 @@ OPTIONS = (
         "seconds after the session starts past which no further benchmark starts: the rest "
         "skip, and the results say how many (default: none)",
         {"type": positive_number, "default": None},
+    ),
+    Option(
+        "shard",
+        "run the i-th of N shards of the profile's benchmarks, balanced by expected seconds, "
+        "e.g. 2/4; `lora-bench merge` joins the shards' results",
+        {"type": shard_option, "default": None, "metavar": "i/N"},
     ),
     Option(
         "only",

@@ -71,6 +71,8 @@ class RunMeta:
     allocator: str = ""  # how malloc's thresholds were set (bench.harness.allocator); "" before
     deadline: float | None = None  # --lora-deadline, seconds
     not_run: list[str] = field(default_factory=list)  # benchmark ids the deadline skipped
+    shard: str = ""  # "i/N" for a run of --lora-shard, "" for a whole run
+    shard_items: list[str] = field(default_factory=list)  # the benchmark ids of the shard
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
