@@ -33,7 +33,7 @@ def test_shards_are_parsed_and_refused_clearly() -> None:
         ("-1/2", "written i/N"),
     ):
         with pytest.raises(ValueError, match=match):
-            parse_shard(bad)  # fmt: skip
+            parse_shard(bad)
 
 
 def test_assign_balances_seconds_not_counts_and_is_deterministic() -> None:
