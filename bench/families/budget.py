@@ -44,7 +44,7 @@ def expected_seconds(path: str) -> float:
     installed elsewhere) is expected to take: its quick measurement per benchmark; 1 s for a
     file without one. What --lora-shard balances shards by (for any profile: the files'
     proportions, not their seconds, matter)."""
-    budget = QUICK.get(f"bench/{path.replace(chr(92), '/').rpartition('/')[2]}")
+    budget = QUICK.get(f"bench/{path.rpartition('/')[2]}")  # pytest's ids use "/"
     if budget is None or budget.benchmarks == 0:
         return 1.0
     return budget.seconds / budget.benchmarks

@@ -23,7 +23,7 @@ from bench.harness.rounds import Budget, choose_inner, stop_reason
 from bench.harness.runner import Harness
 from bench.harness.timing import synchronize
 from bench.schema.entries import Paired, TPEntry
-from lora_kernels import reference_forward, reference_grads, rel_error, tolerance
+from lora_kernels import LoRAWeights, reference_forward, reference_grads, rel_error, tolerance
 from lora_kernels.tp import TPLoRALinear, Traffic, expected_traffic, run_ranks
 
 TIMEOUT_S = 300.0  # a collective waiting longer than this means a rank is gone
@@ -54,11 +54,12 @@ def _steps(layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor, train: bool
     return call(layer), call(layer.base_forward), clear
 
 
-def _errors(case: TPCase, layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor,
+def _errors(case: TPCase, w: LoRAWeights, whole: tuple[torch.Tensor, torch.Tensor],
+            layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor,
             train: bool) -> float:  # fmt: skip
-    """This rank's worst relative error against its slices of the whole layer's oracle."""
-    whole_x, whole_dy = case.inputs()
-    w = case.weights()
+    """This rank's worst relative error against its slices of the whole layer `w`'s oracle
+    on the whole x and upstream gradient; x and dy are this rank's."""
+    whole_x, whole_dy = whole
     c = case.split.slices(case.in_features, case.out_features, case.rank, dist.get_rank())
     column = case.split.kind == "column"
     y = layer(x)
@@ -117,12 +118,13 @@ def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -
     """One rank's part of a job (run by run_ranks in a process of its own)."""
     case, train = TPCase(**fields), mode == "train"  # on CUDA, run_ranks set this rank's GPU
     traffic = Traffic()
-    layer = TPLoRALinear(case.weights(), case.split, traffic=traffic)
+    w = case.weights()
+    layer = TPLoRALinear(w, case.split, traffic=traffic)
     whole_x, whole_dy = case.inputs()
     column = case.split.kind == "column"
     x = (whole_x if column else whole_x[..., layer.inp]).clone().requires_grad_(train)
     dy = whole_dy[..., layer.out] if column else whole_dy
-    error = _errors(case, layer, x, dy, train)
+    error = _errors(case, w, (whole_x, whole_dy), layer, x, dy, train)
     lora_run, base_run, clear = _steps(layer, x, dy, train)
 
     def lora() -> None:
