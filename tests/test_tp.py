@@ -1,7 +1,7 @@
 """Tensor-parallel LoRA: every split (column and row base; adapter replicated, sharded, fully
 sharded) against the single-device float64 oracle, forward and the gradients of x, A and B,
-with 2 and 4 gloo processes started by the test; the bytes each collective moves against
-expected_traffic; and refusals before any process starts."""
+and a multi-adapter batch's forward, with 2 and 4 gloo processes started by the test; the
+bytes each collective moves against expected_traffic; and refusals before any process starts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,21 @@ import random
 import pytest
 import torch
 import torch.distributed as dist
-from tp_workers import case_inputs, case_weights, one_dies, one_raises, one_stalls, step
+from tp_workers import (
+    case_inputs,
+    case_weights,
+    multi_case_inputs,
+    multi_case_weights,
+    multi_refusals,
+    multi_step,
+    one_dies,
+    one_raises,
+    one_stalls,
+    step,
+)
 
 from lora_kernels import reference_forward, reference_grads, rel_error
+from lora_kernels.multi import multi_reference_forward
 from lora_kernels.tp import ADAPTERS, KINDS, RankError, TPSplit, expected_traffic, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
@@ -63,6 +75,54 @@ def test_every_split_computes_the_single_device_function(world: int) -> None:
             split = TPSplit(case["kind"], case["adapter"], world)
             assert got["traffic"] == expected_traffic(split, tokens, case["in"], case["out"],
                                                       case["r"], 4), label  # fmt: skip
+
+
+def multi_cases(world: int) -> list[dict]:
+    """Each split with 3 adapters of different ranks (r_max a multiple of the world)."""
+    rng = random.Random(10 + world)
+    out = []
+    for i, (kind, adapter) in enumerate((k, a) for k in KINDS for a in ADAPTERS):
+        n, m = (world * rng.randint(3, 9) for _ in range(2))
+        r_max = world * rng.randint(1, min(n, m) // world)
+        ranks = [r_max, rng.randint(1, r_max), rng.randint(1, r_max)]
+        lead = rng.choice([(7,), (2, 5)])
+        out.append({"kind": kind, "adapter": adapter, "in": n, "out": m, "ranks": ranks,
+                    "lead": lead, "bias": i % 2 == 1, "seed": 200 * world + i})  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_split_of_a_multi_adapter_batch_computes_the_single_device_function(
+    world: int,
+) -> None:
+    todo = multi_cases(world)
+    ranks = run_ranks(world, multi_step, todo, timeout_s=120)
+    for case, *per_rank in zip(todo, *ranks, strict=True):
+        label = f"multi {case['kind']}/{case['adapter']} tp={world}"
+        w = multi_case_weights(case)
+        x, ids = multi_case_inputs(case)
+        assert (ids == -1).any() and len(set(ids.flatten().tolist())) > 2, label
+        y = multi_reference_forward(w, x, ids)
+        base = x.double() @ w.W.double().T + (0 if w.b is None else w.b.double())
+        split = TPSplit(case["kind"], case["adapter"], world)
+        for index, got in enumerate(per_rank):
+            c = split.slices(case["in"], case["out"], max(case["ranks"]), index)
+            cut = c.out if split.kind == "column" else slice(None)
+            for name, ref in (("y", y[..., cut]), ("base", base[..., cut])):
+                err = rel_error(got[name], ref)
+                assert err <= TOL, f"{label} rank {index}: {name} off by {err:.2g}"
+            assert rel_error(got["y"], got["base"]) > 100 * TOL, f"{label}: no adapter added"
+            dims = (torch.Size(case["lead"]).numel(), case["in"], case["out"], max(case["ranks"]))
+            assert got["traffic"] == expected_traffic(split, *dims, 4, train=False), label
+
+
+def test_bad_adapter_ids_are_refused_on_each_rank() -> None:
+    [errors] = run_ranks(2, multi_refusals, timeout_s=60)[:1]
+    assert len(errors) == 4, errors
+    assert "adapter_ids must be an int64 or int32 tensor, got torch.float32" in errors[0]
+    assert "adapter_ids has shape (5,); x's tokens need (2, 3) or (6,)" in errors[1]
+    assert "adapter_ids must be in [-1, 2)" in errors[2] and "[2, 2]" in errors[2]
+    assert "x must be (..., 4) on this rank (row/sharded tp=2), got (2, 3, 8)" in errors[3]
 
 
 def test_a_world_that_does_not_divide_is_refused_before_any_process() -> None:

@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from lora_kernels import LoRAWeights
-from lora_kernels.tp import TPLoRALinear, TPSplit, Traffic
+from lora_kernels.multi import MultiLoRAWeights, random_index
+from lora_kernels.tp import TPLoRALinear, TPMultiLoRALinear, TPSplit, Traffic
 
 
 def case_weights(case: dict) -> LoRAWeights:
@@ -42,6 +43,58 @@ def step(index: int, world: int, cases: list[dict]) -> list[dict]:
             base = layer.base_forward(x_i)
         out.append({"y": y.detach(), "base": base, "dx": x_i.grad, "dA": layer.lora_A.grad,
                     "dB": layer.lora_B.grad, "traffic": moved})  # fmt: skip
+    return out
+
+
+def multi_case_weights(case: dict) -> MultiLoRAWeights:
+    """The case's adapters, their padding poisoned with nan (it must never be read)."""
+    w = MultiLoRAWeights.random(case["in"], case["out"], case["ranks"], bias=case["bias"],
+                                seed=case["seed"])  # fmt: skip
+    A, B = w.A.clone(), w.B.clone()
+    for i, r in enumerate(w.ranks):
+        A[i, r:], B[i, :, r:] = float("nan"), float("nan")
+    return MultiLoRAWeights(w.W, w.b, A, B, w.ranks, w.scales)
+
+
+def multi_case_inputs(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (*lead, in) and its per-token adapter index (*lead), some tokens on the base alone."""
+    gen = torch.Generator().manual_seed(case["seed"] + 1)
+    x = torch.randn(*case["lead"], case["in"], generator=gen)
+    tokens = torch.Size(case["lead"]).numel()
+    index = random_index("uniform", tokens, len(case["ranks"]), base_share=0.25, seed=case["seed"])
+    return x, index.view(case["lead"])
+
+
+def multi_step(index: int, world: int, cases: list[dict]) -> list[dict]:
+    """Per case: this rank's TPMultiLoRALinear forward and its frozen layer's on the case's x
+    and index, and the bytes the forward's collectives put in."""
+    out = []
+    for case in cases:
+        traffic = Traffic()
+        split = TPSplit(case["kind"], case["adapter"], world)
+        layer = TPMultiLoRALinear(multi_case_weights(case), split, traffic=traffic)
+        x, ids = multi_case_inputs(case)
+        x_i = x if split.kind == "column" else x[..., layer.inp]
+        with torch.no_grad():
+            y = layer(x_i, ids)
+            moved = dict(traffic.bytes)
+            out.append({"y": y, "base": layer.base_forward(x_i), "traffic": moved})
+    return out
+
+
+def multi_refusals(index: int, world: int) -> list[str]:
+    """The errors a TPMultiLoRALinear gives for bad adapter ids and x, in order."""
+    w = MultiLoRAWeights.random(8, 6, [2, 4], seed=3)
+    layer = TPMultiLoRALinear(w, TPSplit("row", "sharded", world))
+    x = torch.randn(2, 3, 8 // world)
+    ids = torch.zeros(6, dtype=torch.int64)
+    bad = [(x, ids.float()), (x, ids[:5]), (x, ids + 2), (torch.randn(2, 3, 8), ids)]
+    out = []
+    for xb, ids in bad:
+        try:
+            layer(xb, ids)
+        except (TypeError, ValueError) as err:
+            out.append(str(err))
     return out
 
 

@@ -100,8 +100,9 @@ class MultiLoRAWeights(LayerTensors):
         if all(r == self.r_max for r in self.ranks):
             return A, B
         ranks = torch.tensor(self.ranks, device=self.device)
-        keep = (torch.arange(self.r_max, device=self.device) < ranks[:, None]).to(self.dtype)
-        return A * keep[:, :, None], B * keep[:, None, :]  # (n, r_max, in), (n, out, r_max)
+        keep = torch.arange(self.r_max, device=self.device) < ranks[:, None]  # (n, r_max)
+        zero = A.new_zeros(())  # where, not a product: padding may hold inf or nan
+        return A.where(keep[:, :, None], zero), B.where(keep[:, None, :], zero)
 
     def scale_tensor(self) -> Tensor:
         """The scales as a tensor (n,) of the weights' dtype and device."""

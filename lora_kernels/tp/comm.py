@@ -45,6 +45,17 @@ class Traffic:
         return sum(self.bytes.values())
 
 
+def group_rank(world: int, group: Any, what: str) -> int:
+    """This process's rank in `group` (None: the default group) after checking that
+    torch.distributed is initialised and the group has `world` ranks; `what` names the caller."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{what} needs torch.distributed initialised (a process group)")
+    size = dist.get_world_size(group)
+    if size != world:
+        raise ValueError(f"{what} is for {world} ranks, the group has {size}")
+    return dist.get_rank(group)
+
+
 def _all_reduce(t: Tensor, group: Any, traffic: Traffic | None, phase: str) -> Tensor:
     t = t.contiguous()
     if traffic is not None:

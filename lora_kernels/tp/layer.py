@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -14,6 +13,7 @@ from lora_kernels.tp.comm import (
     Traffic,
     copy_to,
     gather_last,
+    group_rank,
     reduce_both,
     reduce_from,
     replicated,
@@ -43,12 +43,7 @@ class TPLoRALinear(nn.Module):
         traffic: Traffic | None = None,
     ) -> None:
         super().__init__()
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("TPLoRALinear needs torch.distributed initialised (a process group)")
-        world = dist.get_world_size(group)
-        if world != split.world:
-            raise ValueError(f"{split} is for {split.world} ranks, the group has {world}")
-        shard = split.shard(weights, dist.get_rank(group))
+        shard = split.shard(weights, group_rank(split.world, group, f"TPLoRALinear {split}"))
         self.split, self.group, self.scale = split, group, weights.scale
         self.traffic = traffic
         self.out, self.inp = shard.out, shard.inp
