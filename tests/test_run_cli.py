@@ -31,7 +31,7 @@ def test_the_option_table_matches_the_harness() -> None:
         (["run", "--profile", "huge"], "invalid choice: 'huge'"),
         (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["run", "--no-such-option"], "unrecognized arguments: --no-such-option"),
-        (["report", "x.json", "--", "-k", "forward"], "only `run` passes options after --"),
+        (["report", "x.json", "--", "-k", "forward"], "`sweep` pass options after --"),
         (["check", "a.json", "b.json", "--max-slowdown", "-5%"], "goes after '='"),
         (["run", "--target", "0"], "--target: '0': must be a number > 0, as 1% or 0.01"),
         (["run", "--target", "1.5"], "--target: '1.5': must be under 100%"),

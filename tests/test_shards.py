@@ -1,19 +1,25 @@
 """Sharded sweeps: --lora-shard's deterministic, balanced shards, and `lora-bench merge`
 joining the shards' results (refusing shards that do not belong together); end to end, the
-tiny profile in two shards, merged, holds the entries of the unsharded run."""
+tiny profile in two shards, merged, holds the entries of the unsharded run, and so does a
+sweep of three shards on a local Ray instance started by the test."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runs import make_run
 
+from bench.cli import sweep as sweep_module
 from bench.cli.main import main
 from bench.cli.merge import merge_runs
+from bench.cli.sweep import ShardOutcome, on_ray
 from bench.families.budget import QUICK, expected_seconds
 from bench.harness.shards import assign
 from bench.plugin.options import parse_shard
@@ -94,24 +100,96 @@ def test_merge_joins_shards_and_refuses_what_does_not_belong(tmp_path: Path) -> 
     assert main(["merge", str(tmp_path / "a.json"), "-o", str(tmp_path / "a.json")]) == 2
 
 
+SELECTION = ["-k", "test_params or test_multi"]  # two files of the tiny profile: seconds
+TINY = ["--lora-profile", "tiny", "--lora-threads", "1"]
+
+
 def bench(out: Path, *extra: str) -> Run:
-    cmd = [sys.executable, "-m", "pytest", "bench/test_params.py", "bench/test_multi.py",
-           "--benchmark-only", "-q", "-p", "no:cacheprovider", "--lora-profile", "tiny",
-           "--lora-device", "cpu", "--lora-threads", "1", "--lora-results", str(out),
-           *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", "bench", "--benchmark-only", "-q",
+           "-p", "no:cacheprovider", *TINY, "--lora-device", "cpu", "--lora-results", str(out),
+           *SELECTION, *extra]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return load_run(out / "cpu-tiny.json")
 
 
-def test_two_shards_merged_hold_the_unsharded_entries(tmp_path: Path) -> None:
-    whole = bench(tmp_path / "whole")
+def ids(run: Run) -> list[str]:
+    return sorted(f"{e.kind} {getattr(e, 'fullname', '')} {getattr(e, 'mode', '')}"
+                  for e in run.entries)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The selection's unsharded run."""
+    return bench(tmp_path_factory.mktemp("whole"))
+
+
+def test_two_shards_merged_hold_the_unsharded_entries(whole: Run, tmp_path: Path) -> None:
     parts = {str(i): bench(tmp_path / f"s{i}", f"--lora-shard={i}/2") for i in (1, 2)}
     assert all(p.meta.shard_items for p in parts.values())
     assert not set(parts["1"].meta.shard_items) & set(parts["2"].meta.shard_items)
+    assert parts["1"].meta.shard_of == parts["2"].meta.shard_of != ""
     merged = merge_runs(parts)
-    ids = sorted(f"{e.kind} {getattr(e, 'fullname', '')}" for e in whole.entries)
-    assert sorted(f"{e.kind} {getattr(e, 'fullname', '')}" for e in merged.entries) == ids
+    assert ids(merged) == ids(whole) and len(whole.entries) > 20
+    other = bench(tmp_path / "other", "--lora-shard=2/2", "-k", "not gpt2")  # another selection
+    with pytest.raises(ResultError, match="shards cut from different sets of benchmarks"):
+        merge_runs({"1": parts["1"], "other": other})
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    """A local Ray instance for the test (2 CPUs, no dashboard), shut down after it."""
+    ray = pytest.importorskip("ray", reason="Ray is missing: pip install 'lora-bench[cluster]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_sweep_on_ray_merged_holds_the_unsharded_entries(
+    whole: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(ROOT)
+    outcomes: list[ShardOutcome] = []
+
+    def seen(*args: Any) -> list[ShardOutcome]:
+        outcomes.extend(on_ray(*args))
+        return outcomes
+
+    monkeypatch.setattr(sweep_module, "on_ray", seen)
+    sweep = ["sweep", "--ray", "--shards", "3", *[a.replace("--lora-", "--") for a in TINY]]
+    assert main([*sweep, "--results", str(tmp_path), "--", *SELECTION]) == 0
+    merged = load_run(tmp_path / "cpu-tiny.json")
+    assert ids(merged) == ids(whole) and merged.meta.shard == ""
+    parts = [load_run(tmp_path / "shards" / f"{i}-of-3" / "cpu-tiny.json") for i in (1, 2, 3)]
+    assert sorted(n for p in parts for n in p.meta.shard_items) == sorted(
+        n for p in parts for n in set(p.meta.shard_items))  # fmt: skip
+    spans = sorted((o.started, o.ended) for o in outcomes)
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    out = capsys.readouterr().out
+    assert "3 shard(s) on 1 node(s), one at a time each" in out and "shard 3/3 on" in out
+    assert (tmp_path / "cpu-tiny.md").read_text().startswith("# lora-bench results")
+    # again, over what is there: refused before any shard starts
+    assert main([*sweep, "--results", str(tmp_path), "--", *SELECTION]) == 2
+    assert "cpu-tiny.json exists; pass --force to replace it" in capsys.readouterr().err
+    # every shard fails (a plugin that does not load): each is named, nothing merged
+    bad = tmp_path / "bad"
+    broken = ["--impl", "no_such_module:IMPL"]
+    assert main([*sweep, *broken, "--results", str(bad), "--", *SELECTION]) == 1
+    captured = capsys.readouterr()
+    assert "shard(s) 1/3, 2/3, 3/3 of 3 failed" in captured.err
+    assert "FAILED (exit 4)" in captured.out and "no_such_module" in captured.out
+    assert not (bad / "cpu-tiny.json").exists()
+
+
+def test_a_sweep_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit, match="2"):
+        main(["sweep", "--shards", "2"])
+    assert "the following arguments are required: --ray" in capsys.readouterr().err
+    assert main(["sweep", "--ray", "--shards", "0"]) == 2
+    assert "--shards must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_shard_out_of_range_is_refused_in_one_line() -> None:

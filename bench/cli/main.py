@@ -1,10 +1,10 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
-report, compare, check, plot, baseline, export and merge read results JSONs and import neither torch
-nor the registry; ab drives two side processes and imports no torch itself; run, impls,
-verify, profile and plan load torch.
+report, compare, check, plot, baseline, export and merge read results JSONs and import
+neither torch nor the registry; ab drives two side processes and sweep Ray tasks, and import
+no torch themselves; run, impls, verify, profile and plan load torch.
 
-Exit codes: 0 fine, 1 regressions found by `check` or `ab` or failures found by `verify`,
-2 unusable input (one line on stderr).
+Exit codes: 0 fine, 1 regressions found by `check` or `ab`, failures found by `verify` or
+failed shards of `sweep`, 2 unusable input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from bench.cli import (
     profile,
     report,
     run,
+    sweep,
     verify,
 )
 from bench.schema.io import ResultError
@@ -44,8 +45,10 @@ COMMANDS = (
     profile,
     run,
     merge,
+    sweep,
 )
-PASS_THROUGH = "--"  # what follows goes to pytest, for `run` only
+PASS_THROUGH = "--"  # what follows goes to pytest, for these commands only:
+PYTEST_COMMANDS = ("run", "sweep")
 
 
 class Parser(argparse.ArgumentParser):
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         argv, rest = argv[:at], argv[at + 1 :]
     p = parser()
     args = p.parse_args(argv)
-    if rest and args.command != "run":
-        p.error(f"{args.command}: only `run` passes options after {PASS_THROUGH} on (to pytest)")
+    if rest and args.command not in PYTEST_COMMANDS:
+        p.error(f"{args.command}: only `run` and `sweep` pass options after {PASS_THROUGH} on "
+                "(to pytest)")  # fmt: skip
     args.pytest_args = rest
     try:
         return args.func(args)

@@ -1,6 +1,7 @@
 """`lora-bench merge`: join the results of a sweep's shards (`--lora-shard i/N`) into one run,
-refusing shards of different profiles, commits, devices or schema, the same shard twice,
-entries in two shards, and a missing shard (unless --partial, which says which are missing)."""
+refusing shards of different profiles, commits, devices or schema, or cut from different sets
+of benchmarks; the same shard twice, entries in two shards, and a missing shard (unless
+--partial, which says which are missing)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
     counts = {int(s.partition("/")[2]) for s in shards.values()}
     if len(counts) > 1:
         raise ResultError(f"shards of different counts: {_named(shards)}")
+    collections = {path: run.meta.shard_of for path, run in runs.items()}
+    if len(set(collections.values())) > 1:
+        raise ResultError("shards cut from different sets of benchmarks (another -k, --lora-only, "
+                          f"plugin or version): {_named(collections)}")  # fmt: skip
     first = next(iter(runs.values()))
     for name in SAME:
         values = {path: getattr(run.meta, name) for path, run in runs.items()}
@@ -56,7 +61,7 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
             entries.append(e)
     metas = [runs[by_index[i]].meta for i in sorted(by_index)]
     meta = dataclasses.replace(
-        first.meta, shard="", shard_items=[], created=min(m.created for m in metas),
+        first.meta, shard="", shard_items=[], shard_of="", created=min(m.created for m in metas),
         not_run=[n for m in metas for n in m.not_run],
     )  # fmt: skip
     return Run(meta, first.machine_info, first.commit_info, entries)

@@ -46,7 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "go after `--`, e.g. `lora-bench run --profile tiny -- -k forward`. Exit codes are "
         "pytest's, except 2 for unusable options.",
     )
-    for option in OPTIONS:
-        p.add_argument(f"--{option.name}", dest=option.dest, help=option.help,
-                       **option.kwargs)  # fmt: skip
+    add_bench_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def add_bench_options(p: argparse.ArgumentParser, leave_out: tuple[str, ...] = ()) -> None:
+    """The bench's --lora-* options, without the prefix, less those named in `leave_out`."""
+    for option in OPTIONS:
+        if option.name not in leave_out:
+            p.add_argument(f"--{option.name}", dest=option.dest, help=option.help,
+                           **option.kwargs)  # fmt: skip

@@ -113,6 +113,7 @@ class Settings:
     not_run: list[str] = field(default_factory=list)  # benchmarks the deadline skipped
     shard: tuple[int, int] | None = None  # --lora-shard i/N: (i, N)
     shard_items: list[str] = field(default_factory=list)  # the shard's benchmark ids
+    shard_of: str = ""  # a digest of the ids of every benchmark the shards were cut from
     peaks_start: dict[str, Peaks] = field(default_factory=dict)
     peaks_end: dict[str, Peaks] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)  # recorded by the benchmarks
@@ -241,6 +242,7 @@ class Settings:
             not_run=list(self.not_run),
             shard="" if self.shard is None else "/".join(map(str, self.shard)),
             shard_items=list(self.shard_items),
+            shard_of=self.shard_of,
             impls=impl_infos(),
             shapes=list(SHAPES),
             peaks_start={k: p.as_dict() for k, p in self.peaks_start.items() if mine(k)},

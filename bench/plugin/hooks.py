@@ -8,6 +8,7 @@ thread count are set up when the first of them is collected."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -150,6 +151,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With --lora-shard i/N, keep the benchmarks of shard i (the others are deselected), by
     each one's expected seconds: its file's measured seconds per benchmark (bench/families/
@@ -157,15 +159,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = config.stash.get(SETTINGS, None)
     if settings is None or settings.shard is None:
         return
-    bench = [i for i in items if _module_of(i).partition(".")[0] == "bench"]
-    seconds = {i.nodeid: expected_seconds(i.nodeid.partition("::")[0]) for i in bench}
+    bench = {_key(i): i for i in items if _module_of(i).partition(".")[0] == "bench"}
+    seconds = {key: expected_seconds(i.nodeid.partition("::")[0]) for key, i in bench.items()}
     index, count = settings.shard
     keep = set(assign(seconds, count)[index - 1])
-    settings.shard_items = [n.partition("::")[2] for n in seconds if n in keep]
-    dropped = [i for i in bench if i.nodeid not in keep]
+    settings.shard_items = [key.partition("::")[2] for key in seconds if key in keep]
+    settings.shard_of = hashlib.sha256("\n".join(sorted(bench)).encode()).hexdigest()[:16]
+    dropped = [i for key, i in bench.items() if key not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
+
+
+def _key(item: pytest.Item) -> str:
+    """module::test id, the same wherever the package is installed (a node id is not)."""
+    return f"{_module_of(item)}::{item.nodeid.partition('::')[2]}"
 
 
 def _module_of(item: pytest.Item) -> str:
@@ -235,7 +243,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     settings = config.stash.get(SETTINGS, None)
     if settings is None or not settings.entries:
         return
+    # entries of no device (parameter counts) go with every device's; alone, the devices run
     devices = sorted({e.device for e in settings.entries if hasattr(e, "device")})
+    devices = devices or list(settings.devices)
     settings.recalibrate()
     hook = config.hook
     machine_info = hook.pytest_benchmark_generate_machine_info(config=config)

@@ -73,6 +73,7 @@ class RunMeta:
     not_run: list[str] = field(default_factory=list)  # benchmark ids the deadline skipped
     shard: str = ""  # "i/N" for a run of --lora-shard, "" for a whole run
     shard_items: list[str] = field(default_factory=list)  # the benchmark ids of the shard
+    shard_of: str = ""  # digest of all the benchmark ids the shards were cut from ("" before)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
