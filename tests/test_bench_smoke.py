@@ -232,11 +232,15 @@ def test_breakdown_and_traces(tiny_run: tuple[Path, str]) -> None:
 
 def test_tp_bench_checks_and_times_every_split(tiny_run: tuple[Path, str]) -> None:
     run = load_run(tiny_run[0] / "cpu-tiny.json")
-    got = {(e.parallel, e.adapter): e for e in run.tp()}
+    got = {(e.parallel, e.adapter, e.adapters): e for e in run.tp()}
     if not got:
         pytest.skip("torch.distributed is not available")
-    assert len(got) == 6
+    assert len(got) == 12  # each split training one adapter, and serving a batch of three
     for e in got.values():
         assert e.rel_error <= 1e-5 and e.world == 2 and e.backend == "gloo"
-        assert e.comm_bytes > e.base_comm_bytes > 0 and e.peak_bytes > 0
-        assert len(e.rounds.impl_s) >= 3
+        assert e.peak_bytes > 0 and len(e.rounds.impl_s) >= 3
+        if e.adapters:  # forward: a column-parallel base has no collective of its own
+            assert e.adapters == 3 and e.mode == "infer"
+            assert e.comm_bytes > e.base_comm_bytes or e.adapter != "fully_sharded"
+        else:
+            assert e.comm_bytes > e.base_comm_bytes > 0

@@ -17,7 +17,8 @@ from lora_kernels.tp import expected_traffic
 
 def test_full_times_every_split_at_decode_and_prefill_and_quick_none_on_a_cpu() -> None:
     full = [str(j) for j in tp_jobs("full", ["cpu"])]
-    assert len(full) == 2 * 3 * 2 * 2  # layers, adapters, tokens, modes
+    assert len(full) == 2 * 3 * 2 * 3  # layers, adapters, tokens, modes (train, infer, multi)
+    assert "infer llama-cpu.up_proj column/fully_sharded tp=2 T=512 r=16 n=4 fp32 cpu" in full
     assert "train llama-cpu.up_proj column/fully_sharded tp=2 T=512 r=16 fp32 cpu" in full
     assert "infer llama-cpu.down_proj row/sharded tp=2 T=16 r=16 fp32 cpu" in full
     assert tp_jobs("quick", ["cpu"]) == []  # results/reference/tp/cpu-full.md holds the full run

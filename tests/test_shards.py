@@ -192,6 +192,15 @@ def test_a_sweep_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture) ->
     assert "--shards must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_a_sweep_without_ray_says_which_extra_brings_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing it raises ImportError
+    assert main(["sweep", "--ray", "--shards", "2", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "needs Ray: pip install 'lora-bench[cluster]'" in err and not (tmp_path / "r").exists()
+
+
 def test_a_shard_out_of_range_is_refused_in_one_line() -> None:
     cmd = [sys.executable, "-m", "pytest", "bench/test_params.py", "--benchmark-only", "-q",
            "-p", "no:cacheprovider", "--lora-profile", "tiny", "--lora-shard", "3/2"]  # fmt: skip

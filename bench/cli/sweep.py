@@ -173,13 +173,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results = Path(args.lora_results)
     if args.shards < 1:
         raise ResultError(f"--shards must be >= 1, got {args.shards}")
+    ray = _ray()
     merged = results / f"{args.lora_device}-{args.lora_profile}.json"
     shards = results / "shards"
     for there in (merged, shards):
         if there.exists() and not args.force:
             raise ResultError(f"{there} exists; pass --force to replace it")
     check_writable(results)  # before any shard starts
-    ray = _ray()
     if not ray.is_initialized():
         ray.init(address=args.ray, log_to_driver=False)
     args.lora_results = args.lora_shard = args.lora_trace = None  # each shard: its own

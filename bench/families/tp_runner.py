@@ -1,8 +1,9 @@
 """The tensor-parallel bench's steps for one job. Each rank (a process of its own) builds its
-shard, checks its outputs and gradients against the whole layer's float64 oracle, counts the
-bytes each collective puts in, measures its peak, then times the LoRA layer in pairs with the
-frozen layer of the same split: every call starts on a barrier, so a rank's time includes
-waiting for the others at the collectives, and rank 0 decides when the rounds stop."""
+shard, checks its outputs and gradients (a multi-adapter batch: its outputs) against the
+whole layer's float64 oracle, counts the bytes each collective puts in, measures its peak,
+then times the LoRA layer in pairs with the frozen layer of the same split: every call
+starts on a barrier, so a rank's time includes waiting for the others at the collectives,
+and rank 0 decides when the rounds stop."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ from bench.harness.runner import Harness
 from bench.harness.timing import synchronize
 from bench.schema.entries import Paired, TPEntry
 from lora_kernels import LoRAWeights, reference_forward, reference_grads, rel_error, tolerance
-from lora_kernels.tp import TPLoRALinear, Traffic, expected_traffic, run_ranks
+from lora_kernels.multi import multi_reference_forward
+from lora_kernels.tp import TPLoRALinear, TPMultiLoRALinear, Traffic, expected_traffic, run_ranks
 
 TIMEOUT_S = 300.0  # a collective waiting longer than this means a rank is gone
 PEAK_ATTEMPTS = 10
+Steps = tuple[Callable[[], None], Callable[[], None], Callable[[], None]]  # lora, base, clear
 
 
-def _steps(layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor, train: bool
-           ) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]]:  # fmt: skip
+def _steps(layer: TPLoRALinear, x: torch.Tensor, dy: torch.Tensor, train: bool) -> Steps:
     """The LoRA layer's call and the frozen layer's (forward, and in training backward with dx,
     x requiring its gradient, and the adapter's gradients), and what clears the gradients
     they leave: the timed rounds run it before each call, the peaks outside the measured call
@@ -114,10 +116,8 @@ def _agree(value: Any) -> Any:
     return box[0]
 
 
-def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -> dict:
-    """One rank's part of a job (run by run_ranks in a process of its own)."""
-    case, train = TPCase(**fields), mode == "train"  # on CUDA, run_ranks set this rank's GPU
-    traffic = Traffic()
+def _lora(case: TPCase, traffic: Traffic, train: bool) -> tuple[float, Steps]:
+    """This rank's TPLoRALinear of the case, its error against the oracle, and its steps."""
     w = case.weights()
     layer = TPLoRALinear(w, case.split, traffic=traffic)
     whole_x, whole_dy = case.inputs()
@@ -125,7 +125,38 @@ def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -
     x = (whole_x if column else whole_x[..., layer.inp]).clone().requires_grad_(train)
     dy = whole_dy[..., layer.out] if column else whole_dy
     error = _errors(case, w, (whole_x, whole_dy), layer, x, dy, train)
-    lora_run, base_run, clear = _steps(layer, x, dy, train)
+    return error, _steps(layer, x, dy, train)
+
+
+def _multi(case: TPCase, traffic: Traffic) -> tuple[float, Steps]:
+    """This rank's TPMultiLoRALinear of the case serving its batch (forward only), its error
+    against its slice of the whole layer's float64 multi-adapter oracle, and its steps."""
+    w, index = case.multi_weights(), case.index()
+    layer = TPMultiLoRALinear(w, case.split, traffic=traffic)
+    whole_x = case.inputs()[0]
+    column = case.split.kind == "column"
+    x = whole_x if column else whole_x[..., layer.inp].contiguous()
+    want = multi_reference_forward(w, whole_x, index)
+    with torch.no_grad():
+        error = rel_error(layer(x, index), want[..., layer.out] if column else want)
+
+    def lora() -> None:
+        with torch.no_grad():
+            layer(x, index)
+
+    def base() -> None:
+        with torch.no_grad():
+            layer.base_forward(x)
+
+    return error, (lora, base, lambda: None)
+
+
+def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -> dict:
+    """One rank's part of a job (run by run_ranks in a process of its own)."""
+    case, train = TPCase(**fields), mode == "train"  # on CUDA, run_ranks set this rank's GPU
+    traffic = Traffic()
+    made = _multi(case, traffic) if case.adapters else _lora(case, traffic, train)
+    error, (lora_run, base_run, clear) = made
 
     def lora() -> None:
         clear()

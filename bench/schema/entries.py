@@ -348,6 +348,7 @@ class TPEntry:
     peak_bytes: int
     base_peak_bytes: int
     rounds: Paired
+    adapters: int = 0  # n > 0: a multi-adapter batch of n adapters (forward); 0: one adapter
 
 
 @dataclass(frozen=True)
