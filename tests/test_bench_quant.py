@@ -12,6 +12,7 @@ from runs import make_run
 from bench.families.quant import QuantCase, QuantJob, quant_jobs
 from bench.families.quant_runner import skip_reason
 from bench.harness.memory import peak_bytes, saved_bytes
+from bench.harness.timing import call_or_step
 from bench.report.quant import quant_tables
 from bench.schema.entries import Paired, QuantEntry
 from bench.schema.run import Run, dump_run, parse_run
@@ -52,6 +53,17 @@ def test_peak_bytes_follows_allocations_in_order() -> None:
         del b, c
 
     assert peak_bytes(step, "cpu") == 8_000_000  # a and b at once; c reuses a's share
+
+
+def test_a_training_steps_peak_counts_its_gradients_every_time() -> None:
+    """A step that clears the previous call's gradients first frees them inside the
+    measurement; measured with them dropped beforehand, the peak is the same every call."""
+    x = torch.randn(256, 512, requires_grad=True)
+    W = torch.randn(512, 512, requires_grad=True)
+    step = call_or_step(lambda t: t @ W, x, torch.randn(256, 512), [x, W])
+    first = peak_bytes(step, "cpu", [x, W])
+    assert first >= (x.numel() + W.numel()) * 4  # both gradients are live at the end
+    assert x.grad is not None and peak_bytes(step, "cpu", [x, W]) == first
 
 
 def test_saved_bytes_counts_each_storage_once() -> None:

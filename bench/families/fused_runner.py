@@ -62,7 +62,8 @@ def time_fused(harness: Harness, benchmark: BenchmarkFixture, job: FusedJob) -> 
     budget = harness.settings.budget(FUSED_PROFILES[harness.settings.profile.name].budget)
     rounds = run_paired(benchmark, mine, base, case.device, budget)
     weights = [t for p in w.projections().values() for t in (p.W, p.b, p.A, p.B) if t is not None]
-    saved, peak = (saved_bytes(mine, weights), peak_bytes(mine, case.device)) if train else (0, 0)
+    saved, peak = (saved_bytes(mine, weights), peak_bytes(mine, case.device, tensors)
+                   ) if train else (0, 0)  # fmt: skip
     frozen_saved = saved_bytes(base, weights) if train else 0
     harness.record(benchmark, FusedEntry(
         fullname=harness.nodeid, **case.fields(), impl=job.impl, mode=job.mode,

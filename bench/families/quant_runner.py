@@ -55,9 +55,9 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     if train:
         q.requires_grad_()
     qbase = call_or_step(IMPLS["qbase"].build(q, job.mode), x, grad, [x])
-    error, held = 0.0, q.base.nbytes()
+    error, held, tensors = 0.0, q.base.nbytes(), [x]
     if job.impl == DENSE:
-        work = call_or_step(IMPLS["base"].build(w, job.mode), x, grad, [x])
+        work = call_or_step(IMPLS["base"].build(w, job.mode), x, grad, tensors)
         held = w.W.numel() * w.W.element_size()
     else:
         impl = IMPLS[job.impl]
@@ -71,11 +71,13 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         tol = tolerance(DTYPES[case.dtype], case.device)
         if not error <= tol:
             pytest.fail(f"{job}: rel errors {errors} exceed {tol:g}; not timed")
-        work = call_or_step(op, x, grad, [x, q.A, q.B])
+        tensors = [x, q.A, q.B]
+        work = call_or_step(op, x, grad, tensors)
     work(), qbase()  # warm
     rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
     weights = [*q.base.tensors().values(), q.A, q.B, w.W, *([] if w.b is None else [w.b])]
-    saved, peak = (saved_bytes(work, weights), peak_bytes(work, case.device)) if train else (0, 0)
+    saved, peak = (saved_bytes(work, weights), peak_bytes(work, case.device, tensors)
+                   ) if train else (0, 0)  # fmt: skip
     return entry(harness, job, error, held, saved, peak, rounds)
 
 
@@ -119,8 +121,11 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     ids = torch.randint(0, models.MODELS[case.shape].vocab, (1, case.tokens), generator=gen)
     ids = ids.to(case.device)
 
+    def trained(model: nn.Module) -> list[Tensor]:
+        return [p for p in model.parameters() if p.requires_grad]
+
     def step_of(model: nn.Module) -> Work:
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trained(model)
 
         def step() -> None:
             for p in params:
@@ -144,8 +149,8 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     weights = [*ours.parameters(), *ours.buffers(), *peft.parameters(), *peft.buffers()]
     weights += [t for m in ours.modules() if isinstance(m, QLoRALinear)
                 for t in m.quant.tensors().values()]  # fmt: skip
-    peer_saved, peer_peak = saved_bytes(base, weights), peak_bytes(base, case.device)
-    saved, peak = saved_bytes(work, weights), peak_bytes(work, case.device)
+    peer_saved, peer_peak = saved_bytes(base, weights), peak_bytes(base, case.device, trained(peft))
+    saved, peak = saved_bytes(work, weights), peak_bytes(work, case.device, trained(ours))
     return entry(harness, job, error, held, saved, peak, rounds, peer_saved=peer_saved,
                  peer_peak=peer_peak)  # fmt: skip
 

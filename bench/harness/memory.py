@@ -184,10 +184,16 @@ def saved_bytes(step: Callable[[], object], held: Sequence[torch.Tensor] = ()) -
     return sum(seen.values())
 
 
-def peak_bytes(step: Callable[[], object], device: str) -> int:
+def peak_bytes(
+    step: Callable[[], object], device: str, clear_grads: Sequence[torch.Tensor] = ()
+) -> int:
     """Peak bytes allocated over one call of `step` above what was held before it: CUDA's
     allocator statistics; on the CPU, the torch profiler's memory timeline (every tensor
-    created and destroyed in the call, in order)."""
+    created and destroyed in the call, in order). `clear_grads`: the tensors a training step
+    clears the .grad of; dropped first, as a training loop's zero_grad does, or the step would
+    free the previous call's gradients inside the measurement and hide their size."""
+    for t in clear_grads:
+        t.grad = None
     if device != "cuda":
         return _profiled_peak(step)
     torch.cuda.synchronize()
