@@ -20,7 +20,7 @@ from bench.cli import sweep as sweep_module
 from bench.cli.main import main
 from bench.cli.merge import merge_runs
 from bench.cli.sweep import ShardOutcome, on_ray
-from bench.families.budget import QUICK, expected_seconds
+from bench.families.budget import FULL_PER_BENCHMARK, QUICK, expected_seconds
 from bench.harness.shards import assign
 from bench.plugin.options import parse_shard
 from bench.schema.io import ResultError
@@ -53,12 +53,16 @@ def test_assign_balances_seconds_not_counts_and_is_deterministic() -> None:
     assert [len(s) for s in assign({"a": 1.0}, 3)] == [1, 0, 0]
 
 
-def test_expected_seconds_come_from_the_measured_quick_budgets() -> None:
+def test_expected_seconds_come_from_the_measured_budgets() -> None:
     fwd = QUICK["bench/test_forward.py"]
     assert expected_seconds("bench/test_forward.py") == fwd.seconds / fwd.benchmarks
     assert expected_seconds("/site-packages/bench/test_forward.py") == expected_seconds(
         "bench/test_forward.py")  # fmt: skip
     assert expected_seconds("bench/test_new_family.py") == 1.0
+    # the full profile's own figure where measured: a TP job takes seconds, not quick's skip
+    assert expected_seconds("bench/test_tp.py", "full") == FULL_PER_BENCHMARK["bench/test_tp.py"]
+    assert expected_seconds("bench/test_tp.py", "full") > 10 * expected_seconds("bench/test_tp.py")
+    assert expected_seconds("bench/test_forward.py", "full") == fwd.seconds / fwd.benchmarks
 
 
 def sharded(run: Run, shard: str, keep: slice) -> Run:

@@ -154,13 +154,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With --lora-shard i/N, keep the benchmarks of shard i (the others are deselected), by
-    each one's expected seconds: its file's measured seconds per benchmark (bench/families/
-    budget.py), 1 s for a file that has none."""
+    each one's expected seconds: its file's measured seconds per benchmark in the profile
+    (bench/families/budget.py), 1 s for a file that has none."""
     settings = config.stash.get(SETTINGS, None)
     if settings is None or settings.shard is None:
         return
     bench = {_key(i): i for i in items if _module_of(i).partition(".")[0] == "bench"}
-    seconds = {key: expected_seconds(i.nodeid.partition("::")[0]) for key, i in bench.items()}
+    profile = settings.profile.name
+    seconds = {key: expected_seconds(i.nodeid.partition("::")[0], profile)
+               for key, i in bench.items()}  # fmt: skip
     index, count = settings.shard
     keep = set(assign(seconds, count)[index - 1])
     settings.shard_items = [key.partition("::")[2] for key in seconds if key in keep]
