@@ -8,16 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lora_kernels.multi.index import sort_by_adapter
 from lora_kernels.multi.weights import INDEX_DTYPES, MultiLoRAWeights
-from lora_kernels.tp.comm import Traffic, copy_to, gather_last, group_rank, reduce_from
+from lora_kernels.tp.comm import Traffic, group_rank
+from lora_kernels.tp.layer import TPLinear
 from lora_kernels.tp.split import TPSplit
 
 
-class TPMultiLoRALinear(nn.Module):
+class TPMultiLoRALinear(TPLinear):
     """This rank's part of y_t = x_t Wᵀ + b + s_i · (x_t A_iᵀ) B_iᵀ, i = adapter_ids_t (-1: the
     base layer alone), split by `split` over `group` (the default group when None).
 
@@ -28,9 +28,7 @@ class TPMultiLoRALinear(nn.Module):
     the LoRA split of the same name, with r_max for r (expected_traffic(..., train=False)).
     """
 
-    weight: Tensor  # buffers, registered in __init__
-    bias: Tensor | None
-    lora_A: Tensor
+    lora_A: Tensor  # buffers, registered in __init__ (so are weight and bias)
     lora_B: Tensor
 
     def __init__(
@@ -54,13 +52,6 @@ class TPMultiLoRALinear(nn.Module):
         self.register_buffer("bias", None if b is None else b.detach().clone())
         self.register_buffer("lora_A", A[:, c.a_rows, c.a_cols].contiguous())  # (n, r', in')
         self.register_buffer("lora_B", B[:, c.b_rows].contiguous())  # (n, out', r_max)
-
-    def base_forward(self, x: Tensor) -> Tensor:
-        """The frozen tensor-parallel layer of the same split, without the adapters."""
-        if self.split.kind == "column":
-            return F.linear(copy_to(x, self.group, self.traffic), self.weight, self.bias)
-        y = reduce_from(F.linear(x, self.weight), self.group, self.traffic)
-        return y if self.bias is None else y + self.bias
 
     def forward(self, x: Tensor, adapter_ids: Tensor) -> Tensor:
         lead = x.shape[:-1]
@@ -92,30 +83,19 @@ class TPMultiLoRALinear(nn.Module):
 
     def _forward(self, x: Tensor, index: Tensor) -> Tensor:
         """x (T, in) or (T, in / tp), index (T,) -> (T, out / tp) or (T, out)."""
-        group, traffic, adapter = self.group, self.traffic, self.split.adapter
         order, counts, starts = sort_by_adapter(index, self.adapters)
         segments = [(i, order[s : s + n]) for i, (n, s) in
                     enumerate(torch.stack([counts, starts], 1).tolist()) if n]  # fmt: skip
-        A, B = self.lora_A, self.lora_B
-        if self.split.kind == "column":
-            xr = copy_to(x, group, traffic)
-            xa = _shrink(xr, A, segments)  # (T, r_max), or (T, r_max / tp) fully sharded
-            if adapter == "fully_sharded":
-                xa = gather_last(xa, group, traffic)
-            B_i = B[:, self.out] if adapter == "replicated" else B
-            return _expand(F.linear(xr, self.weight, self.bias), xa, B_i, segments)
-        partial = x @ self.weight.t()  # (T, out), this rank's part of the sum
-        if adapter == "sharded":  # expanded here, summed by the base's own all-reduce
-            y = reduce_from(_expand(partial, _shrink(x, A, segments), B, segments), group, traffic)
-        elif adapter == "fully_sharded":  # each rank expands its columns of y
-            xa = reduce_from(_shrink(x, A, segments), group, traffic)
-            _expand(partial.narrow(-1, self.out.start, self.out.stop - self.out.start), xa, B,
-                    segments)  # fmt: skip
-            y = reduce_from(partial, group, traffic)
-        else:  # replicated: the whole shrink on every rank, expanded after the sum
-            xa = reduce_from(_shrink(x, A[:, :, self.inp], segments), group, traffic)
-            y = _expand(reduce_from(partial, group, traffic), xa, B, segments)
-        return y if self.bias is None else y + self.bias
+
+        def shrink(x: Tensor, cols: slice | None) -> Tensor:
+            A = self.lora_A if cols is None else self.lora_A[:, :, cols]
+            return _shrink(x, A, segments)
+
+        def expand(y: Tensor, xa: Tensor, rows: slice | None) -> Tensor:
+            B = self.lora_B if rows is None else self.lora_B[:, rows]
+            return _expand(y, xa, B, segments)
+
+        return self.split_forward(x, shrink, expand)
 
     def extra_repr(self) -> str:
         return (f"{self.split}, adapters={self.adapters}, W_i {tuple(self.weight.shape)}, "
