@@ -93,11 +93,11 @@ def on_ray(ray: Any, argv: list[str], count: int, device: str) -> list[ShardOutc
     nodes: dict[str, float] = {}  # node id -> its CPUs, for CPU shards
     free: list[str] = []  # the nodes no shard runs on
     if device == "cuda":
-        if not ray.cluster_resources().get("GPU"):
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if not gpus:
             raise ResultError("--device cuda: the Ray cluster has no GPU")
         running = {task.options(num_gpus=1).remote(argv, s, cwd): (s, None) for s in todo}
         todo = []
-        gpus = ray.cluster_resources()["GPU"]
         print(f"lora-bench sweep: {count} shard(s) on {gpus:g} GPU(s), one shard a GPU")
     else:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -1,7 +1,6 @@
 """Shards of a profile's benchmarks for sweeps spread over devices or machines: `--lora-shard
-i/N` runs the i-th of N deterministic shards, balanced by each
-benchmark's expected seconds (not by count), and `lora-bench merge` joins the shards'
-results into one run."""
+i/N` runs the i-th of N deterministic shards, balanced by each benchmark's expected seconds
+(not by count), and `lora-bench merge` joins the shards' results into one run."""
 
 from __future__ import annotations
 

@@ -170,7 +170,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     dropped = [i for key, i in bench.items() if key not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [i for i in items if i not in dropped]
+        gone = set(map(id, dropped))  # items compare by identity: a set, not a list scan
+        items[:] = [i for i in items if id(i) not in gone]
 
 
 def _key(item: pytest.Item) -> str:
