@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 
@@ -18,6 +19,7 @@ from bench.stats.ranks import (
     shift_ci,
     wilcoxon,
 )
+from bench.stats.setups import quotient, summarize, t975
 from bench.stats.verdicts import memory_status, time_status
 
 
@@ -128,3 +130,78 @@ def test_parse_fraction_refuses(text: str) -> None:
         parse_fraction(text, "--x")
     with pytest.raises(ResultError, match="--alpha"):
         parse_alpha("0.9")
+
+
+@pytest.mark.parametrize(("df", "t"), [(1, 12.706), (2, 4.303), (5, 2.571), (30, 2.042),
+                                       (31, 2.0395), (60, 2.0003), (1000, 1.9623)])  # fmt: skip
+def test_t975_matches_scipy(df: int, t: float) -> None:
+    assert t975(df) == pytest.approx(t, abs=2e-3)
+
+
+def test_one_setup_is_the_median_and_its_distribution_free_interval() -> None:
+    ratios = [1.0 + 0.01 * ((7 * i) % 20) for i in range(20)]
+    s = summarize(ratios)
+    assert (s.ratio, s.ci, s.setups) == (statistics.median(ratios), median_ci(ratios), 1)
+    assert summarize(ratios, [0] * 20) == s
+
+
+def test_setups_that_disagree_widen_the_interval_by_their_spread() -> None:
+    """Each setup sure of itself (no spread within), the setups apart: the CI is Student's t
+    over their medians, not the pairs' order statistics."""
+    medians = [1.00, 1.02, 0.99, 1.03]
+    ratios = [m for m in medians for _ in range(10)]
+    s = summarize(ratios, [i for i in range(4) for _ in range(10)])
+    logs = [math.log(m) for m in medians]
+    half = 3.182 * statistics.stdev(logs) / 2
+    assert s.ratio == pytest.approx(math.exp(statistics.fmean(logs)))
+    assert s.ci == pytest.approx((s.ratio * math.exp(-half), s.ratio * math.exp(half)), rel=1e-3)
+    assert s.between == pytest.approx(math.exp(statistics.stdev(logs)) - 1)
+
+
+def test_setups_that_agree_by_chance_keep_the_pairs_own_spread() -> None:
+    """Four setups with one median but noisy pairs: the CI is what the pairs allow for a
+    median of that many, not zero."""
+    pattern = [0.9, 1.0, 1.1, 0.95, 1.05]
+    ratios = [r for _ in range(4) for r in pattern]
+    s = summarize(ratios, [k for k in range(4) for _ in pattern])
+    assert s.between == 0.0
+    assert s.reach > 0.02
+
+
+def test_setup_intervals_cover_what_changes_between_setups() -> None:
+    """Simulated runs of 4 setups, each shifted by its own placement (sd 3%) with pairs of
+    sd 4% around it: the setups' 95% CI covers the true ratio in about 95% of runs; the
+    pairs' pooled interval, blind to the shifts, in far fewer."""
+    rng = random.Random(1)
+    covered = pooled = 0
+    runs = 400
+    for _ in range(runs):
+        shifts = [rng.gauss(0, 0.03) for _ in range(4)]
+        logs = [s + rng.gauss(0, 0.04) for s in shifts for _ in range(15)]
+        setups = [k for k in range(4) for _ in range(15)]
+        ratios = [math.exp(v) for v in logs]
+        lo, hi = summarize(ratios, setups).ci
+        covered += lo <= 1 <= hi
+        plo, phi = median_ci(ratios)
+        pooled += plo <= 1 <= phi
+    assert 0.90 <= covered / runs <= 0.995
+    assert pooled / runs < 0.75
+
+
+def test_quotient_of_two_ratios() -> None:
+    a = summarize([1.10, 1.11, 1.09] * 4, [k for k in range(4) for _ in range(3)])
+    b = summarize([1.00, 1.01, 0.99] * 4, [k for k in range(4) for _ in range(3)])
+    q, lo, hi = quotient(a, b)
+    assert q == pytest.approx(a.ratio / b.ratio)
+    assert lo > 1, "10% apart with every pair within 1%: resolved"
+    q, lo, hi = quotient(a, a)
+    assert q == pytest.approx(1.0) and lo < 1 < hi
+
+
+def test_summarize_refuses_what_it_cannot_use() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+    with pytest.raises(ValueError, match="setup indices"):
+        summarize([1.0, 1.1], [0])
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t975(0)
