@@ -32,8 +32,10 @@ def time_entry(
     ratio: float,
     iqr: float = 0.0,
     mode: str = "infer",
+    control: bool = False,
 ) -> TimeEntry:
-    """Eleven paired rounds around base_s whose pair ratios have median `ratio` and IQR `iqr`."""
+    """Eleven paired rounds around base_s whose pair ratios have median `ratio` and IQR `iqr`;
+    `control`: an A/A control entry (impl base)."""
     steps = [k / 5 for k in range(-5, 6)]  # -1 .. 1: quartiles at -0.5 and 0.5
     base = [base_s * (1 + 0.03 * k) for k in steps]
     pair_ratios = [ratio + iqr * k for k in steps]
@@ -56,6 +58,7 @@ def time_entry(
         copied_output=False,
         copies=1,
         rounds=Paired(1, [b * r for b, r in zip(base, pair_ratios, strict=True)], base),
+        control=control,
     )
 
 
@@ -68,15 +71,18 @@ def make_run(
     threads: int = 2,
     iqr: float = 0.0,
     cache: str = "cold",
+    control: bool = False,
 ) -> Run:
-    """A run over CASES x IMPLS; `ratios[(key, impl)]` overrides the default ratio 1.05;
-    every impl's pair ratios have the IQR `iqr`."""
+    """A run over CASES x IMPLS; `ratios[(key, impl)]` overrides the default ratio (base 1.0,
+    the others 1.05); every impl's pair ratios have the IQR `iqr`; with `control`, base's
+    entries are the run's A/A control."""
     ratios = ratios or {}
     entries: list = []
     for key in CASES:
         for impl in IMPLS:
-            ratio = 1.0 if impl == "base" else ratios.get((key, impl), 1.05)
-            entries.append(time_entry(key, impl, device, seconds, ratio, iqr))
+            ratio = ratios.get((key, impl), 1.0 if impl == "base" else 1.05)
+            entries.append(time_entry(key, impl, device, seconds, ratio, iqr,
+                                      control=control and impl == "base"))  # fmt: skip
     fields = case_fields(CASES[0], device)
     entries.append(
         MemoryEntry(

@@ -17,7 +17,7 @@ from bench.harness.rounds import (
     ci_halfwidth,
     stop_reason,
 )
-from bench.harness.timing import PairedTimer, Peaks, make_round, warm_up
+from bench.harness.timing import PairedTimer, Peaks, base_first, make_round, warm_up
 from bench.schema.decode import CHOICES
 from bench.schema.entries import Paired, quartiles
 
@@ -52,7 +52,8 @@ def test_ci_halfwidth_is_relative_to_the_median() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"seconds": 0.0}, {"seconds": -1.0}, {"seconds": math.nan}, {"target": 0.0},
-     {"target": math.inf}, {"min_pairs": 0}, {"min_pairs": 9, "max_pairs": 8}],
+     {"target": math.inf}, {"min_pairs": 0}, {"min_pairs": 9, "max_pairs": 8}, {"setups": 0},
+     {"setups": 4}],
 )  # fmt: skip
 def test_budget_refuses_what_cannot_stop(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="budget"):
@@ -91,29 +92,65 @@ def test_paired_rejects_unpaired_rounds() -> None:
         Paired(1, impl_s=[1.0, 2.0], base_s=[1.0])
 
 
-def test_paired_timer_alternates_base_then_impl() -> None:
+def test_paired_timer_takes_both_orders_by_turns() -> None:
+    """base impl, impl base, base impl: a round's place in its pair falls on both sides."""
     order: list[str] = []
-    timer = PairedTimer(lambda: order.append("impl"), lambda: order.append("base"), "cpu")
+    timer = PairedTimer([(lambda: order.append("impl"), lambda: order.append("base"))], "cpu")
     order.clear()  # drop the warm-up calls
     paired = timer.run(Budget(seconds=60.0, min_pairs=3, max_pairs=3))
     inner = timer.inner
-    assert order == (["base"] * inner + ["impl"] * inner) * 3
+    base, impl = ["base"] * inner, ["impl"] * inner
+    assert order == base + impl + impl + base + base + impl
     assert len(paired.impl_s) == len(paired.base_s) == 3
-    assert paired.inner == inner
+    assert paired.inner == inner and paired.setups == []
     assert paired.stopped == PAIRS and paired.target == 0.01
+
+
+def test_pytest_benchmark_s_pedantic_and_our_loop_make_the_same_pairs() -> None:
+    """pedantic calls before_impl, then impl_round, `rounds` times; `run` finishes the pair
+    an impl-first round left open and goes on whole pairs at a time."""
+    order: list[str] = []
+    setups = [(lambda s=s: order.append(f"impl{s}"), lambda s=s: order.append(f"base{s}"))
+              for s in range(2)]  # fmt: skip
+    timer = PairedTimer(setups, "cpu", per_call_s=1.0)  # inner 1, no warm-up
+    for _ in range(3):
+        timer.before_impl()
+        timer.impl_round()
+    paired = timer.run(Budget(seconds=60.0, min_pairs=4, max_pairs=4, setups=2))
+    assert order == ["base0", "impl0", "impl1", "base1", "impl0", "base0", "base1", "impl1"]
+    assert paired.setups == [0, 1, 0, 1]
+
+
+def test_base_first_alternates_within_each_setup() -> None:
+    for setups in (1, 2, 3, 4):
+        for s in range(setups):
+            turns = [base_first(k, setups) for k in range(s, 8 * setups, setups)]
+            assert turns == [turns[0], not turns[0]] * 4, (setups, s)
 
 
 def test_paired_timer_stops_once_sure() -> None:
     """Work whose ratio is exactly known stops at the first pair count with a 95% CI; a
     ratio that alternates far stops at the end of its budget."""
-    timer = PairedTimer(lambda: None, lambda: None, "cpu")
-    timer.impl_s, timer.base_s = [2.0] * 6, [1.0] * 6
+    timer = PairedTimer([(lambda: None, lambda: None)], "cpu")
+    timer.impl_s, timer.base_s, timer.setups = [2.0] * 6, [1.0] * 6, [0] * 6
     timer.started = 0.0
     assert timer.run(Budget(600.0, 3, 1000)).stopped == SURE
     sway = itertools.cycle([0.5, 2.0])
-    timer = PairedTimer(lambda: [sum(range(int(5000 * next(sway))))], lambda: None, "cpu")
+    timer = PairedTimer([(lambda: [sum(range(int(5000 * next(sway))))], lambda: None)], "cpu")
     paired = timer.run(Budget(seconds=0.05, min_pairs=3, max_pairs=10**6, target=1e-6))
     assert paired.stopped == BUDGET
+
+
+def test_rounds_over_setups_stop_only_after_whole_sweeps() -> None:
+    budget = Budget(seconds=10.0, min_pairs=6, max_pairs=1000, target=0.05, setups=3)
+    tight = [1.0 + 0.001 * (i % 2) for i in range(12)]
+    setups = [i % 3 for i in range(12)]
+    assert stop_reason(tight[:7], 0.1, budget, setups[:7]) is None  # a sweep under way
+    assert stop_reason(tight[:6], 0.1, budget, setups[:6]) is None  # 2 pairs a setup: no CI
+    assert stop_reason(tight[:9], 0.1, budget, setups[:9]) == SURE
+    apart = [1.0, 1.2, 1.4] * 4  # each setup is sure of itself; together they are not
+    assert stop_reason(apart, 0.1, budget, setups) is None
+    assert stop_reason(apart, 11.0, budget, setups) == BUDGET
 
 
 def test_roofline_floor() -> None:

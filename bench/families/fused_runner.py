@@ -60,7 +60,7 @@ def time_fused(harness: Harness, benchmark: BenchmarkFixture, job: FusedJob) -> 
     mine, base = call_or_step(op, x, grads, tensors), call_or_step(frozen(w), x, grads, tensors)
     mine(), base()  # warm
     budget = harness.settings.budget(FUSED_PROFILES[harness.settings.profile.name].budget)
-    rounds = run_paired(benchmark, mine, base, case.device, budget)
+    rounds = run_paired(benchmark, [(mine, base)], case.device, budget)
     weights = [t for p in w.projections().values() for t in (p.W, p.b, p.A, p.B) if t is not None]
     saved, peak = (saved_bytes(mine, weights), peak_bytes(mine, case.device, tensors)
                    ) if train else (0, 0)  # fmt: skip

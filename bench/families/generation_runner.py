@@ -159,7 +159,7 @@ def time_generation(
         return
     budget = harness.settings.budget(gen.GEN_PROFILES[harness.settings.profile.name].budget)
     base_s = sum(base.phases[-1])
-    paired = run_paired(benchmark, d.generate, base.generate, case.device, budget,
+    paired = run_paired(benchmark, [(d.generate, base.generate)], case.device, budget,
                         per_call_s=max(c.call_s, base_s))  # fmt: skip
     for index, phase in enumerate(gen.PHASES):
         steps = 1 if phase == "prefill" else case.new - 1

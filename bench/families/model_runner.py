@@ -139,7 +139,7 @@ def time_model(
     ]
     spec = models.MODEL_PROFILES[harness.settings.profile.name]
     budget = harness.settings.budget(spec.budget)
-    paired = run_paired(benchmark, work, base_work, case.device, budget)
+    paired = run_paired(benchmark, [(work, base_work)], case.device, budget)
     entry = ModelEntry(
         fullname=harness.nodeid,
         **case.fields(),

@@ -71,7 +71,7 @@ def time_multi(
     peak = peak_bytes(work, "cuda") if cuda else probe.measure_multi(case, variant)
     spec = MULTI_PROFILES[harness.settings.profile.name]
     budget = harness.settings.budget(spec.budget)
-    paired = run_paired(benchmark, work, base_work, case.device, budget)
+    paired = run_paired(benchmark, [(work, base_work)], case.device, budget)
     entry = MultiEntry(
         fullname=harness.nodeid,
         **case.fields(),

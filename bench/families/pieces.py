@@ -30,7 +30,7 @@ def paired_ratio(
 ) -> float:
     """Median of per-pair ratios work / base, over the bench's own paired rounds: until the
     ratio is sure (the default target) or `seconds` have passed."""
-    timer = PairedTimer(work, base, device)
+    timer = PairedTimer([(work, base)], device)
     return timer.run(Budget(seconds, min_pairs=9, max_pairs=100_000)).ratio
 
 

@@ -74,7 +74,7 @@ def layer_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
         tensors = [x, q.A, q.B]
         work = call_or_step(op, x, grad, tensors)
     work(), qbase()  # warm
-    rounds = run_paired(benchmark, work, qbase, case.device, budget(harness))
+    rounds = run_paired(benchmark, [(work, qbase)], case.device, budget(harness))
     weights = [*q.base.tensors().values(), q.A, q.B, w.W, *([] if w.b is None else [w.b])]
     saved, peak = (saved_bytes(work, weights), peak_bytes(work, case.device, tensors)
                    ) if train else (0, 0)  # fmt: skip
@@ -90,7 +90,7 @@ def merge_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     merged = dataclasses.replace(q, base=merge_requantize(q))
     work = call_or_step(IMPLS["qbase"].build(merged), x, None, [])
     unmerged = call_or_step(IMPLS["qlora_lean"].build(q), x, None, [])
-    rounds = run_paired(benchmark, work, unmerged, case.device,
+    rounds = run_paired(benchmark, [(work, unmerged)], case.device,
                         budget(harness))  # fmt: skip
     return entry(harness, job, 0.0, merged.base.nbytes(), 0, 0, rounds, merge=e)
 
@@ -144,7 +144,7 @@ def model_job(harness: Harness, benchmark: BenchmarkFixture, job: QuantJob) -> Q
     tol = models.MODEL_TOLERANCE[case.dtype]
     if not error <= tol:
         pytest.fail(f"{job}: gradients differ from PEFT's by {error:.3g} > {tol:g}; not timed")
-    rounds = run_paired(benchmark, work, base, case.device, budget(harness))
+    rounds = run_paired(benchmark, [(work, base)], case.device, budget(harness))
     held = sum(m.quant.nbytes() for m in ours.modules() if isinstance(m, QLoRALinear))
     weights = [*ours.parameters(), *ours.buffers(), *peft.parameters(), *peft.buffers()]
     weights += [t for m in ours.modules() if isinstance(m, QLoRALinear)

@@ -221,14 +221,14 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         "tiny",
         (("toy", 16, 4), ("toy", 512, 8)),
-        Budget(0.05, 3, 5, target=0.05),
+        Budget(0.05, 4, 6, target=0.05, setups=2),
         timer_grid=(("toy", 512, 8),),
         dora_grid=(("toy", 512, 8),),
     ),
     "quick": Profile(
         "quick",
         QUICK_GRID,
-        Budget(1.0, 11, 61),
+        Budget(1.0, 12, 200, setups=4),
         # Memory at the prefill only: at one token every impl holds the same weights.
         memory_grid=(QUICK_PREFILL,),
         timer_grid=QUICK_GRID,
@@ -240,7 +240,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(
         "full",
         tuple(product(SHAPES, TOKENS, RANKS)),
-        Budget(1.0, 9, 101),
+        Budget(1.0, 12, 100, setups=4),
         memory_grid=tuple(product(SHAPES, TOKENS, (16,))),
         timer_grid=(
             ("gpt2.c_attn", 16, 16),

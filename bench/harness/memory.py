@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
+from bench.harness import pages
 from bench.harness.cases import Case
 from bench.harness.kernels import variant_of
 from lora_kernels import LoRAWeights, get_impl
@@ -135,6 +136,7 @@ class CpuProbe:
                 "PYTHONPATH": path,
                 "MALLOC_MMAP_THRESHOLD_": "65536",
                 "MALLOC_TRIM_THRESHOLD_": "0",
+                pages.VARIABLE: "0",  # 4 KiB pages: RSS grows by what was touched
             }
             cmd = [sys.executable, "-m", self.server.__name__, *self.server_args]
             self.proc = subprocess.Popen(

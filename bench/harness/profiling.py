@@ -177,7 +177,7 @@ def profile_entry(
         peak = cuda_memory(work, snapshot_path)
     impl_s = base_s = 0.0
     if paired is not None:
-        timed = PairedTimer(work, base_work, case.device).run(paired)
+        timed = PairedTimer([(work, base_work)], case.device).run(paired)
         impl_s, base_s = timed.impl_median_s, timed.base_median_s
     return ProfileEntry(
         fullname=fullname,

@@ -4,12 +4,11 @@ the oracle, time in pairs with base, and record one typed entry of the results."
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import pytest
 import torch
@@ -17,11 +16,13 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from torch import Tensor
 
 from bench.harness.cases import Case
-from bench.harness.kernels import copy_weights, trainable, variant_of
+from bench.harness.kernels import trainable, variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
+from bench.harness.placement import CopyPool, Rotation, held_setups, share_of
 from bench.harness.profiling import case_folder, profile_entry, trace_calls
 from bench.harness.session import Settings
 from bench.harness.timing import (
+    Setup,
     Work,
     cuda_events_s,
     do_bench_s,
@@ -29,7 +30,14 @@ from bench.harness.timing import (
     synchronize,
     torch_timer_s,
 )
-from bench.schema.entries import Entry, MemoryEntry, Paired, TimeEntry, TimerCheckEntry
+from bench.schema.entries import (
+    CONTROL,
+    Entry,
+    MemoryEntry,
+    Paired,
+    TimeEntry,
+    TimerCheckEntry,
+)
 from bench.schema.run import entry_dict
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
 from lora_kernels.reference import forward_error, gradient_errors
@@ -40,14 +48,30 @@ if TYPE_CHECKING:
 Weights: TypeAlias = "LoRAWeights | DoRAWeights"
 
 
-class Checked(NamedTuple):
-    """An impl's work and base's work on one case, checked against the oracle first."""
+@dataclass
+class Checked:
+    """An impl's work and base's work on one case, checked against the oracle first: their
+    calls on each setup (an independent allocation of the weights, input and cold copies)."""
 
-    work: Work
-    base_work: Work
+    setups: list[Rotation]
     rel_error: float
     build_s: float
     copied_output: bool  # the op's output is not contiguous: `work` includes the copy
+    reads: list[tuple[CopyPool, CopyPool]]  # per setup, what the impl's and base's calls read
+
+    @property
+    def work(self) -> Work:
+        """The impl's work on the first setup (sharing its rotation with `base_work`)."""
+        return self.setups[0].sides()[0]
+
+    @property
+    def base_work(self) -> Work:
+        return self.setups[0].sides()[1]
+
+    def fit(self, inner: int) -> None:
+        """Size every setup's rotation for rounds of `inner` calls."""
+        for r in self.setups:
+            r.fit(inner)
 
 
 def runnable(impl_name: str, case: Case, mode: str) -> Impl:
@@ -93,90 +117,116 @@ def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float
     return worst
 
 
-def _sets(w: Weights, x: Tensor, copies: int) -> list[tuple[Weights, Tensor]]:
-    """(w, x), then copies - 1 copies of both in fresh memory, with the same values and grad
-    flags."""
-    out = [(w, x)]
-    for _ in range(copies - 1):
-        out.append((copy_weights(w), x.detach().clone().requires_grad_(x.requires_grad)))
-    return out
-
-
 def base_of(w: Weights) -> LoRAWeights:
     """The LoRA tensors of w, on which `base` (the denominator of every ratio) is built."""
     return w.lora if variant_of(w) == "dora" else w  # type: ignore[union-attr,return-value]
 
 
-def _call(op: Op, x: Tensor) -> Work:
-    return lambda: op(x)
-
-
-def _rebuilt(impl: Impl, w: Weights, mode: str, copied: bool) -> Op:
-    """The impl built again on a copy of the weights, charged the same copy as the first."""
-    op = impl.build(w, mode)
+def _contiguous_if(op: Op, copied: bool) -> Op:
     return contiguous(op) if copied else op
 
 
-def rotating(works: list[Work], base_works: list[Work]) -> tuple[Work, Work]:
-    """(work, base_work) that take the copies round robin with one counter shared by both:
-    whichever runs, each call gets the least recently used copy. With copies that overflow the
-    cache, every call reads its weights and input from memory; separate counters would let
-    one side find what the other just loaded."""
-    if len(works) == 1:
-        return works[0], base_works[0]
-    counter, n = itertools.count(), len(works)
-    return (lambda: works[next(counter) % n]()), (lambda: base_works[next(counter) % n]())
+def _step(op: Op, w: Weights, x: Tensor, grad_out: Tensor) -> Work:
+    """A training step: x's and the trainable tensors' grads cleared, forward, backward."""
+    tensors = [x, *trainable(w)]
+
+    def step() -> None:
+        for t in tensors:
+            t.grad = None
+        op(x).backward(grad_out)
+
+    return step
 
 
-def forward_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
-    """Checked forward of the impl and of base on the case, rotating over `copies` copies of
-    the weights and input (1: always the same, a warm cache)."""
+def _setups(case: Case, variant: str, mode: str, count: int) -> list[CopyPool]:
+    """The held setups of the case: each its own seeded allocation of weights and input."""
+
+    def make() -> CopyPool:
+        w, x = case.weights(variant=variant), case.input()
+        if mode == "train":
+            w, x = w.requires_grad_(), x.requires_grad_()
+        return CopyPool(w, x)
+
+    return held_setups((case, mode, variant), count, make)
+
+
+def _rotations(
+    impl: Impl,
+    case: Case,
+    mode: str,
+    copies: int,
+    setups: int,
+    copied: bool,
+    control: bool,
+    grad_out: Tensor | None = None,
+) -> tuple[list[Rotation], list[tuple[CopyPool, CopyPool]]]:
+    """The impl's and base's calls on each held setup of the case, rotating over `copies`
+    copies (1: always the same, a warm cache), and what each side reads per setup. Both read
+    the setup's copies; with `control` the impl's calls read an allocation of their own, with
+    the same values."""
+    rotations, reads = [], []
+    share = share_of(copies, setups)
+    for pool in _setups(case, variant_of(impl), mode, setups):
+        mine = pool.copy() if control else pool
+
+        def make(i: int, pool: CopyPool = pool, mine: CopyPool = mine) -> Setup:
+            w, x = pool.get(i)
+            mine_w, mine_x = mine.get(i)
+            op = _contiguous_if(impl.build(mine_w, mode), copied)
+            base = IMPLS["base"].build(base_of(w), mode)
+            if grad_out is None:
+                return (lambda: op(mine_x)), (lambda: base(x))
+            return _step(op, mine_w, mine_x, grad_out), _step(base, w, x, grad_out)
+
+        rotations.append(Rotation(make, copies, share))
+        reads.append((mine, pool))
+    return rotations, reads
+
+
+def forward_work(
+    case: Case, impl_name: str, copies: int = 1, setups: int = 1, control: bool = False
+) -> Checked:
+    """Checked forward of the impl and of base on the case: checked on weights of its own,
+    then built on each of `setups` held setups rotating over `copies` copies."""
     impl = runnable(impl_name, case, "infer")
     w, x = case.weights(variant=variant_of(impl)), case.input()
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     err = assert_equivalent(impl, case, {"y": forward_error(op, w, x)})
-    op, copied = charge_copy(op, x)
-    sets = _sets(w, x, copies)
-    ops = [op] + [_rebuilt(impl, wi, "infer", copied) for wi, _ in sets[1:]]
-    works = [_call(op, xi) for op, (_, xi) in zip(ops, sets, strict=True)]
-    bases = [_call(IMPLS["base"].build(base_of(wi)), xi) for wi, xi in sets]
-    return Checked(*rotating(works, bases), err, build_s, copied)
+    _, copied = charge_copy(op, x)
+    rotations, reads = _rotations(impl, case, "infer", copies, setups, copied, control)
+    return Checked(rotations, err, build_s, copied, reads)
 
 
-def train_work(case: Case, impl_name: str, copies: int = 1) -> Checked:
+def train_work(
+    case: Case, impl_name: str, copies: int = 1, setups: int = 1, control: bool = False
+) -> Checked:
     """Checked training step (forward, then dx and the trainable tensors' gradients) of the
-    impl, and the frozen base step (forward, then dx), rotating over `copies` copies of the
-    weights and input."""
+    impl, and the frozen base step (forward, then dx), on each of `setups` held setups
+    rotating over `copies` copies."""
     impl = runnable(impl_name, case, "train")
     w = case.weights(variant=variant_of(impl)).requires_grad_()
     x = case.input().requires_grad_()
     grad_out = torch.randn(case.tokens, case.out_features, generator=torch.Generator())
     grad_out = grad_out.to(x)
-
-    def step_of(op: Op, w: Weights, x: Tensor) -> Work:
-        tensors = [x, *trainable(w)]
-
-        def step() -> None:
-            for t in tensors:
-                t.grad = None
-            op(x).backward(grad_out)
-
-        return step
-
-    op, build_s = build_timed(impl, w, lambda op: step_of(op, w, x)(), case.device)
+    op, build_s = build_timed(impl, w, lambda op: _step(op, w, x, grad_out)(), case.device)
     errors = {"y": forward_error(op, w, x), **gradient_errors(op, w, x, grad_out)}
     err = assert_equivalent(impl, case, errors)
-    op, copied = charge_copy(op, x)
-    sets = _sets(w, x, copies)
-    ops = [op] + [_rebuilt(impl, wi, "train", copied) for wi, _ in sets[1:]]
-    works = [step_of(op, wi, xi) for op, (wi, xi) in zip(ops, sets, strict=True)]
-    bases = [step_of(IMPLS["base"].build(base_of(wi), "train"), wi, xi) for wi, xi in sets]
-    return Checked(*rotating(works, bases), err, build_s, copied)
+    _, copied = charge_copy(op, x)
+    rotations, reads = _rotations(impl, case, "train", copies, setups, copied, control, grad_out)
+    return Checked(rotations, err, build_s, copied, reads)
 
 
-def checked_work(case: Case, impl_name: str, mode: str, copies: int = 1) -> Checked:
+def checked_work(
+    case: Case,
+    impl_name: str,
+    mode: str,
+    copies: int = 1,
+    setups: int = 1,
+    control: bool = False,
+) -> Checked:
     """forward_work or train_work, as `mode` says."""
-    return (forward_work if mode == "infer" else train_work)(case, impl_name, copies)
+    work = forward_work if mode == "infer" else train_work
+    return work(case, impl_name, copies, setups, control)
 
 
 @dataclass
@@ -197,22 +247,25 @@ class Harness:
         return None if trace_dir is None else trace_dir / case_folder(case)
 
     def _paired(
-        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str
+        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str, setups: int
     ) -> tuple[Checked, int, Paired] | None:
-        """Check the impl on the case, then time it in pairs with base: (checked, copies,
-        paired), or None when pytest-benchmark is disabled (the work then runs once). With
-        --lora-trace, a trace of the checked work follows the timed rounds."""
+        """Check the impl on the case, then time it in pairs with base on `setups` setups:
+        (checked, copies rotated, paired), or None when pytest-benchmark is disabled (the work
+        then runs once). `base` is the A/A control: its impl side reads an allocation of its
+        own. With --lora-trace, a trace of the checked work follows the timed rounds."""
+        budget = replace(self.settings.budget(self.settings.profile.budget), setups=setups)
         copies = self.settings.copies(case, mode)
-        checked = checked_work(case, impl_name, mode, copies)
+        control = impl_name == CONTROL
+        checked = checked_work(case, impl_name, mode, copies, setups, control)
         if benchmark.disabled:
             checked.work()
             return None
-        budget = self.settings.budget(self.settings.profile.budget)
-        paired = run_paired(benchmark, checked.work, checked.base_work, case.device, budget)
+        works = [r.sides() for r in checked.setups]
+        paired = run_paired(benchmark, works, case.device, budget, fit=checked.fit)
         folder = self.trace_folder(case)
         if folder is not None:
             trace_calls(checked.work, case.device, folder, impl_name, mode)
-        return checked, copies, paired
+        return checked, sum(r.copies for r in checked.setups), paired
 
     def breakdown(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
         """Where the impl's call goes, from the profiler, outside any timed round; its paired
@@ -231,7 +284,8 @@ class Harness:
     def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
         """Check, then time the impl in pairs with base; a forward or a training step."""
         benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
-        measured = self._paired(benchmark, case, impl_name, mode)
+        setups = self.settings.budget(self.settings.profile.budget).setups
+        measured = self._paired(benchmark, case, impl_name, mode, setups)
         if measured is None:
             return
         checked, copies, paired = measured
@@ -255,6 +309,7 @@ class Harness:
             copied_output=checked.copied_output,
             copies=copies,
             rounds=paired,
+            control=impl_name == CONTROL,
         )
         self.record(benchmark, entry)
 
@@ -262,7 +317,7 @@ class Harness:
         """Our paired per-op time of the impl's forward against independent timers of the same
         work: torch.utils.benchmark everywhere, CUDA events and triton's do_bench on CUDA."""
         benchmark.group = "timer check"
-        measured = self._paired(benchmark, case, impl_name, "infer")
+        measured = self._paired(benchmark, case, impl_name, "infer", 1)  # one whole rotation
         if measured is None:
             return
         checked, copies, paired = measured

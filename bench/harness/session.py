@@ -107,6 +107,7 @@ class Settings:
     seconds: float | None = None  # --lora-seconds: every benchmark's time budget
     target: float | None = None  # --lora-target: every benchmark's CI target
     allocator: str = ""  # how malloc's thresholds were set, once the benchmarks start
+    pages: str = ""  # the pages large CPU tensors got (bench.harness.pages)
     deadline: float | None = None  # --lora-deadline: seconds after `started_at`
     trace_dir: Path | None = None  # --lora-trace: a trace per timed (case, impl, mode)
     started_at: float = field(default_factory=time.monotonic)
@@ -238,6 +239,7 @@ class Settings:
             cache=self.cache,
             cache_bytes=cache_bytes(device),
             allocator=self.allocator,
+            pages=self.pages,
             deadline=self.deadline,
             not_run=list(self.not_run),
             shard="" if self.shard is None else "/".join(map(str, self.shard)),

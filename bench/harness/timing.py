@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,33 +71,100 @@ def warm_up(work: Work, device: str, min_s: float = 0.05, max_calls: int = 20) -
     return statistics.median(times[1:])
 
 
+Setup = tuple[Work, Work]  # (the impl's work, base's work) on one allocation of what they read
+
+
+def warm_up_all(setups: Sequence[Setup], device: str) -> float:
+    """Warm the first setup's works up and run every other work once; the longer of the
+    first setup's calls, in seconds, as warm-up saw it."""
+    (work, base_work), *others = setups
+    per_call = max(warm_up(work, device), warm_up(base_work, device))
+    for w, b in others:
+        make_round(w, 1, device)()
+        make_round(b, 1, device)()
+    return per_call
+
+
+def base_first(pair: int, setups: int) -> bool:
+    """Whether pair number `pair` (from 0, round robin over `setups`) runs its base round
+    first. Each setup takes both orders by turns, and neighbouring setups start apart, so a
+    round's position in its pair, and what the round before it left behind, fall on both
+    sides alike: ..., base impl, impl base, base impl, ..."""
+    return (pair % setups + pair // setups) % 2 == 0
+
+
 class PairedTimer:
-    """Interleaved, synchronized rounds of `work` and `base_work`, `inner` ops each; call
-    `base_round` then `impl_round`, as many times as wanted, or `run` until the budget's rule
-    stops them, and read `paired()`. The only pairing loop of the bench."""
+    """Interleaved, synchronized rounds of an impl's work and base's, `inner` ops each, on one
+    or several setups (independent allocations of what both read): pair k runs on setup
+    k mod S, its two rounds in the order `base_first` gives. Call `before_impl` then
+    `impl_round` as many times as wanted (pytest-benchmark's pedantic does), or `run` until
+    the budget's rule stops them, and read `paired()`. The only pairing loop of the bench."""
 
     def __init__(
-        self, work: Work, base_work: Work, device: str, per_call_s: float | None = None
+        self,
+        setups: Sequence[Setup],
+        device: str,
+        per_call_s: float | None = None,
+        fit: Callable[[int], object] | None = None,
     ) -> None:
-        # per_call_s: the caller ran both works warm already and knows the longer call's
+        if not setups:
+            raise ValueError("paired rounds need at least one setup")
+        # per_call_s: the caller ran every work warm already and knows the longest call's
         # seconds (a whole generation: warming it up again would cost seconds a side)
-        per_call = per_call_s or max(warm_up(work, device), warm_up(base_work, device))
+        per_call = per_call_s or warm_up_all(setups, device)
         self.inner = choose_inner(per_call)
+        if fit is not None:  # what the works read can now be sized for rounds of `inner`
+            fit(self.inner)
         self.round_s = per_call * self.inner  # expected seconds of one round
-        self._impl = make_round(work, self.inner, device)
-        self._base = make_round(base_work, self.inner, device)
+        self._rounds = [
+            (make_round(w, self.inner, device), make_round(b, self.inner, device))
+            for w, b in setups
+        ]
         self.impl_s: list[float] = []
         self.base_s: list[float] = []
+        self.setups: list[int] = []
+        self._half: float | None = None  # the first round of the pair under way, if any
         self.started: float | None = None  # perf_counter at the first timed round
         self.stopped, self.target = "", 0.0  # why `run` stopped, and its target
 
-    def base_round(self) -> None:
+    def _time(self, impl: bool) -> float:
+        impl_round, base_round = self._rounds[len(self.impl_s) % len(self._rounds)]
+        return time_call(impl_round if impl else base_round) / self.inner
+
+    def _done(self, impl: float, base: float) -> None:
+        self.setups.append(len(self.impl_s) % len(self._rounds))
+        self.impl_s.append(impl)
+        self.base_s.append(base)
+        self._half = None
+
+    def _finish(self) -> None:
+        """The base round an impl-first pair still owes."""
+        if self._half is not None:
+            self._done(self._half, self._time(impl=False))
+
+    def before_impl(self) -> None:
+        """What runs before the next impl round: the base round the pair before still owes,
+        then this pair's base round if it runs base first."""
         if self.started is None:
             self.started = time.perf_counter()
-        self.base_s.append(time_call(self._base) / self.inner)
+        self._finish()
+        if base_first(len(self.impl_s), len(self._rounds)):
+            self._half = self._time(impl=False)
 
     def impl_round(self) -> None:
-        self.impl_s.append(time_call(self._impl) / self.inner)
+        """The pair's impl round, after `before_impl`."""
+        impl = self._time(impl=True)
+        if base_first(len(self.impl_s), len(self._rounds)):
+            assert self._half is not None, "before_impl runs the base round first"
+            self._done(impl, self._half)
+        else:
+            self._half = impl
+
+    def pair(self) -> None:
+        """One whole pair."""
+        self.before_impl()
+        self.impl_round()
+        self._finish()
 
     def elapsed_s(self) -> float:
         return 0.0 if self.started is None else time.perf_counter() - self.started
@@ -107,38 +174,45 @@ class PairedTimer:
 
     def run(self, budget: Budget) -> Paired:
         """Paired rounds, on top of any already taken, until `budget`'s rule stops them."""
-        while (stop := stop_reason(self.ratios(), self.elapsed_s(), budget)) is None:
-            self.base_round()
-            self.impl_round()
+        self._finish()
+        while (stop := self._stop(budget)) is None:
+            self.pair()
         self.stopped, self.target = stop, budget.target
         return self.paired()
 
+    def _stop(self, budget: Budget) -> str | None:
+        return stop_reason(self.ratios(), self.elapsed_s(), budget, self.setups)
+
     def paired(self) -> Paired:
-        """The rounds so far; before `run` has stopped them, as a fixed budget's."""
+        """The whole pairs so far; before `run` has stopped them, as a fixed budget's."""
         stopped = self.stopped or BUDGET
-        return Paired(self.inner, list(self.impl_s), list(self.base_s), stopped, self.target)
+        setups = list(self.setups) if len(self._rounds) > 1 else []
+        return Paired(self.inner, list(self.impl_s), list(self.base_s), stopped, self.target,
+                      setups)  # fmt: skip
 
 
 def run_paired(
     benchmark: BenchmarkFixture,
-    work: Work,
-    base_work: Work,
+    setups: Sequence[Setup],
     device: str,
     budget: Budget,
     per_call_s: float | None = None,
+    fit: Callable[[int], object] | None = None,
 ) -> Paired:
-    """Time `work` in pairs with `base_work` until the ratio is sure or the budget ends.
+    """Time each setup's work in pairs with its base_work until the ratio is sure or the
+    budget ends.
 
     The first `budget.min_pairs` pairs run through pytest-benchmark's public `pedantic`: its
-    `setup` runs (and we time) one base round before each impl round. pedantic takes a fixed
-    count, so the pairs after those, as many as the stopping rule wants, run in the same loop
-    of ours: pytest-benchmark's table shows the first pairs' impl rounds, the results file
-    every pair. pytest-benchmark's statistics are per round of `inner` ops (it forbids
-    iterations > 1 with a setup); the per-op figures come from our own clock around the same
-    calls. `per_call_s`: both works are warm and a call takes about this long (no warm-up).
+    `setup` runs (and we time) what precedes each impl round, its target the impl round.
+    pedantic takes a fixed count, so the pairs after those, as many as the stopping rule
+    wants, run in the same loop of ours: pytest-benchmark's table shows the first pairs' impl
+    rounds, the results file every pair. pytest-benchmark's statistics are per round of
+    `inner` ops (it forbids iterations > 1 with a setup); the per-op figures come from our own
+    clock around the same calls. `per_call_s`: every work is warm and a call takes about this
+    long (no warm-up). `fit(inner)`: called once the ops a round runs are known.
     """
-    timer = PairedTimer(work, base_work, device, per_call_s)
-    benchmark.pedantic(timer.impl_round, setup=timer.base_round, rounds=budget.min_pairs)
+    timer = PairedTimer(setups, device, per_call_s, fit)
+    benchmark.pedantic(timer.impl_round, setup=timer.before_impl, rounds=budget.min_pairs)
     return timer.run(budget)
 
 

@@ -24,8 +24,10 @@ from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
 from bench.families.quant import quant_jobs
 from bench.families.tp import tp_jobs
+from bench.harness import pages
 from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
+from bench.harness.placement import release_setups
 from bench.harness.runner import Harness
 from bench.harness.session import Settings, configure_torch, cpu_model, device_name, physical_cores
 from bench.harness.shards import assign
@@ -40,6 +42,7 @@ from lora_kernels.presets import PRESETS
 
 SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
+MODULE = pytest.StashKey[str]()  # the module of the benchmark that ran last
 BENCH_FIXTURES = {
     "case", "fused_job", "gen_job", "life_job", "memory_case", "model_job", "multi_job",
     "quant_job", "timer_case", "tp_job",
@@ -89,13 +92,15 @@ def case_ids(settings: Settings) -> list[str]:
 
 
 def started(config: pytest.Config) -> Settings:
-    """The run's settings, with the installed plugins loaded and the threads and malloc's
-    thresholds fixed: done when the first benchmark module is collected."""
+    """The run's settings, with the installed plugins loaded, the threads and malloc's
+    thresholds fixed and the pages large tensors get recorded: done when the first benchmark
+    module is collected."""
     settings = config.stash[SETTINGS]
     if not config.stash[STARTED]:
         load_plugins(settings.impl_specs)
         configure_torch(settings.threads)
         settings.allocator = fix_malloc()
+        settings.pages = pages.in_force(lambda nbytes: torch.ones(nbytes // 4))
         config.stash[STARTED] = True
     return settings
 
@@ -185,9 +190,16 @@ def _module_of(item: pytest.Item) -> str:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Past --lora-deadline no further benchmark starts; the results list the ones skipped."""
+    """Past --lora-deadline no further benchmark starts; the results list the ones skipped.
+    The setups one benchmark module held for its cases go before the next module starts."""
     settings = item.config.stash.get(SETTINGS, None)
-    if settings is None or not settings.past_deadline():
+    if settings is None:
+        return
+    module = _module_of(item)
+    if module != item.config.stash.get(MODULE, module):
+        release_setups()
+    item.config.stash[MODULE] = module
+    if not settings.past_deadline():
         return
     if BENCH_FIXTURES & set(getattr(item, "fixturenames", ())):
         settings.not_run.append(item.nodeid.partition("::")[2])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report.base import MODES_ORDER, Table, fmt_bytes, render
+from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_ci, render
 from bench.report.dora import dora_tables
 from bench.report.fused import fused_tables
 from bench.report.generation import generation_tables
@@ -76,6 +76,10 @@ def run_header(run: Run) -> str:
                      f"--lora-deadline {meta.deadline:g} s")  # fmt: skip
     if meta.allocator:
         lines.append(f"- malloc: {meta.allocator}")
+    if meta.pages:
+        lines.append(f"- pages: {meta.pages}")
+    if run.times():
+        lines.append(control_line(run))
     if meta.only:
         lines.append(f"- only these cases (--lora-only): {', '.join(meta.only)}")
     for key, start in meta.peaks_start.items():
@@ -92,6 +96,19 @@ def run_header(run: Run) -> str:
         if named:
             lines.append(f"- {origin}s: {', '.join(named)}")
     return "\n".join(lines) + "\n"
+
+
+def control_line(run: Run) -> str:
+    """The run's measured setup bias: its A/A control (base against base on an allocation of
+    its own) at each timed case, or that it has none."""
+    controls = run.controls()
+    if not controls:
+        return "- A/A control: none (a run from before lora-bench measured one)"
+    parts = [f"{case} {mode} {e.ratio_to_base:.3f} {fmt_ci(e.rounds.ratio_ci)}"
+             for (case, mode), e in controls.items()]  # fmt: skip
+    worst = max(abs(e.ratio_to_base - 1) for e in controls.values())
+    return (f"- A/A control (base against base on an allocation of its own: the setup bias of "
+            f"this run), farthest from 1 by {100 * worst:.1f}%: {'; '.join(parts)}")  # fmt: skip
 
 
 def run_markdown(run: Run) -> str:

@@ -88,9 +88,14 @@ def ratio_table(run: Run, mode: str, group_by: str | None = None) -> Table:
         rows.append(row)
     base = "base forward" if mode == "infer" else "base step (forward, then dx)"
     copied = sorted({e.impl for e in items if e.copied_output}, key=run.impl_rank)
-    note = (
-        f"median of paired rounds impl / {base} [its 95% CI] ± IQR; below 1 is faster than the base"
-    )
+    setups = max((e.rounds.setup_count for e in items), default=1)
+    over = (f", each side on the same copies of {setups} setups (allocations of their own): the "
+            "geometric mean of the setups' medians [95% CI over the setups]"
+            if setups > 1 else ": the median of the pairs [its 95% CI]")  # fmt: skip
+    note = f"paired rounds impl / {base}{over} ± IQR of the pairs; below 1 is faster than the base"
+    if any(e.control for e in items):
+        note += (". base: the A/A control, base against itself on an allocation of its own: "
+                 "what where the tensors sit alone does to a ratio in this run")  # fmt: skip
     if copied:
         note += (
             f". {', '.join(copied)}: output not contiguous, so the copy to contiguous memory "

@@ -5,11 +5,14 @@ that wrote it has changed."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 from bench.schema.decode import positive, positive_seconds
-from bench.stats.ranks import median_ci
+from bench.stats.setups import SetupSummary, summarize
+
+CONTROL = "base"  # the impl timed against itself on an allocation of its own: the A/A control
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -22,19 +25,28 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class Paired:
-    """Seconds per op of interleaved rounds: base_s[i] ran right before impl_s[i]."""
+    """Seconds per op of interleaved rounds: impl_s[i] and base_s[i] are one pair, run one
+    right after the other, on setup setups[i] (one setup when `setups` is empty: files from
+    before setups, and families that build one). The ratio and its CI come from the setups
+    (bench.stats.setups)."""
 
     inner: int  # ops per round
     impl_s: list[float]
     base_s: list[float]
     stopped: str = "budget"  # sure, budget or pairs: files without it ran a fixed budget
     target: float = 0.0  # the ratio CI's half-width the rounds aimed at; 0: none (fixed budget)
+    setups: list[int] = field(default_factory=list)  # each pair's setup; []: all one setup
 
     def __post_init__(self) -> None:
         if len(self.impl_s) != len(self.base_s) or not self.impl_s:
             raise ValueError(
                 f"paired rounds need as many base as impl rounds, at least one; got "
                 f"{len(self.impl_s)} and {len(self.base_s)}"
+            )
+        if self.setups and len(self.setups) != len(self.impl_s):
+            raise ValueError(
+                f"setups must name the setup of every pair: {len(self.impl_s)} pairs, "
+                f"{len(self.setups)} setups"
             )
         if self.inner < 1:
             raise ValueError(f"inner must be >= 1 op a round, got {self.inner}")
@@ -45,20 +57,32 @@ class Paired:
     def ratios(self) -> list[float]:
         return [i / b for i, b in zip(self.impl_s, self.base_s, strict=True)]
 
+    @cached_property
+    def summary(self) -> SetupSummary:
+        """The ratio, its 95% CI and what they rest on (bench.stats.setups)."""
+        return summarize(self.ratios, self.setups)
+
     @property
     def ratio(self) -> float:
-        """Median of the per-pair ratios impl / base."""
-        return quartiles(self.ratios)[1]
+        """impl / base: the median of the per-pair ratios, or over several setups the
+        geometric mean of each setup's median."""
+        return self.summary.ratio
 
     @property
     def ratio_iqr(self) -> float:
+        """The spread of the per-pair ratios, all setups together."""
         q1, _, q3 = quartiles(self.ratios)
         return q3 - q1
 
     @property
     def ratio_ci(self) -> tuple[float, float]:
-        """The 95% confidence interval of the median ratio (distribution-free)."""
-        return median_ci(self.ratios)
+        """The 95% confidence interval of the ratio: over the setups when there are several,
+        else the distribution-free interval of the median pair."""
+        return self.summary.ci
+
+    @property
+    def setup_count(self) -> int:
+        return self.summary.setups
 
     @property
     def impl_median_s(self) -> float:
@@ -103,6 +127,7 @@ class TimeEntry(CaseEntry):
     copied_output: bool  # op's output was not contiguous; the timed op includes the copy
     copies: int  # sets of weights and input the calls rotated over (1: a warm cache)
     rounds: Paired
+    control: bool = False  # base against base on an allocation of its own: the A/A control
 
     def __post_init__(self) -> None:
         positive("flops, min_bytes and floor_s", [self.flops, self.min_bytes, self.floor_s])

@@ -69,6 +69,7 @@ class RunMeta:
     peaks_start: dict[str, dict[str, float]]  # "device/dtype" -> gemm_gflops, copy_gbs, ...
     peaks_end: dict[str, dict[str, float]]
     allocator: str = ""  # how malloc's thresholds were set (bench.harness.allocator); "" before
+    pages: str = ""  # the pages large CPU tensors got (bench.harness.pages); "" before
     deadline: float | None = None  # --lora-deadline, seconds
     not_run: list[str] = field(default_factory=list)  # benchmark ids the deadline skipped
     shard: str = ""  # "i/N" for a run of --lora-shard, "" for a whole run
@@ -93,6 +94,11 @@ class Run:
 
     def times(self, mode: str | None = None) -> list[TimeEntry]:
         return [e for e in self.entries if isinstance(e, TimeEntry) and mode in (None, e.mode)]
+
+    def controls(self) -> dict[tuple[str, str], TimeEntry]:
+        """The A/A control of each timed (case, mode): base against base on an allocation of
+        its own. Empty for runs from before the control."""
+        return {(e.case, e.mode): e for e in self.times() if e.control}
 
     def memory(self) -> list[MemoryEntry]:
         return [e for e in self.entries if isinstance(e, MemoryEntry)]
