@@ -18,6 +18,7 @@ from bench.gates.plan import Item, match_cases, select
 from bench.report.ab import ab_markdown
 from bench.schema.ab import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
 from bench.schema.io import ResultError
+from bench.stats.verdicts import NOT_JUDGED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_select_lists_one_sided_impls_and_modes() -> None:
     assert sel.only_current == ["new", "merged train", "gpu"]
     assert sel.only_base == ["old"]
     peers = select(CASES[:1], {"base": base, "current": cur}, "cpu", ("peft",))
-    assert {i.impl for i in peers.items} == {"peft"}
+    assert {i.impl for i in peers.items} == {"peft", "base"}, "base comes: the A/A control"
     with pytest.raises(ResultError, match="--impls nope: on neither side; known: base, addmm"):
         select(CASES, {"base": base, "current": cur}, "cpu", ("nope",))
 
@@ -353,8 +354,10 @@ def test_the_base_side_imports_only_the_base_commits_kernels(
     run = load_ab(out_json)
     assert [p.message for p in run.of(AbProblem)] == [], out
     assert code in (0, 1), out  # 1: a timing verdict, which 0.05 s of rounds may give
-    assert {(t.impl, t.mode) for t in run.of(AbTime)} == {("addmm", "infer"), ("addmm", "train")}
-    assert {(m.impl, m.mode) for m in run.of(AbMemory)} == {("addmm", "infer"), ("addmm", "train")}
+    wanted = {(impl, mode) for impl in ("addmm", "base") for mode in ("infer", "train")}
+    assert {(t.impl, t.mode) for t in run.of(AbTime)} == wanted, "base too: the A/A control"
+    assert {(m.impl, m.mode) for m in run.of(AbMemory)} == wanted
+    assert run.meta.control, "base's code is the same in both commits"
 
 
 class FakeSide:
@@ -442,3 +445,24 @@ def test_a_comparison_too_noisy_to_tell_the_threshold_is_called_unresolved() -> 
     text = ab_markdown(run)
     assert "same (unresolved)" in text and "1 time comparison(s) unresolved" in text
     assert ab_run(1.02).unresolved() == []
+
+
+def test_a_case_whose_a_a_control_is_off_is_not_judged() -> None:
+    """base, the same code on both sides, read 1.2x across the two processes at one case:
+    addmm's 1.2x there is not called a regression, and the header says why."""
+    run = ab_run(1.2)
+    (slow,) = run.of(AbTime)
+    control = replace(slow, impl="base")
+    both = replace(run, entries=[*run.entries, control], meta=replace(run.meta, control=True))
+    assert both.verdict(slow) == NOT_JUDGED and both.verdict(control) == "regression"
+    assert [e.impl for e in both.regressions() if isinstance(e, AbTime)] == ["base"]
+    text = ab_markdown(both)
+    assert "not judged (A/A control off)" in text and "1 change(s) not judged" in text
+    assert f"Past 5% at {slow.case} infer: changes there are not judged." in text
+    steady = replace(control, current_s=control.base_s)
+    fine = replace(both, entries=[*run.entries, steady])
+    assert fine.verdict(slow) == "regression"
+    assert "A/A control (base, the same code on both sides): 1 cases" in ab_markdown(fine)
+    changed = replace(both, meta=replace(run.meta, control=False))
+    assert changed.controls() == {} and changed.verdict(slow) == "regression"
+    assert "No A/A control: base's code differs" in ab_markdown(changed)

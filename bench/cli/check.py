@@ -12,7 +12,7 @@ from bench.report.ab import MEMORY_HEADERS, memory_row
 from bench.report.base import Table, fmt_ci, overlap, render
 from bench.schema.io import ResultError
 from bench.schema.run import load_run
-from bench.stats.verdicts import IMPROVEMENT, REGRESSION
+from bench.stats.verdicts import IMPROVEMENT, NOT_JUDGED, REGRESSION, SAME
 
 
 def fmt_change(change: float, ci: tuple[float, float]) -> str:
@@ -30,7 +30,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ResultError("no timed case is in both runs: nothing to check")
     for warning in gate.copy_drift(baseline, current):
         print(warning, file=sys.stderr)
-    flagged = [v for v in verdicts if v.status(threshold, alpha) == REGRESSION]
+    off = gate.controls_off(baseline, current, threshold)
+
+    def status(v: gate.Verdict) -> str:
+        called = v.status(threshold, alpha)
+        return NOT_JUDGED if called != SAME and (v.case, v.mode) in off else called
+
+    flagged = [v for v in verdicts if status(v) == REGRESSION]
     if flagged and args.recheck:
         project = gate.find_project(Path(args.project or "."))
         print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
@@ -46,22 +52,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     tables, counts = [], {}
     headers = ["case", "impl", "mode", "baseline ratio [95% CI] ± IQR",
                "current ratio [95% CI] ± IQR", "CIs overlap", "change [95% CI]", "p"]  # fmt: skip
-    for status in (REGRESSION, IMPROVEMENT):
+    for wanted in (REGRESSION, IMPROVEMENT):
         rows = [
             [v.case, v.impl, v.mode,
              f"{v.base_ratio:.3f} {fmt_ci(v.base_ci)} ±{v.base_iqr:.3f}",
              f"{v.cur_ratio:.3f} {fmt_ci(v.cur_ci)} ±{v.cur_iqr:.3f}",
              overlap(v.base_ci, v.cur_ci), fmt_change(v.change, v.change_ci),
              f"{v.p_value:.2g}"]
-            for v in verdicts if v.status(threshold, alpha) == status
+            for v in verdicts if status(v) == wanted
         ]  # fmt: skip
-        mem = [memory_row(m, status) for m in memory
-               if m.status(mem_rel, mem_mib) == status]  # fmt: skip
-        counts[status] = len(rows) + len(mem)
+        mem = [memory_row(m, wanted) for m in memory
+               if m.status(mem_rel, mem_mib) == wanted]  # fmt: skip
+        counts[wanted] = len(rows) + len(mem)
         if rows:
-            tables.append(Table(f"{status.capitalize()}s: ratio to base", headers, rows))
+            tables.append(Table(f"{wanted.capitalize()}s: ratio to base", headers, rows))
         if mem:
-            tables.append(Table(f"{status.capitalize()}s: peak memory", MEMORY_HEADERS, mem))
+            tables.append(Table(f"{wanted.capitalize()}s: peak memory", MEMORY_HEADERS, mem))
+    unjudged = [
+        [v.case, v.impl, v.mode, f"{v.base_ratio:.3f}", f"{v.cur_ratio:.3f}",
+         fmt_change(v.change, v.change_ci), off[(v.case, v.mode)]]
+        for v in verdicts if status(v) == NOT_JUDGED
+    ]  # fmt: skip
+    if unjudged:
+        tables.append(Table(
+            "Not judged: the A/A control is off",
+            ["case", "impl", "mode", "baseline ratio", "current ratio", "change [95% CI]",
+             "why"], unjudged,
+            f"at these cases a run's A/A control (base against base on an allocation of its "
+            f"own) reads past {100 * threshold / 2:g}%: setups alone move their ratios that far, "
+            "so a change of the threshold cannot be told from them; rerun on a quieter machine",
+        ))  # fmt: skip
+    for line in gate.control_notes(baseline, current):
+        print(line, file=sys.stderr)
     if tables:
         sys.stdout.write(render(tables, "github"))
     print(
@@ -70,6 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{100 * threshold:g}%; memory: past "
         f"{100 * mem_rel:g}% and {mem_mib:g} MiB: {counts[REGRESSION]} regression(s), "
         f"{counts[IMPROVEMENT]} improvement(s)"
+        + (f", {len(unjudged)} change(s) not judged (A/A control off)" if unjudged else "")
     )
     return 1 if counts[REGRESSION] else 0
 

@@ -37,7 +37,7 @@ from typing import TextIO
 
 from bench.gates import gitref, with_kernels
 from bench.gates.plan import Item, match_cases, select
-from bench.harness import allocator
+from bench.harness import allocator, pages
 from bench.harness.rounds import TARGET, Budget, choose_inner, stop_reason
 from bench.schema.ab import AbEntry, AbMemory, AbMeta, AbProblem, AbRun, AbTime
 from bench.schema.io import ResultError
@@ -48,6 +48,7 @@ ABBA = ("base", "current", "current", "base")  # one quad: each side runs once f
 SIDE_ENV = {
     "GOMP_SPINCOUNT": "10000",  # idle OpenMP threads sleep within about a millisecond
     **allocator.ENV,  # malloc's thresholds fixed, as in `pytest bench`
+    **pages.ENV,  # large tensors on huge pages, as in `pytest bench`
 }
 
 
@@ -326,5 +327,7 @@ def run_ab(opts: Options) -> AbRun:
         wall_s=time.monotonic() - start,
         target=opts.target,
         side_env=dict(SIDE_ENV),
+        control=bool(hellos["base"].get("control"))
+        and hellos["base"].get("control") == hellos["current"].get("control"),
     )
     return AbRun(meta, entries)

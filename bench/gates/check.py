@@ -3,8 +3,10 @@ baseline run and a current one, and each impl's peak memory.
 
 A case regresses only when its ratio grew by more than the runs' own spread (the median moved
 past the half-IQRs of both runs added together), significantly (Mann-Whitney's U test on the
-per-pair log ratios of the two runs), past half the threshold, and with a CI that reaches the
-threshold (bench.stats.verdicts). Runs taken at
+per-pair log ratios of the two runs, and, for runs over several setups, a 95% CI of the
+quotient of the two ratios that leaves out 1), past half the threshold, and with a CI that
+reaches the threshold (bench.stats.verdicts); and not at a case whose A/A control, in either
+run, reads past half the threshold. Runs taken at
 different times drift with the machine, so this gate is for large changes over many commits;
 `lora-bench ab` judges one change in one run.
 """
@@ -23,8 +25,9 @@ from bench.schema.ab import AbMemory
 from bench.schema.entries import TimeEntry, quartiles
 from bench.schema.io import ResultError
 from bench.schema.run import Run, load_run
-from bench.stats.ranks import mann_whitney, median_ci, shift_ci
-from bench.stats.verdicts import SAME, time_status
+from bench.stats.ranks import mann_whitney, shift_ci
+from bench.stats.setups import SetupSummary, quotient, summarize
+from bench.stats.verdicts import SAME, control_off, time_status
 
 COPY_DRIFT = 0.20  # warn when the runs' copy bandwidths differ by more than this
 RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a profile's budget
@@ -32,7 +35,8 @@ RECHECK_SECONDS = 4.0  # paired rounds per rechecked benchmark: longer than a pr
 
 @dataclass(frozen=True)
 class Verdict:
-    """One (case, impl, mode) in both runs: the per-pair ratios to base of each."""
+    """One (case, impl, mode) in both runs: the per-pair ratios to base of each, and the
+    setup each pair ran on (empty: one setup)."""
 
     case: str
     impl: str
@@ -40,14 +44,24 @@ class Verdict:
     fullname: str
     base_ratios: tuple[float, ...]
     cur_ratios: tuple[float, ...]
+    base_setups: tuple[int, ...] = ()
+    cur_setups: tuple[int, ...] = ()
+
+    @property
+    def base_summary(self) -> SetupSummary:
+        return summarize(self.base_ratios, self.base_setups)
+
+    @property
+    def cur_summary(self) -> SetupSummary:
+        return summarize(self.cur_ratios, self.cur_setups)
 
     @property
     def base_ratio(self) -> float:
-        return quartiles(list(self.base_ratios))[1]
+        return self.base_summary.ratio
 
     @property
     def cur_ratio(self) -> float:
-        return quartiles(list(self.cur_ratios))[1]
+        return self.cur_summary.ratio
 
     @property
     def base_iqr(self) -> float:
@@ -69,20 +83,29 @@ class Verdict:
         return (self.base_iqr + self.cur_iqr) / 2
 
     @property
+    def over_setups(self) -> bool:
+        """Whether either run spread its pairs over several setups."""
+        return self.base_summary.setups > 1 or self.cur_summary.setups > 1
+
+    @property
     def change_ci(self) -> tuple[float, float]:
-        """95% CI of `change`: the shift of the log per-pair ratios from the baseline run to
-        the current one, the interval that goes with Mann-Whitney's test."""
+        """95% CI of `change`: over setups, the CI of the quotient of the two ratios (what
+        changes between setups included); else the shift of the log per-pair ratios from the
+        baseline run to the current one, the interval that goes with Mann-Whitney's test."""
+        if self.over_setups:
+            _, lo, hi = quotient(self.cur_summary, self.base_summary)
+            return lo - 1, hi - 1
         lo, hi = shift_ci(_logs(self.base_ratios), _logs(self.cur_ratios))
         return math.exp(lo) - 1, math.exp(hi) - 1
 
     @property
     def base_ci(self) -> tuple[float, float]:
-        """95% CI of the baseline run's median ratio."""
-        return median_ci(self.base_ratios)
+        """95% CI of the baseline run's ratio."""
+        return self.base_summary.ci
 
     @property
     def cur_ci(self) -> tuple[float, float]:
-        return median_ci(self.cur_ratios)
+        return self.cur_summary.ci
 
     @property
     def p_value(self) -> float:
@@ -92,6 +115,9 @@ class Verdict:
     def status(self, threshold: float, alpha: float) -> str:
         if abs(self.cur_ratio - self.base_ratio) <= self.noise:
             return SAME
+        lo, hi = self.change_ci
+        if self.over_setups and lo <= 0 <= hi:
+            return SAME  # the setups of either run move the ratio as far
         return time_status(self.change, self.change_ci, self.p_value, threshold, alpha)
 
 
@@ -107,9 +133,38 @@ def verdicts(baseline: Run, current: Run) -> list[Verdict]:
         b, c = old[ident], new[ident]
         out.append(
             Verdict(c.case, c.impl, c.mode, c.fullname, tuple(b.rounds.ratios),
-                    tuple(c.rounds.ratios))
+                    tuple(c.rounds.ratios), tuple(b.rounds.setups), tuple(c.rounds.setups))
         )  # fmt: skip
     return sorted(out, key=lambda v: (v.case, v.impl, v.mode))
+
+
+def controls_off(baseline: Run, current: Run, threshold: float) -> dict[tuple[str, str], str]:
+    """(case, mode) -> why its comparisons cannot be judged: a run whose A/A control there
+    reads past half the threshold (bench.stats.verdicts.control_off)."""
+    out: dict[tuple[str, str], str] = {}
+    for label, run in (("baseline", baseline), ("current", current)):
+        for ident, e in run.controls().items():
+            if control_off(e.ratio_to_base, threshold) and ident not in out:
+                lo, hi = e.rounds.ratio_ci
+                out[ident] = (f"the {label} run's A/A control reads {e.ratio_to_base:.3f} "
+                              f"[{lo:.3f}, {hi:.3f}]")  # fmt: skip
+    return out
+
+
+def control_notes(baseline: Run, current: Run) -> list[str]:
+    """One line per run on its A/A control: the largest setup bias it measured, or that it
+    has none (a run from before the control)."""
+    lines = []
+    for label, run in (("baseline", baseline), ("current", current)):
+        controls = run.controls()
+        if not controls:
+            lines.append(f"note: the {label} run has no A/A control (an older run): its setup "
+                         "bias is not known")  # fmt: skip
+            continue
+        (case, mode), worst = max(controls.items(), key=lambda kv: abs(kv[1].ratio_to_base - 1))
+        lines.append(f"A/A control, {label}: {len(controls)} cases, the farthest from 1 "
+                     f"{worst.ratio_to_base:.3f} at {case} {mode}")  # fmt: skip
+    return lines
 
 
 def memory_changes(baseline: Run, current: Run) -> list[AbMemory]:
@@ -200,4 +255,4 @@ def better_of(v: Verdict, rerun: dict[str, TimeEntry]) -> Verdict:
     e = rerun.get(v.fullname)
     if e is None or e.ratio_to_base >= v.cur_ratio:
         return v
-    return replace(v, cur_ratios=tuple(e.rounds.ratios))
+    return replace(v, cur_ratios=tuple(e.rounds.ratios), cur_setups=tuple(e.rounds.setups))

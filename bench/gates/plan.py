@@ -7,6 +7,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from bench.schema.ab import AbProblem
+from bench.schema.entries import CONTROL
 from bench.schema.io import ResultError
 
 MODES = ("infer", "train")
@@ -58,7 +59,7 @@ def select(
 ) -> Selection:
     """The (case, impl, mode) items both sides can run on the device, and what only one side
     has. `impls` maps each side to its impls by name, as their hello listed them; `wanted`
-    names impls (none: ours)."""
+    names impls (none: ours); base comes always, the A/A control of every case."""
     base, cur = impls["base"], impls["current"]
     names = list(dict.fromkeys([*cur, *base]))
     if wanted:
@@ -67,7 +68,7 @@ def select(
             raise ResultError(
                 f"--impls {', '.join(unknown)}: on neither side; known: {', '.join(names)}"
             )
-        names = [n for n in names if n in wanted]
+        names = [n for n in names if n in wanted or n == CONTROL]
     else:
         names = [n for n in names if (cur.get(n) or base[n])["origin"] == "ours"]
     sel = Selection()

@@ -12,6 +12,8 @@ stdout (a plugin's print, a C library) goes to stderr.
 from __future__ import annotations
 
 import gc
+import hashlib
+import inspect
 import json
 import os
 import sys
@@ -33,10 +35,22 @@ from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
 from bench.harness.runner import forward_work, train_work
 from bench.harness.session import configure_torch
 from bench.harness.timing import make_round, time_call, warm_up
+from bench.schema.entries import CONTROL
 from lora_kernels import IMPLS, load_plugins
 from lora_kernels.plugins import absolute_spec
 
 Reply = dict[str, object]
+
+
+def source_digest(impl: object) -> str:
+    """A digest of the source of an impl's builder: two sides whose `base` has the same one
+    run the same code, so its comparison is the run's A/A control ("" when it cannot be
+    read)."""
+    try:
+        source = inspect.getsource(impl.builder)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):
+        return ""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 class Side:
@@ -67,7 +81,8 @@ class Side:
             }
             for i in IMPLS.values()
         ]
-        return {"tree": str(self.tree), "torch": torch.__version__, "impls": impls}
+        return {"tree": str(self.tree), "torch": torch.__version__, "impls": impls,
+                "control": source_digest(IMPLS.get(CONTROL))}  # fmt: skip
 
     def plan(self, profile: str, device: str, dtypes: list[str], cache: str) -> Reply:
         """The profile's cases on the device, with the copies a cold cache needs per mode,

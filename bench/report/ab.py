@@ -7,7 +7,7 @@ import statistics
 
 from bench.report.base import Table, fmt_bytes, fmt_seconds, render
 from bench.schema.ab import AbMemory, AbProblem, AbRun, AbTime
-from bench.stats.verdicts import IMPROVEMENT, REGRESSION, SAME
+from bench.stats.verdicts import IMPROVEMENT, NOT_JUDGED, REGRESSION, SAME
 
 TIME_HEADERS = ["case", "impl", "mode", "base", "current", "current / base [95% CI]", "p",
                 "blocks, stopped", "verdict"]  # fmt: skip
@@ -23,6 +23,8 @@ def time_row(e: AbTime, status: str, attempts: list[AbTime], threshold: float) -
     base, cur = statistics.median(e.base_s), statistics.median(e.current_s)
     if status == SAME and not e.resolves(threshold):
         status += " (unresolved)"
+    if status == NOT_JUDGED:
+        status += " (A/A control off)"
     if len(attempts) > 1:
         tried = ", ".join(f"{a.ratio:.3f}" for a in attempts)
         status += f" (attempts: {tried})"
@@ -96,7 +98,27 @@ def ab_header(run: AbRun) -> str:
     for side, names in (("base", m.only_base), ("current", m.only_current)):
         if names:
             lines.append(f"Only on the {side} side (not compared): {', '.join(names)}.")
+    lines.append(control_line(run))
     return "\n".join(lines) + "\n"
+
+
+def control_line(run: AbRun) -> str:
+    """What the run's A/A control says: base, the same code on both sides, compared across
+    the two processes; a case where it reads past half the threshold is not judged."""
+    controls = run.controls()
+    if not run.meta.control:
+        return ("No A/A control: base's code differs between the two commits (or a side could "
+                "not say), so its comparisons are a change like any other.")  # fmt: skip
+    if not controls:
+        return "No A/A control: base was not compared."
+    (case, mode), worst = max(controls.items(), key=lambda kv: abs(kv[1].ratio - 1))
+    off = [f"{c} {m}" for c, m in run.controls_off()]
+    text = (f"A/A control (base, the same code on both sides): {len(controls)} cases, the "
+            f"farthest from 1 {worst.ratio:.3f} at {case} {mode}.")  # fmt: skip
+    if off:
+        text += (f" Past {100 * run.meta.threshold / 2:g}% at {', '.join(off)}: changes there "
+                 "are not judged.")  # fmt: skip
+    return text
 
 
 def ab_summary(run: AbRun) -> str:
@@ -109,10 +131,12 @@ def ab_summary(run: AbRun) -> str:
         counts[s] = counts.get(s, 0) + 1
     failures = sum(p.fails for p in run.of(AbProblem))
     unresolved = len(run.unresolved())
+    unjudged = counts.get(NOT_JUDGED, 0)
     return (
         f"{len(run.times())} time and {len(run.of(AbMemory))} memory comparisons in "
         f"{m.wall_s / 60:.1f} min: {counts[REGRESSION]} regression(s), "
         f"{counts[IMPROVEMENT]} improvement(s), {failures} failure(s) on the current side"
+        + (f", {unjudged} change(s) not judged (A/A control off)" if unjudged else "")
         + (
             f"; {unresolved} time comparison(s) unresolved: their 95% CI reaches past "
             f"±{100 * m.threshold:g}%, too wide to tell such a change from none (a loaded "

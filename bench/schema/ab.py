@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from bench.schema.decode import from_dict, parse_entries, positive_seconds
+from bench.schema.entries import CONTROL
 from bench.schema.io import ResultError, read_json
 from bench.stats.ranks import ci_reach, ratio_summary
-from bench.stats.verdicts import REGRESSION, SAME, memory_status, time_status
+from bench.stats.verdicts import (
+    NOT_JUDGED,
+    REGRESSION,
+    SAME,
+    control_off,
+    memory_status,
+    time_status,
+)
 
 AB_SCHEMA = 1
 
@@ -50,6 +58,7 @@ class AbMeta:
     wall_s: float
     target: float = 0.0  # rounds stopped once the ratio's CI was within this; 0: a fixed budget
     side_env: dict[str, str] = field(default_factory=dict)  # set in both sides' environment
+    control: bool = False  # base ran the same code on both sides: its comparisons are A/A
     schema: int = AB_SCHEMA
 
 
@@ -174,13 +183,28 @@ class AbRun:
         """Every attempt at e's (case, impl, mode), first first."""
         return [a for a in self.of(AbTime) if (a.case, a.impl, a.mode) == (e.case, e.impl, e.mode)]
 
+    def controls(self) -> dict[tuple[str, str], AbTime]:
+        """The A/A control of each (case, mode): base, the same code on both sides, compared
+        across the two processes. Empty when base's code differs between the commits."""
+        if not self.meta.control:
+            return {}
+        return {(e.case, e.mode): e for e in self.times() if e.impl == CONTROL}
+
+    def controls_off(self) -> dict[tuple[str, str], AbTime]:
+        """The controls that read past half the threshold: changes at their case and mode
+        cannot be told from what the two processes' setups alone do."""
+        return {k: c for k, c in self.controls().items()
+                if control_off(c.ratio, self.meta.threshold)}  # fmt: skip
+
     def verdict(self, e: AbTime) -> str:
         """A change counts only when every attempt at e's comparison shows it, the same way:
         one side of a run can fall into a slower state for a stretch, a real change cannot
-        come and go."""
+        come and go; and not at a case whose A/A control is off (NOT_JUDGED)."""
         m = self.meta
         seen = {a.status(m.threshold, m.alpha) for a in self.attempts(e)}
-        return seen.pop() if len(seen) == 1 else SAME
+        called = seen.pop() if len(seen) == 1 else SAME
+        off = e.impl != CONTROL and (e.case, e.mode) in self.controls_off()
+        return NOT_JUDGED if called != SAME and off else called
 
     def unresolved(self) -> list[AbTime]:
         """Comparisons whose shown attempt's CI is too wide to tell a change of the threshold

@@ -13,6 +13,7 @@ ALPHA = 0.01  # a change is significant when its two-sided p-value is below this
 MEMORY_REL = 0.05  # peak memory regresses past this growth ...
 MEMORY_MIB = 1.0  # ... and past this many MiB
 REGRESSION, IMPROVEMENT, SAME = "regression", "improvement", "same"
+NOT_JUDGED = "not judged"  # a change at a case whose A/A control is off
 
 
 def time_status(
@@ -38,3 +39,11 @@ def memory_status(base_bytes: int, current_bytes: int, rel: float, mib: float) -
     if abs(diff) <= mib * 2**20 or abs(diff) <= rel * base_bytes:
         return SAME
     return REGRESSION if diff > 0 else IMPROVEMENT
+
+
+def control_off(ratio: float, threshold: float) -> bool:
+    """Whether an A/A control (the same work on both sides, apart only in where its tensors
+    sit or which process runs it) reads past half the gate's threshold: setups alone then
+    move that case's ratios as far as a change the gate would call, so no change there can be
+    told from them (time_status never calls a change under half the threshold)."""
+    return abs(ratio - 1) > threshold / 2
