@@ -12,7 +12,7 @@ from bench.harness.cases import PROFILES, Case
 from bench.harness.session import Settings
 from bench.report.dora import dora_memory_table, dora_ratio_table
 from bench.report.layer import ratio_table
-from bench.schema.entries import MemoryEntry
+from bench.schema.entries import MemoryEntry, TimeEntry
 from bench.schema.run import ImplInfo, Run
 from lora_kernels import IMPLS
 
@@ -89,7 +89,18 @@ def test_ratio_table_reads_the_price_of_dora() -> None:
     assert table.headers[4:6] == ["dora_factored", "peft_dora"]
     (row,) = table.rows
     assert row[:6] == [f"{KEY} cpu", "infer", "addmm 1.200", "1.300", "1.500", "6.500"]
-    assert row[6:] == ["1.250", "5.000", "4.3x"]  # 1.5 / 1.2, 6.5 / 1.3, 6.5 / 1.5
+    # 1.5 / 1.2, 6.5 / 1.3, 6.5 / 1.5, rounds without spread: their CIs are points
+    assert row[6:] == ["1.250 [1.250, 1.250]", "5.000 [5.000, 5.000]", "4.333 [4.333, 4.333]"]
+
+
+def test_a_price_of_dora_the_rounds_cannot_tell_is_unresolved() -> None:
+    run = dora_run()
+    noisy = time_entry(KEY, "dora_factored", "cpu", 1e-3, 1.21, iqr=0.3)
+    entries = [noisy if isinstance(e, TimeEntry) and e.impl == "dora_factored" else e
+               for e in run.entries]  # fmt: skip
+    (row,) = dora_ratio_table(dataclasses.replace(run, entries=entries)).rows
+    assert row[6].startswith("1.008 [") and row[6].endswith("] unresolved")
+    assert not row[7].endswith("unresolved")
 
 
 def test_memory_table_and_lora_tables_stay_apart() -> None:

@@ -22,7 +22,7 @@ from bench.families.generation import (
     peft_mixed,
 )
 from bench.families.lifecycle import life_jobs
-from bench.report.generation import generation_tables
+from bench.report.generation import generation_comparisons, generation_tables
 from bench.report.lifecycle import lifecycle_tables
 from bench.schema.entries import GenerationEntry, LifecycleEntry, Paired
 from bench.schema.run import Run, dump_run, parse_run
@@ -120,6 +120,28 @@ def test_generation_entries_round_trip_and_answer_the_question() -> None:
     assert rows["frozen model"][3] == "100"  # 31 tokens over 0.31 s
     assert detail.rows[0][1:4] == ["peft", "372.00", "1.200"]  # TTFT: the prefill's median
     assert detail.rows[0][5] == "12.00"  # TPOT: 1.2 x 0.31 s over 31 steps
+    # pairs without spread: the quotient's CI is a point, so each verdict stands
+    assert rows["ours, best unmerged"][6] == "PEFT unmerged: x1.14 [1.14, 1.14]"
+    assert rows["ours, best merged"][6] == "PEFT merged: x0.99 [0.99, 0.99]"
+
+
+def test_a_generation_verdict_the_rounds_cannot_tell_is_unresolved() -> None:
+    """Three rounds a variant, each pair 0.9 to 1.3 of the frozen model's time: the quotient's
+    CI spans 1, so neither order is stated."""
+
+    def noisy(variant: str, centre: float) -> GenerationEntry:
+        base = [0.31, 0.3, 0.32]
+        rounds = Paired(1, [b * r for b, r in zip(base, [centre - 0.2, centre, centre + 0.2],
+                                                   strict=True)], base)  # fmt: skip
+        return gen_entry(variant, "decode", centre, rounds=rounds)
+
+    run = Run(make_run().meta, {}, {}, [noisy("peft", 1.2), noisy("addmm", 1.1)])
+    gap, _ = generation_tables(run)
+    rows = {row[1]: row for row in gap.rows}
+    assert rows["ours, best unmerged"][6].endswith("unresolved")
+    (verdict,) = generation_comparisons(run)
+    assert verdict.label.endswith(": ours, best unmerged vs PEFT unmerged")
+    assert not verdict.resolved
 
 
 def test_generation_reader_refuses_what_cannot_be() -> None:

@@ -4,6 +4,7 @@ set of weights, the memory count, and the model entries' round trip through a re
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from bench.families.models import (
     shared_copy,
     variants,
 )
-from bench.report.models import model_tables
+from bench.report.models import model_comparisons, model_tables
 from bench.schema.entries import ModelEntry, Paired
 from bench.schema.run import Run, dump_run, parse_run
 from lora_kernels import IMPLS, get_preset
@@ -87,4 +88,21 @@ def test_model_entries_round_trip_and_table() -> None:
     assert forward.title == "Models (forward)" and train.title == "Models (training step)"
     assert forward.rows[0][:3] == ["llama-cpu attn T=128 r=16", "peft", "1.100"]
     assert forward.rows[0][3] == "[1.000, 1.200]"  # 95% CI of 3 pairs: their range
-    assert forward.rows[0][6] == "20% / 15%"
+    assert forward.rows[0][5] == "-", "PEFT's own row has no quotient against PEFT"
+    assert forward.rows[0][7] == "20% / 15%"
+
+
+def test_a_variant_is_faster_than_peft_only_where_the_ci_says_so() -> None:
+    def timed(variant: str, ratio: float, spread: float) -> ModelEntry:
+        ratios = [ratio * (1 + spread * ((7 * i) % 11 - 5) / 5) for i in range(21)]
+        return replace(entry(variant, "infer"), rounds=Paired(1, ratios, [1.0] * 21))
+
+    entries = [timed("peft", 1.2, 0.01), timed("addmm", 1.1, 0.01), timed("two_step", 1.19, 0.2)]
+    run = Run(make_run().meta, {}, {}, entries)
+    (table,) = model_tables(run)
+    cells = {row[1]: row[5] for row in table.rows}
+    assert cells["addmm"].startswith("0.917 [") and not cells["addmm"].endswith("unresolved")
+    assert cells["two_step"].endswith("unresolved")
+    case = "llama-cpu attn T=128 r=16 fp32 cpu"
+    labels = [c.label for c in model_comparisons(run)]
+    assert labels == [f"model {case} infer: addmm vs peft", f"model {case} infer: two_step vs peft"]

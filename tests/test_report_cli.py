@@ -112,6 +112,43 @@ def test_check_reports_improvements(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "### Improvements" in capsys.readouterr().out
 
 
+def test_check_does_not_judge_a_case_whose_control_is_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both cases slow down by 2x; at one, the current run's A/A control reads 1.2: setups
+    alone moved its ratios past half the threshold there, so that case is not judged."""
+    far = CASES[2]
+    base = write(tmp_path / "base.json", make_run(control=True))
+    slow = {(KEY, "two_step"): 2.1, (far, "two_step"): 2.1, (KEY, "base"): 1.2}
+    cur = write(tmp_path / "cur.json", make_run(ratios=slow, control=True))
+    assert main(["check", str(base), str(cur), "--max-slowdown", "25%"]) == 1
+    captured = capsys.readouterr()
+    regressions, unjudged = captured.out.split("### Not judged: the A/A control is off")
+    assert f"| {far} cpu" in regressions and f"| {KEY} cpu" not in regressions
+    assert f"| {KEY} cpu | two_step" in unjudged
+    assert "the current run's A/A control reads 1.200" in unjudged
+    assert "1 regression(s)" in captured.out and "1 change(s) not judged" in captured.out
+    assert f"A/A control, current: 3 cases, the farthest from 1 1.200 at {KEY} cpu" in captured.err
+    quiet = write(tmp_path / "quiet.json", make_run(ratios={(KEY, "two_step"): 2.1}))
+    assert main(["check", str(base), str(quiet), "--max-slowdown", "25%"]) == 1
+    assert "the current run has no A/A control" in capsys.readouterr().err
+
+
+def test_check_over_setups_needs_the_setups_to_agree() -> None:
+    """Pairs of the current run read 12% higher, every pair significant; but its four setups
+    read 1.0 and 1.25 by turns: the setups alone move the ratio that far, so no verdict."""
+    setups = tuple(k for k in range(4) for _ in range(8))
+    base = tuple(1.0 + 0.001 * (i % 3) for i in range(32))
+    split = tuple((1.0 if k % 2 else 1.25) + 0.001 * (i % 3) for i, k in enumerate(setups))
+    v = gate.Verdict(KEY, "two_step", "infer", "", base, split, setups, setups)
+    assert v.p_value < 1e-3 and v.change > 0.1
+    lo, hi = v.change_ci
+    assert lo < 0 < hi
+    assert v.status(0.10, 0.01) == "same"
+    steady = tuple(1.25 + 0.001 * (i % 3) for i in range(32))
+    assert replace(v, cur_ratios=steady).status(0.10, 0.01) == "regression"
+
+
 def test_check_warns_when_the_machine_changed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -294,3 +331,27 @@ def test_export_refuses_an_unknown_format(cpu_run: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["export", str(cpu_run), "--format", "csv"])
     assert exc.value.code == 2
+
+
+def test_agree_reports_two_runs_of_one_setup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write(tmp_path / "first.json", make_run(control=True, iqr=0.01))
+    moved = {(KEY, "two_step"): 1.12, (CASES[2], "base"): 1.03}
+    second = write(tmp_path / "second.json", make_run(ratios=moved, control=True, iqr=0.01))
+    before = digest(first, second)
+    assert main(["agree", str(first), str(second), "--format", "plain"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:42].strip(): line[42:].strip() for line in out.splitlines()}
+    assert rows["time entries in both runs"] == "9"
+    assert rows["within 5% of each other"] == "8 of 9 (89%)"  # two_step 1.05 to 1.12
+    assert rows["at decode (T <= 16)"] == "3 of 3 (100%)"  # the control moved 3%
+    assert rows["95% CIs that overlap"] == "7 of 9 (78%)"  # ... outside its CI
+    assert "layer lora infer  9" in out, "the family table counts every family's entries"
+    assert "A/A control (base on its own allocation)" in out
+    assert "1.030 [" in out and "no" in out.split("1.030 [")[1].splitlines()[0]
+    assert "The 2 entries that moved most" not in out and "two_step" in out
+    assert digest(first, second) == before
+    gpu = write(tmp_path / "gpu.json", make_run("cuda"))
+    assert main(["agree", str(first), str(gpu)]) == 2
+    assert "agree compares two runs of one setup; use compare" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
-report, compare, check, plot, baseline, export and merge read results JSONs and import
+report, compare, agree, check, plot, baseline, export and merge read results JSONs and import
 neither torch nor the registry; ab drives two side processes and sweep Ray tasks, and import
 no torch themselves; run, impls, verify, profile and plan load torch.
 
@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from bench.cli import (
     ab,
+    agree,
     baseline,
     check,
     compare,
@@ -34,6 +35,7 @@ from bench.schema.io import ResultError
 COMMANDS = (
     report,
     compare,
+    agree,
     check,
     plot,
     baseline,

@@ -5,6 +5,7 @@ DoRA over LoRA reads directly; and their peak memory beside LoRA's and the weigh
 from __future__ import annotations
 
 from bench.report.base import MODES_ORDER, Table, fmt_bytes
+from bench.report.verdicts import Comparison, versus
 from bench.schema.entries import MemoryEntry, TimeEntry
 from bench.schema.run import Run
 
@@ -30,6 +31,31 @@ def _ratio(cell: float | None) -> str:
     return "" if cell is None else f"{cell:.3f}"
 
 
+def _best(run: Run, entries: dict, case: str, mode: str, variant: str) -> TimeEntry | None:
+    """Our entry of `variant` with the lowest ratio on (case, mode), base left out."""
+    mine = [e for (c, m, impl), e in entries.items()
+            if (c, m) == (case, mode) and impl != "base" and run.variant(impl) == variant
+            and run.impl_info(impl).origin == "ours"]  # fmt: skip
+    return min(mine, key=lambda e: e.ratio_to_base, default=None)
+
+
+def _quotients(run: Run, case: str, mode: str) -> list[Comparison | None]:
+    """Our DoRA over our LoRA, PEFT's DoRA over PEFT's LoRA, PEFT's DoRA over our DoRA."""
+    entries = {(e.case, e.mode, e.impl): e for e in run.times()}
+    ours = (_best(run, entries, case, mode, "dora"), _best(run, entries, case, mode, "lora"))
+    peft = (entries.get((case, mode, PEFT_DORA)), entries.get((case, mode, PEFT_LORA)))
+    pairs = [("our best DoRA vs our best LoRA", *ours), ("peft_dora vs peft", *peft),
+             ("peft_dora vs our best DoRA", peft[0], ours[0])]  # fmt: skip
+    return [None if a is None or b is None else versus(f"dora {case} {mode}: {label}",
+                                                       a.rounds, b.rounds)
+            for label, a, b in pairs]  # fmt: skip
+
+
+def dora_comparisons(run: Run) -> list[Comparison]:
+    dora = [e for e in run.times() if run.variant(e.impl) == "dora"]
+    return [q for case, mode in _cases(dora) for q in _quotients(run, case, mode) if q]
+
+
 def dora_ratio_table(run: Run) -> Table:
     times: list[TimeEntry] = sorted(run.times(), key=lambda e: MODES_ORDER.index(e.mode))
     dora = [e for e in times if run.variant(e.impl) == "dora"]
@@ -38,30 +64,23 @@ def dora_ratio_table(run: Run) -> Table:
     rows = []
     for case, mode in _cases(dora):
         lora = _ours_lora(run, cells, case, mode)
-        best = min((cells[(case, mode, i)] for i in impls if (case, mode, i) in cells
-                    and run.impl_info(i).origin == "ours"), default=None)  # fmt: skip
-        peft_lora, peft_dora = (
-            cells.get((case, mode, PEFT_LORA)),
-            cells.get((case, mode, PEFT_DORA)),
-        )
         rows.append(
-            [case, mode, "" if lora is None else f"{lora[0]} {lora[1]:.3f}", _ratio(peft_lora)]
+            [case, mode, "" if lora is None else f"{lora[0]} {lora[1]:.3f}",
+             _ratio(cells.get((case, mode, PEFT_LORA)))]
             + [_ratio(cells.get((case, mode, i))) for i in impls]
-            + [
-                "" if best is None or lora is None else f"{best / lora[1]:.3f}",
-                "" if peft_dora is None or peft_lora is None else f"{peft_dora / peft_lora:.3f}",
-                "" if best is None or peft_dora is None else f"{peft_dora / best:.1f}x",
-            ]
-        )
+            + ["" if q is None else q.cell() for q in _quotients(run, case, mode)]
+        )  # fmt: skip
     headers = ["case", "mode", "LoRA: our best", "LoRA: peft", *impls,
                "our DoRA / our LoRA", "peft_dora / peft", "peft_dora / our DoRA"]  # fmt: skip
     return Table(
         "DoRA: ratio to base",
         headers,
         rows,
-        "median of paired rounds impl / the frozen base layer (infer: its forward; train: its "
-        "forward and dx), LoRA's impls on the same case beside DoRA's. our DoRA / our LoRA = "
-        "the price of DoRA: our best DoRA impl over our best LoRA impl",
+        "paired rounds impl / the frozen base layer (infer: its forward; train: its forward "
+        "and dx), LoRA's impls on the same case beside DoRA's. our DoRA / our LoRA = the price "
+        "of DoRA: our best DoRA impl over our best LoRA impl. Each quotient has the 95% CI of "
+        "its two ratios together; unresolved where the CI holds 1: the run cannot tell the two "
+        "apart",
     )
 
 
