@@ -235,7 +235,9 @@ PROFILES: dict[str, Profile] = {
         cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
         dora_grid=QUICK_GRID,
         dora_memory_grid=(QUICK_PREFILL,),
-        timed_in_full=("delta_weight", "dora_dense"),
+        # PEFT's DoRA forms W + s·B A on every call, as dora_dense does: 12 s of the quick
+        # profile, which paid for its setups (bench/NOTES.md, "Figures that hold")
+        timed_in_full=("delta_weight", "dora_dense", "peft_dora"),
     ),
     "full": Profile(
         "full",
