@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.report.agreement import agreement_tables
+from bench.report.agreement import agreement_header, agreement_tables
 from bench.report.base import render
 from bench.schema.io import ResultError, check_output, write_atomic
 from bench.schema.run import load_run
@@ -24,6 +24,8 @@ def cmd_agree(args: argparse.Namespace) -> int:
             f"{b.device}, {b.cache} cache): agree compares two runs of one setup; use compare"
         )
     text = render(agreement_tables(first, second), args.format)
+    if args.format != "csv":
+        text = agreement_header(first, second) + "\n" + text
     if args.output:
         write_atomic(Path(args.output), text)
     sys.stdout.write(text)

@@ -20,6 +20,7 @@ from bench.harness.kernels import trainable, variant_of
 from bench.harness.memory import CPU_METHOD, CUDA_METHOD, CpuProbe, measure_cuda
 from bench.harness.placement import CopyPool, Rotation, held_setups, share_of
 from bench.harness.profiling import case_folder, profile_entry, trace_calls
+from bench.harness.rounds import Budget
 from bench.harness.session import Settings
 from bench.harness.timing import (
     Setup,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from lora_kernels.dora import DoRAWeights
 
 Weights: TypeAlias = "LoRAWeights | DoRAWeights"
+TIMER_PAIRS = 61  # the timer check compares clocks on one setup (a whole rotation): enough
 
 
 @dataclass
@@ -247,16 +249,16 @@ class Harness:
         return None if trace_dir is None else trace_dir / case_folder(case)
 
     def _paired(
-        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str, setups: int
+        self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str, budget: Budget
     ) -> tuple[Checked, int, Paired] | None:
-        """Check the impl on the case, then time it in pairs with base on `setups` setups:
-        (checked, copies rotated, paired), or None when pytest-benchmark is disabled (the work
-        then runs once). `base` is the A/A control: its impl side reads an allocation of its
-        own. With --lora-trace, a trace of the checked work follows the timed rounds."""
-        budget = replace(self.settings.budget(self.settings.profile.budget), setups=setups)
+        """Check the impl on the case, then time it in pairs with base on the budget's
+        setups: (checked, copies rotated, paired), or None when pytest-benchmark is disabled
+        (the work then runs once). `base` is the A/A control: its impl side reads an
+        allocation of its own. With --lora-trace, a trace of the checked work follows the
+        timed rounds."""
         copies = self.settings.copies(case, mode)
         control = impl_name == CONTROL
-        checked = checked_work(case, impl_name, mode, copies, setups, control)
+        checked = checked_work(case, impl_name, mode, copies, budget.setups, control)
         if benchmark.disabled:
             checked.work()
             return None
@@ -284,8 +286,8 @@ class Harness:
     def time(self, benchmark: BenchmarkFixture, case: Case, impl_name: str, mode: str) -> None:
         """Check, then time the impl in pairs with base; a forward or a training step."""
         benchmark.group = f"{'forward' if mode == 'infer' else 'train'} {case}"
-        setups = self.settings.budget(self.settings.profile.budget).setups
-        measured = self._paired(benchmark, case, impl_name, mode, setups)
+        budget = self.settings.budget(self.settings.profile.budget)
+        measured = self._paired(benchmark, case, impl_name, mode, budget)
         if measured is None:
             return
         checked, copies, paired = measured
@@ -317,7 +319,9 @@ class Harness:
         """Our paired per-op time of the impl's forward against independent timers of the same
         work: torch.utils.benchmark everywhere, CUDA events and triton's do_bench on CUDA."""
         benchmark.group = "timer check"
-        measured = self._paired(benchmark, case, impl_name, "infer", 1)  # one whole rotation
+        budget = self.settings.budget(self.settings.profile.budget)
+        budget = replace(budget, setups=1, max_pairs=min(budget.max_pairs, TIMER_PAIRS))
+        measured = self._paired(benchmark, case, impl_name, "infer", budget)
         if measured is None:
             return
         checked, copies, paired = measured

@@ -222,6 +222,19 @@ def verdict_flips(first: Run, second: Run) -> tuple[int, int]:
     return flips, both
 
 
+def agreement_header(first: Run, second: Run) -> str:
+    """Which two runs: when, where, of which commit, on which profile."""
+
+    def said(label: str, run: Run) -> str:
+        commit = str(run.commit_info.get("id", ""))[:10] or "an unknown commit"
+        dirty = ", with uncommitted changes" if run.commit_info.get("dirty") else ""
+        m = run.meta
+        return (f"- {label}: {m.created}, {m.device_name}, {m.profile} profile, {m.threads} "
+                f"threads, commit {commit}{dirty}")  # fmt: skip
+
+    return f"## lora-bench agree\n\n{said('first', first)}\n{said('second', second)}\n"
+
+
 def agreement_tables(first: Run, second: Run) -> list[Table]:
     return [summary_table(first, second), by_family_table(first, second),
             within_table(first, second), worst_table(first, second)]  # fmt: skip
