@@ -320,7 +320,7 @@ def test_export_writes_ratios_for_github_action_benchmark(cpu_run: Path, tmp_pat
         main(["export", str(cpu_run), "--format", "github-action-benchmark", "-o", str(out)]) == 0
     )
     entries = json.loads(out.read_text())
-    assert len(entries) == 6  # 3 cases x two_step, addmm; base (always 1) left out
+    assert len(entries) == 6  # 3 cases x two_step, addmm; base (the A/A control) left out
     first = entries[0]
     assert set(first) == {"name", "unit", "value", "range", "extra"}
     assert first["name"] == "toy T=512 r=4 fp32 cpu · two_step infer"

@@ -11,7 +11,8 @@ FORMATS = ("github-action-benchmark",)
 
 
 def github_action_benchmark(run: Run) -> list[dict[str, object]]:
-    """[{name, unit, value, range, extra}], base itself left out (its ratio is 1 by definition)."""
+    """[{name, unit, value, range (half the 95% CI), extra}], base left out (against itself
+    it is the run's A/A control, not a kernel's figure)."""
     m = run.meta
     out = []
     for mode in MODES_ORDER:
@@ -20,14 +21,17 @@ def github_action_benchmark(run: Run) -> list[dict[str, object]]:
             key=lambda e: (run.shape_rank(e.shape), e.tokens, e.rank, run.impl_rank(e.impl))
         )
         for e in entries:
+            lo, hi = e.rounds.ratio_ci
+            setups = e.rounds.setup_count
+            how = (f"over {setups} setups, {len(e.rounds.impl_s)} paired rounds" if setups > 1
+                   else f"median of {len(e.rounds.impl_s)} paired rounds")  # fmt: skip
             out.append(
                 {
                     "name": f"{e.case} · {e.impl} {mode}",
                     "unit": "x base GEMM",
                     "value": round(e.ratio_to_base, 4),
-                    "range": f"± {e.ratio_iqr / 2:.4f}",
-                    "extra": f"median of {len(e.rounds.impl_s)} paired rounds, 95% CI "
-                    f"{fmt_ci(e.rounds.ratio_ci)}; {m.device_name}; "
+                    "range": f"± {(hi - lo) / 2:.4f}",
+                    "extra": f"{how}, 95% CI {fmt_ci((lo, hi))}; {m.device_name}; "
                     f"{m.threads} threads; {m.cache} cache; torch {m.torch}",
                 }
             )
