@@ -40,6 +40,7 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
     [
         ["export", "{run}", "--format", "github-action-benchmark", "-o", "{run}"],
         ["compare", "{run}", "{run}", "-o", "{run}"],
+        ["agree", "{run}", "{run}", "-o", "{run}"],
         ["baseline", "{run}", "--dir", "{folder}", "--force"],
     ],
 )
@@ -61,6 +62,7 @@ def test_no_command_writes_over_its_input(
     [
         ["export", "{run}", "--format", "github-action-benchmark", "-o", "{out}"],
         ["compare", "{run}", "{run}", "-o", "{out}"],
+        ["agree", "{run}", "{run}", "-o", "{out}"],
         ["plot", "{run}", "-o", "{out}"],
     ],
 )
