@@ -115,6 +115,14 @@ def test_cli_writes_traces_entries_and_tables(tmp_path: Path) -> None:
           "merged"], "--impl merged: impl 'merged' supports modes ['infer'], not 'train'"),
         (["llama3-8b.q_proj", "--tokens", "16", "--rank", "16", "--mode", "fast"],
          "invalid choice: 'fast'"),
+        (["toy", "--tokens", "100000000000", "--rank", "4", "--impl", "addmm"],
+         "toy T=100000000000 r=4 fp32 cpu (infer) needs at least"),
+        (["llama3-8b.q_proj", "--tokens", "16", "--rank", "16", "--dtype", "fp16", "--impl",
+          "addmm"], "fp16 on the CPU is timed for tiny shapes only"),
+        (["llama3-8b.q_proj", "--tokens", "16", "--rank", "16", "--dtype", "bf16"],
+         "bf16 on the CPU is timed for tiny shapes only"),
+        (["toy", "--tokens", "4", "--rank", "2", "--threads", "0"],
+         "--threads: '0': must be a whole number >= 1"),
     ],
 )  # fmt: skip
 def test_cli_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:

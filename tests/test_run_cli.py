@@ -38,6 +38,10 @@ def test_the_option_table_matches_the_harness() -> None:
         (["run", "--seconds", "nan"], "--seconds: 'nan': must be a finite number > 0"),
         (["ab", "HEAD", "--target", "x%"], "--target: 'x%': must be a number > 0"),
         (["ab", "HEAD", "--seconds=-1"], "--seconds: '-1': must be a finite number > 0"),
+        (["run", "--threads", "0"], "--threads: '0': must be a whole number >= 1"),
+        (["profile", "toy", "--threads", "0"], "--threads: '0': must be a whole number >= 1"),
+        (["ab", "HEAD", "--threads", "0"], "--threads: '0': must be a whole number >= 1"),
+        (["run", "--shard", "3/2"], "--shard: shard 3/2: i must be in 1..N"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(
@@ -48,6 +52,28 @@ def test_bad_options_are_one_line_and_exit_2(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_run_hands_pytest_each_option_as_its_command_line_writes_it() -> None:
+    """`--shard 1/2` reached pytest as `--lora-shard (1, 2)`, which it refused every time."""
+    from bench.cli.main import parser
+    from bench.cli.run import pytest_argv
+
+    args = parser().parse_args(["run", "--shard", "1/2", "--target", "1%", "--threads", "2"])
+    argv = pytest_argv(args, [])
+    assert argv[argv.index("--lora-shard") + 1] == "1/2"
+    assert argv[argv.index("--lora-target") + 1] == "0.01"
+    assert argv[argv.index("--lora-threads") + 1] == "2"
+
+
+def test_a_results_folder_is_checked_without_making_it(tmp_path: Path) -> None:
+    from bench.schema.io import ResultError, check_writable
+
+    check_writable(tmp_path / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == [], "a refused run must leave no folder behind"
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ResultError, match="is not a folder"):
+        check_writable(tmp_path / "a-file" / "results")
 
 
 def test_unwritable_results_refused_before_anything_runs(

@@ -12,7 +12,7 @@ from bench.cli.options import add_gate_options, gate_thresholds
 from bench.gates.ab import Options, run_ab
 from bench.gates.check import find_project
 from bench.harness.rounds import TARGET
-from bench.plugin.options import fraction, positive_number
+from bench.plugin.options import fraction, positive_int, positive_number
 from bench.report.ab import ab_markdown
 from bench.schema.ab import dump_ab
 from bench.schema.io import ResultError, check_output, write_atomic
@@ -33,9 +33,9 @@ def options(args: argparse.Namespace) -> Options:
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise ResultError(f"--dtype {args.dtype!r}: use a comma list of {', '.join(DTYPES)}")
-    threads = args.threads or psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    if threads < 1:
-        raise ResultError(f"--threads must be >= 1, got {threads}")
+    threads = args.threads
+    if threads is None:
+        threads = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     if args.rechecks < 0:
         raise ResultError(f"--rechecks must be >= 0, got {args.rechecks}")
     threshold, alpha, memory_rel, memory_mib = gate_thresholds(args)
@@ -98,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a.add_argument("--dtype", help="comma list (default fp32 on cpu, bf16,fp32 on cuda)")
-    a.add_argument("--threads", type=int, help="torch threads (default: the physical cores)")
+    a.add_argument("--threads", type=positive_int,
+                   help="torch threads, >= 1 (default: the physical cores)")  # fmt: skip
     a.add_argument("--cache", choices=["cold", "warm"], default="cold")
     a.add_argument(
         "--seconds",

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_number
+from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_int, positive_number
 from bench.schema.io import ResultError, check_writable, write_atomic
 
 CASE_ID = re.compile(r"^(\S+) T=(\d+) r=(\d+) (\w+) (\w+)$")
@@ -70,6 +70,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from bench.harness.allocator import fix_malloc
     from bench.harness.cache import cache_bytes, copies_needed
+    from bench.harness.memory import shortfall
     from bench.harness.profiling import (
         PAIRED,
         case_folder,
@@ -90,20 +91,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ResultError("--device cuda: CUDA is not available on this machine")
     if args.nvtx and args.device != "cuda":
         raise ResultError("--nvtx needs CUDA: NVTX ranges are read by nsys and ncu on a GPU")
-    threads = args.threads or physical_cores()
-    if threads < 1:
-        raise ResultError(f"--threads must be >= 1, got {threads}")
+    threads = physical_cores() if args.threads is None else args.threads
     load_plugins()
     try:
         case = parse_case(args)
     except ValueError as err:
         raise ResultError(str(err)) from None
+    if case.skip_reason():
+        raise ResultError(f"{case}: {case.skip_reason()}")
+    copies = copies_needed(case.min_bytes(args.mode), cache_bytes(case.device), args.cache)
+    too_big = shortfall(case, args.mode, copies)
+    if too_big:
+        raise ResultError(too_big)
     impls, left = chosen_impls(args.impl, case, args.mode)
     folder = Path(args.output or Path("results") / "profiles" / case_folder(case))
     check_writable(folder)
     configure_torch(threads)
     allocator = fix_malloc()
-    copies = copies_needed(case.min_bytes(args.mode), cache_bytes(case.device), args.cache)
     paired = replace(PAIRED, seconds=args.seconds)
     entries: list[Entry] = []
     failed: list[str] = []
@@ -113,6 +117,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         except pytest.fail.Exception as err:  # the oracle check failed: not profiled
             failed.append(name)
             print(f"{name}: not profiled: {err}", file=sys.stderr)
+            continue
+        except pytest.skip.Exception as err:  # it cannot run the case: said, not a failure
+            left.append(f"{name}: {err.msg}")
             continue
         fullname = f"lora-bench profile {case} {name} {args.mode}"
         works = (checked.work, checked.base_work)
@@ -146,7 +153,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=list(DTYPE_NAMES), help="default fp32 on cpu, bf16 on cuda")
     p.add_argument("--cache", choices=list(CACHE_CHOICES), default="cold",
                    help="as the bench's --lora-cache (default cold)")  # fmt: skip
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads, >= 1 (default: the physical cores)")  # fmt: skip
     p.add_argument("--seconds", type=positive_number, default=1.0,
                    help="most time of each impl's paired timing (default 1)")  # fmt: skip
     p.add_argument("--nvtx", action="store_true",

@@ -26,7 +26,7 @@ def pytest_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
         if option.name == "results":
             value = str(Path(value).resolve())  # pytest's rootdir need not be this folder
         for item in value if isinstance(value, list) else [value]:
-            argv += [f"--lora-{option.name}", str(item)]
+            argv += [f"--lora-{option.name}", option.text(item)]
     return argv + extra
 
 

@@ -61,6 +61,30 @@ def _build_and_run(impl: str, inputs: Inputs, mode: str) -> torch.Tensor:
     return y
 
 
+def free_bytes(device: str) -> int:
+    """Memory the device has free now: CUDA's free memory, or the system's available RAM."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def shortfall(case: Case, mode: str, copies: int) -> str | None:
+    """Why the case cannot fit the device's free memory, or None. A lower bound of what its
+    check and timing hold at once: each of `copies` copies of its inputs and outputs, and the
+    float64 oracle's copy of them; what an impl makes on top only adds."""
+    one = case.min_bytes(mode)
+    need = one * copies + one * 8 // case.torch_dtype.itemsize
+    free = free_bytes(case.device)
+    if need <= free:
+        return None
+    fewer = "fewer tokens, or --cache warm" if copies > 1 else "fewer tokens"
+    return (f"{case} ({mode}) needs at least {need / 2**30:.1f} GiB (its inputs and outputs, "
+            f"{copies} cache cop{'ies' if copies > 1 else 'y'} of them and the float64 oracle's"
+            f"), and {case.device} has {free / 2**30:.1f} GiB free: take {fewer}")  # fmt: skip
+
+
 def measure_cuda(impl: str, case: Case, mode: str) -> int:
     """Peak bytes allocated above the inputs while building and running the op once."""
     _build_and_run(impl, _inputs(case, mode, impl), mode)  # warm-up: compile, cuBLAS workspaces

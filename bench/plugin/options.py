@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,17 @@ def positive_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1, or a usage error saying what is allowed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
     return value
 
 
@@ -56,13 +68,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def shard_text(shard: tuple[int, int]) -> str:
+    return f"{shard[0]}/{shard[1]}"
+
+
 @dataclass(frozen=True)
 class Option:
-    """One bench option: `name` is the part after --lora-."""
+    """One bench option: `name` is the part after --lora-; `text` writes a parsed value back
+    as the command line gives it (`lora-bench run` hands its options on to pytest)."""
 
     name: str
     help: str
     kwargs: dict[str, Any] = field(default_factory=dict)  # argparse's add_argument keywords
+    text: Callable[[Any], str] = str
 
     @property
     def dest(self) -> str:
@@ -82,8 +100,8 @@ OPTIONS = (
     ),
     Option(
         "threads",
-        "torch CPU threads, set and recorded; default the physical cores",
-        {"type": int, "default": None},
+        "torch CPU threads (>= 1), set and recorded; default the physical cores",
+        {"type": positive_int, "default": None},
     ),
     Option(
         "dtype",
@@ -123,6 +141,7 @@ OPTIONS = (
         "run the i-th of N shards of the profile's benchmarks, balanced by expected seconds, "
         "e.g. 2/4; `lora-bench merge` joins the shards' results",
         {"type": shard_option, "default": None, "metavar": "i/N"},
+        shard_text,
     ),
     Option(
         "only",

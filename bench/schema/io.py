@@ -37,12 +37,18 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Make `folder` if needed and prove a file can be written in it; ResultError naming the
-    folder when not. Called before any measurement, so a run never ends unable to save."""
+    """Prove that files can be written in `folder`, or in the folder it would be made in,
+    without making anything (a command that then refuses leaves nothing behind); ResultError
+    naming the folder when not. Called before any measurement, so a run never ends unable to
+    save; the writer makes the folder."""
     folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ResultError(f"{folder}: cannot write results there ({existing} is not a folder)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".lora-bench-", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lora-bench-", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
