@@ -22,9 +22,8 @@ from bench.cli.merge import merge_runs
 from bench.cli.sweep import ShardOutcome, on_ray
 from bench.families.budget import FULL_PER_BENCHMARK, QUICK, expected_seconds
 from bench.harness.shards import assign
-from bench.plugin.options import parse_shard
 from bench.schema.io import ResultError
-from bench.schema.run import Run, dump_run, load_run
+from bench.schema.run import Run, dump_run, load_run, parse_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +101,35 @@ def test_merge_joins_shards_and_refuses_what_does_not_belong(tmp_path: Path) -> 
     assert main(["merge", *shard_files, "-o", str(out)]) == 2
     assert out.read_bytes() == before  # not replaced without --force
     assert main(["merge", str(tmp_path / "a.json"), "-o", str(tmp_path / "a.json")]) == 2
+
+
+def test_merge_refuses_bad_shards_and_says_a_partial_merge_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_run()
+    half = len(run.entries) // 2
+    a, c = sharded(run, "1/3", slice(0, half)), sharded(run, "3/3", slice(half, None))
+    files = {}
+    for name, r in (("a", a), ("c", c)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(dump_run(r))
+    for bad in ("x/y", "5/2", "0/2"):  # a shard field no run of --lora-shard writes
+        path = tmp_path / f"bad-{bad.replace('/', '-')}.json"
+        path.write_text(dump_run(a).replace('"shard": "1/3"', f'"shard": "{bad}"'))
+        assert main(["merge", str(path), str(files["c"]), "-o", str(tmp_path / "m.json"),
+                     "--partial"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and "shard" in err, err
+    assert main(["merge", str(files["a"]), str(files["a"]), "-o", str(tmp_path / "m.json")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    out = tmp_path / "partial.json"
+    assert main(["merge", str(files["a"]), str(files["c"]), "-o", str(out), "--partial"]) == 0
+    assert "partial: shard(s) 2/3 missing" in capsys.readouterr().out
+    merged = load_run(out)
+    assert merged.meta.missing_shards == ["2/3"]
+    assert main(["report", str(out)]) == 0
+    assert "- partial: merged without shard(s) 2/3" in capsys.readouterr().out
+    assert not list(tmp_path.glob("m.json"))
 
 
 SELECTION = ["-k", "test_params or test_multi"]  # two files of the tiny profile: seconds

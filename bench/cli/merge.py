@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench.schema.io import ResultError, check_output, write_atomic
-from bench.schema.run import Run, dump_run, load_run
+from bench.schema.run import Run, dump_run, load_run, parse_shard
 
 SAME = ("profile", "device", "schema", "threads", "dtypes", "cache")
 
@@ -23,7 +23,7 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
     whole = [path for path, shard in shards.items() if not shard]
     if whole:
         raise ResultError(f"not the results of a shard (no --lora-shard): {', '.join(whole)}")
-    counts = {int(s.partition("/")[2]) for s in shards.values()}
+    counts = {parse_shard(s)[1] for s in shards.values()}
     if len(counts) > 1:
         raise ResultError(f"shards of different counts: {_named(shards)}")
     collections = {path: run.meta.shard_of for path, run in runs.items()}
@@ -40,7 +40,7 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
         raise ResultError(f"shards of different commits: {_named(commits)}")
     by_index: dict[int, str] = {}
     for path, shard in shards.items():
-        index = int(shard.partition("/")[0])
+        index = parse_shard(shard)[0]
         if index in by_index:
             raise ResultError(f"shard {shard} given twice: {by_index[index]} and {path}")
         by_index[index] = path
@@ -62,7 +62,7 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
     metas = [runs[by_index[i]].meta for i in sorted(by_index)]
     meta = dataclasses.replace(
         first.meta, shard="", shard_items=[], shard_of="", created=min(m.created for m in metas),
-        not_run=[n for m in metas for n in m.not_run],
+        not_run=[n for m in metas for n in m.not_run], missing_shards=missing,
     )  # fmt: skip
     return Run(meta, first.machine_info, first.commit_info, entries)
 
@@ -73,6 +73,11 @@ def _named(values: Mapping[str, object]) -> str:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.shards]
+    twice = [
+        str(p) for i, p in enumerate(inputs) if p.resolve() in {q.resolve() for q in inputs[:i]}
+    ]
+    if twice:
+        raise ResultError(f"{', '.join(twice)}: given twice; give each shard's results once")
     out = Path(args.output)
     check_output(out, inputs, "-o")
     if out.exists() and not args.force:
@@ -80,7 +85,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     runs = {str(p): load_run(p) for p in inputs}
     merged = merge_runs(runs, args.partial)
     write_atomic(out, dump_run(merged))
-    print(f"wrote {out}: {len(merged.entries)} entries from {len(runs)} shard(s)")
+    missing = merged.meta.missing_shards
+    partial = f"; partial: shard(s) {', '.join(missing)} missing" if missing else ""
+    print(f"wrote {out}: {len(merged.entries)} entries from {len(runs)} shard(s){partial}")
     return 0
 
 

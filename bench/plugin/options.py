@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.schema.run import parse_shard
+
 PROFILE_NAMES = ("tiny", "quick", "full")
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -36,18 +38,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
     return value
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """(i, N) of "i/N", 1 <= i <= N (shard i of N, 1-based); ValueError saying what is
-    allowed otherwise."""
-    head, sep, tail = text.partition("/")
-    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
-        raise ValueError(f"a shard is written i/N (e.g. 2/4), got {text!r}")
-    index, count = int(head), int(tail)
-    if not 1 <= index <= count:
-        raise ValueError(f"shard {text}: i must be in 1..N (N = {count}), got {index}")
-    return index, count
 
 
 def shard_option(text: str) -> tuple[int, int]:

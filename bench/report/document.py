@@ -71,6 +71,9 @@ def run_header(run: Run) -> str:
             else "; every call reuses one copy)"
         ),
     ]
+    if meta.missing_shards:
+        lines.append(f"- partial: merged without shard(s) {', '.join(meta.missing_shards)}; "
+                     "their benchmarks are not in this run")  # fmt: skip
     if meta.not_run:
         lines.append(f"- cut short: {len(meta.not_run)} benchmark(s) not started, past "
                      f"--lora-deadline {meta.deadline:g} s")  # fmt: skip

@@ -36,6 +36,18 @@ SCHEMA = 2  # version of the whole file; load_run refuses any other
 PEAKS = ("gemm_gflops", "copy_gbs")  # the calibrated peaks the tables divide by
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """(i, N) of "i/N", 1 <= i <= N (shard i of N, 1-based); ValueError saying what is
+    allowed otherwise."""
+    head, sep, tail = text.partition("/")
+    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+        raise ValueError(f"a shard is written i/N (e.g. 2/4), got {text!r}")
+    index, count = int(head), int(tail)
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {text}: i must be in 1..N (N = {count}), got {index}")
+    return index, count
+
+
 @dataclass(frozen=True)
 class ImplInfo:
     """What a run knew of an implementation: where it came from and what it does."""
@@ -75,9 +87,12 @@ class RunMeta:
     shard: str = ""  # "i/N" for a run of --lora-shard, "" for a whole run
     shard_items: list[str] = field(default_factory=list)  # the benchmark ids of the shard
     shard_of: str = ""  # digest of all the benchmark ids the shards were cut from ("" before)
+    missing_shards: list[str] = field(default_factory=list)  # a --partial merge's absent "i/N"
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
+        for shard in ([self.shard] if self.shard else []) + self.missing_shards:
+            parse_shard(shard)
         for name, peaks in (("peaks_start", self.peaks_start), ("peaks_end", self.peaks_end)):
             for key, peak in peaks.items():
                 if set(peak) < set(PEAKS):
