@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,22 +208,68 @@ def test_a_sweep_on_ray_merged_holds_the_unsharded_entries(
     # again, over what is there: refused before any shard starts
     assert main([*sweep, "--results", str(tmp_path), "--", *SELECTION]) == 2
     assert "cpu-tiny.json exists; pass --force to replace it" in capsys.readouterr().err
-    # every shard fails (a plugin that does not load): each is named, nothing merged
+    # a plugin that does not load: refused here, before Ray runs anything
     bad = tmp_path / "bad"
     broken = ["--impl", "no_such_module:IMPL"]
-    assert main([*sweep, *broken, "--results", str(bad), "--", *SELECTION]) == 1
+    assert main([*sweep, *broken, "--results", str(bad), "--", *SELECTION]) == 2
+    err = capsys.readouterr().err
+    assert "refused here, so no shard started" in err and "no_such_module" in err
+    assert not bad.exists()
+    # every shard fails (the nodes cannot load a plugin this machine can): each is named,
+    # nothing merged
+    late = ["--impl", "tests/shard_only_plugin.py:IMPLS"]
+    assert main([*sweep, *late, "--results", str(bad), "--", *SELECTION]) == 1
     captured = capsys.readouterr()
     assert "shard(s) 1/3, 2/3, 3/3 of 3 failed" in captured.err
-    assert "FAILED (exit 4)" in captured.out and "no_such_module" in captured.out
+    assert "FAILED (exit 4)" in captured.out and "loads only under --collect-only" in captured.out
     assert not (bad / "cpu-tiny.json").exists()
 
 
-def test_a_sweep_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture) -> None:
+def test_a_sweep_refuses_bad_input_in_one_line(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     with pytest.raises(SystemExit, match="2"):
         main(["sweep", "--shards", "2"])
     assert "the following arguments are required: --ray" in capsys.readouterr().err
-    assert main(["sweep", "--ray", "--shards", "0"]) == 2
-    assert "--shards must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["sweep", "--ray", "--shards", "0"])
+    assert "--shards: '0': must be a whole number >= 1" in capsys.readouterr().err
+    pytest.importorskip("ray", reason="Ray is missing: pip install 'lora-bench[cluster]'")
+    results = tmp_path / "r"
+    only = ["sweep", "--ray", "--shards", "2", "--profile", "tiny", "--results", str(results)]
+    assert main([*only, "--only", "no such case"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora-only 'no such case': no such case in profile 'tiny'" in err
+    assert err.count("\n") == 1 and not results.exists()
+
+
+def sweep_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "bench.cli.main", "sweep", "--shards", "2", "--profile", "tiny",
+           *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("answers", [False, True])
+def test_a_sweep_gives_up_on_an_address_without_a_cluster(tmp_path: Path, answers: bool) -> None:
+    """Nothing listens there: refused at once. Something listens and never speaks Ray: given
+    up after --connect-timeout. One line on stderr either way, nothing made."""
+    pytest.importorskip("ray", reason="Ray is missing: pip install 'lora-bench[cluster]'")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if answers:
+            listener.listen()
+        else:
+            listener.close()
+        start = time.monotonic()
+        proc = sweep_cli("--ray", f"127.0.0.1:{port}", "--connect-timeout", "3",
+                         "--results", str(tmp_path / "r"))  # fmt: skip
+    took = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"--ray 127.0.0.1:{port}" in proc.stderr, proc.stderr
+    said = "did not connect within 3 s" if answers else "no Ray cluster answers"
+    assert said in proc.stderr and took < 60
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_sweep_without_ray_says_which_extra_brings_it(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 from bench.cli.merge import merge_runs
 from bench.cli.run import add_bench_options, pytest_argv
+from bench.plugin.options import positive_int, positive_number
 from bench.report.document import run_markdown
 from bench.schema.io import ResultError, check_writable, write_atomic
 from bench.schema.run import dump_run, parse_run
@@ -29,6 +32,8 @@ from bench.schema.run import dump_run, parse_run
 NOT_PASSED = ("results", "shard", "trace", "device")  # the sweep's own, or no use on a node
 NO_TESTS = 5  # pytest's exit code when a shard holds no benchmark
 TAIL = 3000  # characters of a shard's output kept for its report
+LOCAL = (None, "auto", "local")  # --ray values that find or start a cluster on this machine
+CLIENT_PORT = 10001  # Ray client's port when a ray:// address gives none
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ def run_shard(argv: list[str], shard: str, cwd: str) -> ShardOutcome:
 
 
 def _ray() -> Any:
+    # Ray's own retries and connection warnings: the sweep's one line says what failed
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
@@ -80,6 +87,70 @@ def _ray() -> Any:
             "lora-bench sweep --ray needs Ray: pip install 'lora-bench[cluster]'"
         ) from None
     return ray
+
+
+def check_options(argv: list[str], count: int) -> None:
+    """Give the shards' pytest command line to pytest here first, collecting only: an option
+    it refuses (a plugin that does not load, an unknown --only, a bad dtype) is refused now,
+    in one line, before Ray starts anything. ResultError with pytest's own words."""
+    with tempfile.TemporaryDirectory(prefix="lora-bench-sweep-") as tmp:
+        cmd = [sys.executable, "-m", "pytest", *argv, "--collect-only", "-q",
+               "--lora-shard", f"1/{count}", "--lora-results", tmp]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode in (0, NO_TESTS):
+        return
+    said = [line.strip() for line in (proc.stderr + proc.stdout).splitlines()
+            if line.strip().startswith(("ERROR:", "Exit:", "pytest: error:"))]  # fmt: skip
+    last = said[-1] if said else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise ResultError(f"the shards' pytest options are refused here, so no shard started: "
+                      f"{last.removeprefix('ERROR: ')}")  # fmt: skip
+
+
+def connect(ray: Any, address: str | None, timeout: float) -> None:
+    """Join the Ray cluster at `address` (or the local one), or ResultError within about
+    `timeout` seconds naming the address: Ray itself retries an address where nothing
+    answers for minutes, printing a warning at each try."""
+    if ray.is_initialized():
+        return
+    if address not in LOCAL:
+        target = address.removeprefix("ray://")
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            host, port = target, str(CLIENT_PORT)
+        try:
+            socket.create_connection((host, int(port)), timeout=min(timeout, 10)).close()
+        except OSError as err:
+            raise ResultError(f"--ray {address}: no Ray cluster answers at {host}:{port} "
+                              f"({err.strerror or err}); give its head's address, or leave "
+                              "--ray without one to start a local cluster") from None  # fmt: skip
+    failed: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except BaseException as err:  # handed to the caller's thread
+            failed.append(err)
+
+    # Ray's core prints each failed try to the process's stderr (fd 2) from its own threads,
+    # past any logging setting: while it connects, fd 2 goes nowhere and Python's own
+    # messages to a copy of it; on success both come back, on failure Ray's stay away.
+    sys.stderr.flush()
+    saved, previous = os.dup(2), sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w")
+    with open(os.devnull, "w") as nowhere:
+        os.dup2(nowhere.fileno(), 2)
+    worker = threading.Thread(target=init, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise ResultError(f"--ray {address}: Ray did not connect within {timeout:g} s "
+                          "(--connect-timeout)")  # fmt: skip
+    if failed:
+        raise ResultError(f"--ray {address}: {type(failed[0]).__name__}: {failed[0]}")
+    os.dup2(saved, 2)
+    os.close(saved)
+    sys.stderr.close()
+    sys.stderr = previous
 
 
 def on_ray(ray: Any, argv: list[str], count: int, device: str) -> list[ShardOutcome]:
@@ -171,8 +242,6 @@ def merge_shards(outcomes: list[ShardOutcome], results: Path, partial: bool) -> 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     results = Path(args.lora_results)
-    if args.shards < 1:
-        raise ResultError(f"--shards must be >= 1, got {args.shards}")
     ray = _ray()
     merged = results / f"{args.lora_device}-{args.lora_profile}.json"
     shards = results / "shards"
@@ -180,10 +249,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if there.exists() and not args.force:
             raise ResultError(f"{there} exists; pass --force to replace it")
     check_writable(results)  # before any shard starts
-    if not ray.is_initialized():
-        ray.init(address=args.ray, log_to_driver=False)
     args.lora_results = args.lora_shard = args.lora_trace = None  # each shard: its own
-    outcomes = on_ray(ray, pytest_argv(args, args.pytest_args), args.shards, args.lora_device)
+    argv = pytest_argv(args, args.pytest_args)
+    check_options(argv, args.shards)
+    connect(ray, args.ray, args.connect_timeout)
+    outcomes = on_ray(ray, argv, args.shards, args.lora_device)
     save_shards(outcomes, results)
     failed = [o.shard for o in outcomes if not (o.ok or o.empty)]
     if failed and not args.partial:
@@ -207,7 +277,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", nargs="?", const=None, default=None, metavar="ADDRESS",
                    required=True, help="the Ray cluster (default: the running local one, or "
                    "a new local instance); e.g. auto, ray://head:10001")  # fmt: skip
-    p.add_argument("--shards", type=int, required=True, help="how many shards (N)")
+    p.add_argument("--shards", type=positive_int, required=True, help="how many shards (N)")
+    p.add_argument("--connect-timeout", type=positive_number, default=30.0, metavar="S",
+                   help="seconds to wait for the Ray cluster (default 30)")  # fmt: skip
     p.add_argument("--device", dest="lora_device", choices=["cpu", "cuda"], default="cpu",
                    help="what each shard measures and takes: a node, or a GPU")  # fmt: skip
     add_bench_options(p, leave_out=NOT_PASSED)
