@@ -355,3 +355,27 @@ def test_agree_reports_two_runs_of_one_setup(
     gpu = write(tmp_path / "gpu.json", make_run("cuda"))
     assert main(["agree", str(first), str(gpu)]) == 2
     assert "agree compares two runs of one setup; use compare" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["report", "check", "export"])
+def test_an_entry_that_failed_its_oracle_check_is_refused(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A LoRA impl whose error is inf failed its check: its timings cannot stand in a run
+    that report, check or export reads. base's training step (no adapter gradient) may."""
+    data = json.loads(run_json(make_run()))
+    for e in data["entries"]:
+        if e.get("impl") == "addmm":
+            e["rel_error"] = float("inf")  # what a writer that skipped the check would leave
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    good = write(tmp_path / "good.json", make_run())
+    argv = {"report": [str(bad)], "check": [str(good), str(bad)],
+            "export": [str(bad), "--format", "github-action-benchmark"]}[command]  # fmt: skip
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "addmm has an error of inf against its oracle" in err, err
+    base_train = time_entry(KEY, "base", "cpu", 1e-3, 1.0, mode="train", control=True)
+    assert replace(base_train, rel_error=float("inf")).rel_error == float("inf")
+    with pytest.raises(ValueError, match="base has an error of inf"):
+        replace(base_train, rel_error=float("inf"), mode="infer")

@@ -4,6 +4,7 @@ that wrote it has changed."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,6 +14,18 @@ from bench.schema.decode import positive, positive_seconds
 from bench.stats.setups import SetupSummary, summarize
 
 CONTROL = "base"  # the impl timed against itself on an allocation of its own: the A/A control
+
+
+def finite_error(entry: object) -> None:
+    """ValueError unless the entry's error against its oracle is finite: an impl whose error
+    is inf failed its check and was never timed, so no entry of it can be read."""
+    error = getattr(entry, "rel_error", 0.0)
+    if math.isinf(error):
+        who = getattr(entry, "impl", None) or getattr(entry, "variant", "?")
+        raise ValueError(
+            f"{who} has an error of inf against its oracle: it failed its check and cannot have "
+            "timings (only base's training step, which has no adapter gradient, may)"
+        )
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -131,6 +144,8 @@ class TimeEntry(CaseEntry):
 
     def __post_init__(self) -> None:
         positive("flops, min_bytes and floor_s", [self.flops, self.min_bytes, self.floor_s])
+        if not (self.impl == CONTROL and self.mode == "train"):
+            finite_error(self)
 
     @property
     def ratio_to_base(self) -> float:
@@ -237,6 +252,9 @@ class ModelEntry(PairedTokens):
     memory_method: str
     rounds: Paired
 
+    def __post_init__(self) -> None:
+        finite_error(self)
+
 
 @dataclass(frozen=True)
 class MultiEntry(PairedTokens):
@@ -266,6 +284,9 @@ class MultiEntry(PairedTokens):
     peak_bytes: int  # above the inputs, over one call
     memory_method: str
     rounds: Paired
+
+    def __post_init__(self) -> None:
+        finite_error(self)
 
 
 @dataclass(frozen=True)
@@ -303,6 +324,7 @@ class GenerationEntry(PairedTokens):
     rounds: Paired
 
     def __post_init__(self) -> None:
+        finite_error(self)
         positive("batch, prompt, new, steps and tokens",
                  [self.batch, self.prompt, self.new, self.steps, self.tokens])  # fmt: skip
         if self.phase not in ("prefill", "decode"):
@@ -342,6 +364,9 @@ class FusedEntry:
     peak_bytes: int
     rounds: Paired
 
+    def __post_init__(self) -> None:
+        finite_error(self)
+
 
 @dataclass(frozen=True)
 class TPEntry:
@@ -374,6 +399,9 @@ class TPEntry:
     base_peak_bytes: int
     rounds: Paired
     adapters: int = 0  # n > 0: a multi-adapter batch of n adapters (forward); 0: one adapter
+
+    def __post_init__(self) -> None:
+        finite_error(self)
 
 
 @dataclass(frozen=True)
@@ -408,6 +436,9 @@ class QuantEntry:
     vs_float: float = 0.0  # merge: against the float layer the base was quantized from
     quantized: float = 0.0  # merge: the unmerged quantized layer's error against the float one
     weight_error: float = 0.0  # merge: ‖Ŵ' − (Ŵ + s·B A)‖ / ‖Ŵ + s·B A‖
+
+    def __post_init__(self) -> None:
+        finite_error(self)
 
 
 @dataclass(frozen=True)
