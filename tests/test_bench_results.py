@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from bench.report.document import run_markdown, run_tables
 from bench.report.figures import paired_times
 from bench.report.layer import throughput_table
 from bench.schema.entries import TimeEntry
-from bench.schema.io import ResultError, write_atomic
-from bench.schema.run import SCHEMA, entry_dict, load_run
+from bench.cli.main import main
+from bench.schema.io import ResultError, clean_stale, write_atomic, write_together
+from bench.schema.run import SCHEMA, entry_dict, load_run, markdown_mismatch
 
 
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -42,6 +45,46 @@ def test_interrupted_write_keeps_the_old_file(
         write_atomic(path, "new" * 1000)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_a_kill_between_a_pair_s_renames_is_told_by_the_md(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON is renamed into place first; a process killed right after leaves the new
+    JSON beside the old run's .md, which names the old run: report says so."""
+    old, new = (replace(make_run(), meta=replace(make_run().meta, run_id=i)) for i in "ab")
+    json_path, md = tmp_path / "cpu-quick.json", tmp_path / "cpu-quick.md"
+    write_together({json_path: run_json(old), md: run_markdown(old)})
+    assert "- run: a (" in md.read_text() and markdown_mismatch(json_path, old) is None
+    renames = []
+
+    def killed_after_one(src: str, dst: str) -> None:
+        if renames:
+            raise KeyboardInterrupt  # what SIGKILL does between the two, as far as files go
+        renames.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        write_together({json_path: run_json(new), md: run_markdown(new)})
+    monkeypatch.undo()
+    assert load_run(json_path).meta.run_id == "b" and "- run: a (" in md.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-quick.json", "cpu-quick.md"]
+    assert main(["report", str(json_path)]) == 0
+    err = capsys.readouterr().err
+    assert "cpu-quick.md is run a's tables, not this run's (b)" in err
+
+
+def test_a_killed_writer_s_temporaries_go_with_the_next_write(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    left = tmp_path / f".cpu-quick.json.{dead}.x1y2.tmp"
+    left.write_text("half a run")
+    live = tmp_path / f".cpu-quick.json.{os.getppid()}.z3.tmp"  # a writer still at work
+    live.write_text("being written")
+    write_atomic(tmp_path / "cpu-quick.json", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cpu-quick.json", live.name])
+    assert clean_stale(tmp_path) == []
 
 
 def test_load_run_roundtrip(tmp_path: Path) -> None:

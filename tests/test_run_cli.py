@@ -110,3 +110,17 @@ def test_the_plugin_is_idle_outside_the_bench(pytestconfig: pytest.Config) -> No
 
     assert pytestconfig.getoption("lora_profile") == "quick"
     assert pytestconfig.stash.get(STARTED, False) is False
+
+
+def test_a_deadline_that_cuts_every_benchmark_says_so_and_records_it(tmp_path: Path) -> None:
+    from bench.schema.run import load_run
+
+    cmd = [sys.executable, "-m", "pytest", "bench/test_forward.py", "--benchmark-only", "-q",
+           "-p", "no:cacheprovider", "--lora-profile", "tiny", "--lora-device", "cpu",
+           "--lora-deadline", "1e-9", "--lora-results", str(tmp_path), "-k", "addmm"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "passed before any benchmark started: 2 not run, nothing measured" in proc.stdout
+    run = load_run(tmp_path / "cpu-tiny.json")
+    assert run.entries == [] and len(run.meta.not_run) == 2
+    assert "- cut short: 2 benchmark(s) not started" in (tmp_path / "cpu-tiny.md").read_text()

@@ -7,13 +7,16 @@ import sys
 
 from bench.report.base import render
 from bench.report.document import run_header, run_tables
-from bench.schema.run import load_run
+from bench.schema.run import load_run, markdown_mismatch
 
 GROUP_BY = ("impl", "shape", "rank")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.result)
+    stale = markdown_mismatch(args.result, run)
+    if stale:
+        print(f"note: {stale}", file=sys.stderr)
     tables = run_tables(run, args.group_by)
     head = run_header(run) + "\n" if args.format != "csv" else ""
     sys.stdout.write(head + render(tables, args.format))

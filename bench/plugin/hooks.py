@@ -9,7 +9,9 @@ thread count are set up when the first of them is collected."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -34,7 +36,7 @@ from bench.harness.shards import assign
 from bench.plugin.options import OPTIONS
 from bench.report.document import run_markdown
 from bench.report.plan import presets_markdown
-from bench.schema.io import ResultError, check_writable, write_atomic
+from bench.schema.io import ResultError, check_writable, write_together
 from bench.schema.run import Run, dump_run
 from lora_kernels import PluginError, load_plugins
 from lora_kernels.planner import plan
@@ -256,8 +258,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     recorded. Machine and commit info come from pytest-benchmark's public hooks."""
     config = session.config
     settings = config.stash.get(SETTINGS, None)
-    if settings is None or not settings.entries:
+    if settings is None or not (settings.entries or settings.not_run):
         return
+    if not settings.entries:  # the deadline cut every benchmark: said, and recorded
+        config.get_terminal_writer().line(
+            f"lora-bench: --lora-deadline {settings.deadline:g} s passed before any benchmark "
+            f"started: {len(settings.not_run)} not run, nothing measured",
+            red=True,
+        )
     # entries of no device (parameter counts) go with every device's; alone, the devices run
     devices = sorted({e.device for e in settings.entries if hasattr(e, "device")})
     devices = devices or list(settings.devices)
@@ -269,10 +277,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for device in devices:
         mine = [e for e in settings.entries if getattr(e, "device", device) == device]
-        run = Run(settings.meta(device, device_name(device), created), machine_info,
-                  commit_info, mine)  # fmt: skip
+        meta = replace(settings.meta(device, device_name(device), created),
+                       run_id=secrets.token_hex(6))  # fmt: skip
+        run = Run(meta, machine_info, commit_info, mine)
         stem = settings.results_dir / f"{device}-{settings.profile.name}"
-        write_atomic(stem.with_suffix(".json"), dump_run(run))
         planner = "\n" + planner_markdown() if run.models() else ""
-        write_atomic(stem.with_suffix(".md"), run_markdown(run) + planner)
+        write_together({stem.with_suffix(".json"): dump_run(run),
+                        stem.with_suffix(".md"): run_markdown(run) + planner})  # fmt: skip
         config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

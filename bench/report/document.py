@@ -61,6 +61,14 @@ def run_header(run: Run) -> str:
         f"# lora-bench results: {meta.device}, profile {meta.profile}",
         "",
         f"- date: {meta.created}",
+        *(
+            [
+                f"- run: {meta.run_id} (the id its JSON holds: a .md beside a JSON of another id "
+                "is not its run's)"
+            ]
+            if meta.run_id
+            else []
+        ),
         f"- device: {meta.device_name}",
         f"- torch {meta.torch}, threads {meta.threads}, TF32 {'on' if meta.tf32 else 'off'}",
         f"- cache: {meta.cache} (last-level cache {fmt_bytes(meta.cache_bytes)}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,27 +15,89 @@ class ResultError(ValueError):
     """A results file is missing, corrupt, of another schema, or not from lora-bench."""
 
 
+TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")  # .NAME.PID.RANDOM.tmp
+
+
+def _temporary(path: Path) -> tuple[Path, int]:
+    """A file written in full beside `path`, named for it and for this process (so that a
+    later run can tell a temporary its killed writer left from one being written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")  # fmt: skip
+    except OSError as err:
+        raise ResultError(f"{path}: cannot write it ({err.strerror})") from None
+    return Path(tmp), fd
+
+
+def _fill(fd: int, tmp: Path, data: str | bytes) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder and os.replace, so a
     reader never sees a half-written file and a failed write leaves the old one intact."""
-    path = Path(path)
+    write_together({Path(path): data})
+
+
+def write_together(files: dict[Path, str | bytes]) -> None:
+    """Write several files that belong together (a run's JSON and its .md): each in full to
+    a temporary beside it first, then each renamed into place, in the order given. A kill
+    leaves every file either old or new, whole; only a kill between two renames leaves an
+    old file beside a new one, which the files must let a reader tell (the .md names its
+    run). A failed write leaves every old file as it was."""
+    for folder in {path.parent for path in files}:
+        clean_stale(folder)
+    written: list[tuple[Path, Path]] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ResultError(f"{path}: cannot write it ({err.strerror})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            tmp, fd = _temporary(path)
+            written.append((tmp, path))
+            _fill(fd, tmp, data)
+        for tmp, path in written:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def clean_stale(folder: Path) -> list[Path]:
+    """Remove the temporaries that writers killed mid-write left in `folder` (those of a
+    process that no longer runs); the ones removed. Run before a writer starts there."""
+    removed: list[Path] = []
+    try:
+        names = [p for p in Path(folder).iterdir() if TEMP.match(p.name)]
+    except OSError:
+        return removed
+    for tmp in names:
+        pid = int(TEMP.match(tmp.name).group("pid"))  # type: ignore[union-attr]
+        if pid != os.getpid() and not _alive(pid):
+            try:
+                if tmp.is_dir():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def check_writable(folder: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,7 @@ class RunMeta:
     shard_items: list[str] = field(default_factory=list)  # the benchmark ids of the shard
     shard_of: str = ""  # digest of all the benchmark ids the shards were cut from ("" before)
     missing_shards: list[str] = field(default_factory=list)  # a --partial merge's absent "i/N"
+    run_id: str = ""  # names the run in its JSON and in its .md, so a reader can pair them
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -223,6 +225,24 @@ def parse_run(data: object, source: str) -> Run:
         raise ResultError(f"{source}: {err}") from None
     info = {k: data.get(k) or {} for k in ("machine_info", "commit_info")}
     return Run(run_meta, info["machine_info"], info["commit_info"], parsed)
+
+
+def markdown_mismatch(path: str | Path, run: Run) -> str | None:
+    """Why the .md beside the run's JSON at `path` is not that run's (it names another run
+    id: a writer killed between the two files' renames), or None. A .md without an id, or
+    no .md, says nothing either way."""
+    md = Path(path).with_suffix(".md")
+    try:
+        head = md.read_text(encoding="utf-8")[:4096]
+    except OSError:
+        return None
+    found = re.search(r"^- run: (\w+)", head, re.MULTILINE)
+    if found is None or not run.meta.run_id or found.group(1) == run.meta.run_id:
+        return None
+    return (
+        f"{md} is run {found.group(1)}'s tables, not this run's ({run.meta.run_id}): "
+        f"lora-bench report {path} gives this run's"
+    )
 
 
 def load_run(path: str | Path) -> Run:
