@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from runs import make_run, run_json, time_entry
 
+from bench.cli.main import main
 from bench.report.base import fmt_bytes, fmt_seconds, render
 from bench.report.document import run_markdown, run_tables
 from bench.report.figures import paired_times
 from bench.report.layer import throughput_table
 from bench.schema.entries import TimeEntry
-from bench.cli.main import main
 from bench.schema.io import ResultError, clean_stale, write_atomic, write_together
 from bench.schema.run import SCHEMA, entry_dict, load_run, markdown_mismatch
 
