@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,21 +299,62 @@ def hotswap_adapter(model: nn.Module, folder: str | Path) -> None:
 # --- writing PEFT's format -------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")  # .FOLDER.PID.X.tmp
+
+
+def _alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _clean_staging(parent: Path) -> None:
+    """Remove the staging folders that save_adapter processes killed mid-write left in
+    `parent` (their process no longer runs)."""
+    for left in parent.glob(".*.tmp"):
+        found = STAGING.match(left.name)
+        if found and left.is_dir() and not _alive(int(found.group("pid"))):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """Make `folder` holding exactly `files`, whole or not at all: the files are written
+    and synced in a staging folder beside it, which is then renamed to `folder` (which
+    must not exist, or be empty). A kill leaves either no adapter or the whole one; the
+    staging folder a killed writer leaves is removed by the next save there."""
+    parent = folder.parent
+    _clean_staging(parent)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.{os.getpid()}.",
+                                    suffix=".tmp"))  # fmt: skip
+    try:
+        for name, data in files.items():
+            with open(staging / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # as mkdir would make it, not mkdtemp's 0700
+        os.rename(staging, folder)
+        dirfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
 def save_adapter(model: nn.Module, folder: str | Path, name: str | None = None) -> None:
     """Write adapter `name` (default: the active one) into `folder` in PEFT's format, which
-    PEFT's load_adapter reads back to the same function. Refuses a folder that holds either
-    file already (never overwritten) or cannot be written, before anything is written."""
+    PEFT's load_adapter reads back to the same function: the folder appears whole or not at
+    all. Refuses, before anything is written, a folder that holds files already (an adapter
+    is never overwritten) or that cannot be written."""
     from safetensors.torch import save
 
     b = bank(model)
@@ -326,9 +368,12 @@ def save_adapter(model: nn.Module, folder: str | Path, name: str | None = None) 
     if there:
         raise FileExistsError(f"{folder / there[0]}: exists; an adapter is never overwritten, "
                               "pick an empty folder")  # fmt: skip
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder}: holds other files; an adapter is written into a "
+                              "new or empty folder, so it appears whole or not at all")  # fmt: skip
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder.parent).close()
     except OSError as err:
         raise OSError(f"{folder}: cannot write an adapter there ({err.strerror})") from None
     adapter = b.adapters[name]
@@ -361,5 +406,5 @@ def save_adapter(model: nn.Module, folder: str | Path, name: str | None = None) 
         "init_lora_weights": True,
         "inference_mode": True,
     }
-    _write_atomic(folder / WEIGHTS, save(tensors))
-    _write_atomic(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    config_bytes = (json.dumps(config, indent=2) + "\n").encode()
+    _write_folder(folder, {WEIGHTS: save(tensors), CONFIG: config_bytes})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,39 @@ def test_an_adapter_loaded_before_a_move_follows_the_model(tmp_path: Path) -> No
     set_adapter(model, "default")
     set_adapter(model, "one")  # moved once, kept moved
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+
+
+def test_an_adapter_folder_appears_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save that dies before the folder's rename leaves no folder and, once the next save
+    there has run, no staging folder; a folder holding other files is refused untouched."""
+    model = ours()
+    load_adapter(model, peft_saved(tmp_path, "a", seed=7), "a", activate=True)
+    target = tmp_path / "saved"
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(model, target)
+    monkeypatch.undo()
+    assert not target.exists() and not list(tmp_path.glob(".saved.*"))
+    stale = tmp_path / ".saved.999999999.x.tmp"  # a writer SIGKILLed: no process 999999999
+    stale.mkdir()
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
+    save_adapter(model, target)
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json",
+                                                         "adapter_model.safetensors"]  # fmt: skip
+    assert not stale.exists(), "the next save there removes a killed writer's staging folder"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files"):
+        save_adapter(model, other)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_adapter(model, empty)
+    assert rel_error(peft_function(empty), logits(model)) <= 1e-5
