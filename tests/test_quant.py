@@ -48,6 +48,10 @@ def test_quantize_keeps_w_and_errs_by_the_format_only(fmt: str) -> None:
         ({"fmt": "fp8"}, "fp8 runs on CUDA only"),
         pytest.param({"fmt": "nf4", "blocksize": 48}, "blocksize must be one of", marks=needs_bnb),
         ({"fmt": "int8", "dtype": torch.int8}, "dtype must be one of"),
+        ({"fmt": "nf4", "blocksize": 64.0}, "blocksize must be an int"),  # bnb's own error, once
+        ({"fmt": "int8", "blocksize": 0}, "blocksize must be one of"),  # ignored, once: silently
+        ({"fmt": "int8", "blocksize": -1}, "blocksize must be one of"),
+        ({"fmt": "int8", "blocksize": True}, "blocksize must be an int"),
     ],
 )
 def test_quantize_refuses_saying_what_is_allowed(kwargs: dict, match: str) -> None:
@@ -131,6 +135,43 @@ def test_merge_requantizes_and_unmerge_restores_the_exact_bytes(fmt: str) -> Non
     assert layer.quant is original and layer.quant.same_bytes(q.base)
     with torch.no_grad():
         assert torch.equal(layer(x.detach()), unmerged)
+
+
+def test_quantize_linears_refuses_a_bad_blocksize_changing_nothing() -> None:
+    from lora_kernels.quant.model import quantize_linears
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    before = copy.deepcopy(model.state_dict())
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="blocksize must be one of"):
+            quantize_linears(model, "int8", blocksize=bad)
+    with pytest.raises(ValueError, match="blocksize must be one of"):
+        quantize_linears(model, "int8", targets=[], blocksize=0)  # nothing selected: still
+    assert all(isinstance(m, torch.nn.Linear) for m in (model[0], model[2]))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("cast", ["half", "double", "bfloat16", "to_fp16", "to_meta"])
+def test_a_qlora_layer_refuses_a_cast_it_cannot_follow_and_still_runs(cast: str) -> None:
+    """.half() and the others cast A, B and the bias but not the quantized base, after
+    which the layer ran in no dtype at all; now refused, the layer unchanged."""
+    w = lora(seed=5)
+    q = QLoRAWeights.quantize(w, "int8")
+    layer = QLoRALinear(q.base, q.A.clone(), q.B.clone(), q.scale, q.b)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = layer(x)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    calls = {
+        "half": layer.half, "double": layer.double, "bfloat16": layer.bfloat16,
+        "to_fp16": lambda: layer.to(torch.float16), "to_meta": lambda: layer.to("meta"),
+    }  # fmt: skip
+    with pytest.raises(TypeError, match="cannot be cast or moved"):
+        calls[cast]()
+    assert all(torch.equal(state[k], v) for k, v in layer.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(layer(x), want)
+    assert layer.float() is layer, "a cast that changes nothing goes on"
 
 
 @pytest.mark.parametrize("fmt", CPU_FORMATS)

@@ -46,6 +46,15 @@ def format_unavailable(fmt: str, device: str | torch.device) -> str | None:
     return None
 
 
+def check_blocksize(blocksize: object) -> None:
+    """TypeError unless `blocksize` is a whole number, ValueError unless it is one of
+    bitsandbytes' 4-bit block sizes: refused up front, for every format."""
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool):
+        raise TypeError(f"blocksize must be an int, one of {BLOCKSIZES}; got {blocksize!r}")
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {blocksize!r}")
+
+
 @dataclass(frozen=True)
 class QuantizedBase:
     """W (out, in) in format `fmt`, dequantized to `dtype` for compute.
@@ -67,7 +76,9 @@ class QuantizedBase:
     def quantize(cls, W: Tensor, fmt: str, *, blocksize: int = 64,
                  dtype: torch.dtype | None = None) -> QuantizedBase:  # fmt: skip
         """W (out, in) quantized to `fmt` on W's device; `dtype` (default W's) is the compute
-        dtype that dequantize() gives. W is read, never written."""
+        dtype that dequantize() gives. `blocksize` (4-bit formats' block, one of BLOCKSIZES)
+        is checked whatever the format. W is read, never written."""
+        check_blocksize(blocksize)
         check_tensor("W", W)
         if W.dim() != 2 or W.numel() == 0:
             raise ValueError(f"W must be a non-empty 2-D (out, in) tensor, got {tuple(W.shape)}")
@@ -83,8 +94,6 @@ class QuantizedBase:
         shape = (W.shape[0], W.shape[1])
         with torch.no_grad():
             if fmt in FOUR_BIT:
-                if blocksize not in BLOCKSIZES:
-                    raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {blocksize!r}")
                 if shape[1] % blocksize:
                     raise ValueError(
                         f"{fmt}: in_features must be a multiple of the block size {blocksize}, "

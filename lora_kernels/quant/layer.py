@@ -3,6 +3,8 @@ registry impl of variant "qlora"; merging requantizes and keeps the original byt
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -138,6 +140,21 @@ class QLoRALinear(nn.Module):
             raise ValueError("unmerge() called on a layer that is not merged; merge() first")
         self.quant, self._original, self.merged = self._original, None, False
         self._ops = {}
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QLoRALinear:
+        """nn.Module's .to(), .half(), .double(), .cuda() ... come through here. The quantized
+        base keeps its compute dtype and device, so a call that would move or cast A, B and
+        the bias is refused, with the layer unchanged; one that changes neither (.float() of a
+        float32 layer, share_memory()) goes on."""
+        A = self.lora_A
+        moved = fn(torch.empty(0, dtype=A.dtype, device=A.device))
+        if (moved.dtype, moved.device) != (A.dtype, A.device):
+            raise TypeError(
+                f"QLoRALinear computes in its quantized base's dtype and device ({A.dtype}, "
+                f"{A.device}); it cannot be cast or moved to {moved.dtype}, {moved.device}: "
+                "quantize the base again there (QuantizedBase.quantize(..., dtype=...))"
+            )
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from lora_kernels.inject import _replace, select_linears
-from lora_kernels.quant.formats import QuantizedBase
+from lora_kernels.quant.formats import QuantizedBase, check_blocksize
 from lora_kernels.quant.peers import bnb_layer
 
 
@@ -16,6 +16,7 @@ def quantize_linears(model: nn.Module, fmt: str, targets: list[str] | str = "all
     nn.Linear that `targets` select (PEFT's rule; "all-linear" leaves the output layer out),
     computing in the layer's dtype; returns their names. Every layer is quantized before
     the first is replaced, so a refusal changes nothing."""
+    check_blocksize(blocksize)
     linears = select_linears(model, targets)
     wrong = [n for n, m in linears.items() if not isinstance(m, nn.Linear)]
     if wrong:
