@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lora_kernels.inject import lora_layers
 from lora_kernels.layer import LoRALinear
+from lora_kernels.weights import all_finite
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -161,8 +162,15 @@ def _config(folder: Path) -> dict[str, Any]:
     if config.get("lora_bias"):
         raise ValueError(f"{path}: lora_bias=true (a bias on B); LoRALinear has none")
     alpha = config.get("lora_alpha", 8)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"{path}: lora_alpha must be a number > 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise ValueError(f"{path}: lora_alpha must be a finite number > 0, got {alpha!r}")
+    r = config.get("r", 8)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{path}: r must be a whole number >= 1, got {r!r}")
+    for name in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(name) or {}, dict):
+            raise ValueError(f"{path}: {name} must be an object of module pattern -> value, "
+                             f"got {config[name]!r}")  # fmt: skip
     return config
 
 
@@ -240,8 +248,22 @@ def _layer_adapter(
         raise ValueError(f"{path}: {module}'s lora_magnitude_vector is {tuple(m.shape)}, "
                          f"need ({out_f},)")  # fmt: skip
     rank = int(A.shape[0])
-    alpha = float(_pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
+    stated = _pattern(config.get("rank_pattern") or {}, module, config.get("r", 8))
+    if rank != stated:
+        raise ValueError(f"{path}: {module} has rank {rank} in its weights, but {CONFIG} gives "
+                         f"it r = {stated!r} (r, or its rank_pattern); PEFT refuses such an "
+                         "adapter, and its alpha would be divided by the wrong rank")  # fmt: skip
+    alpha = _pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise ValueError(f"{path}: {module}'s alpha_pattern value must be a finite number > 0, "
+                         f"got {alpha!r}")  # fmt: skip
+    alpha = float(alpha)
     scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    bad = [name for name, t in (("lora_A", A), ("lora_B", B), ("lora_magnitude_vector", m))
+           if t is not None and (not t.is_floating_point() or not all_finite(t))]  # fmt: skip
+    if bad:
+        raise ValueError(f"{path}: {module}'s {bad[0]} holds non-finite values (NaN or inf) "
+                         "or is not a float tensor; an adapter's weights are finite")  # fmt: skip
 
     def param(t: Tensor) -> nn.Parameter:
         return nn.Parameter(t.to(W.device, W.dtype), requires_grad=False)

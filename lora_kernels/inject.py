@@ -19,6 +19,7 @@ from lora_kernels.layer import LoRALinear
 from lora_kernels.plugins import get_impl
 from lora_kernels.quant.layer import QLoRALinear
 from lora_kernels.quant.peft import convert_qlora, is_peft_qlora, qlora_refusal
+from lora_kernels.weights import all_finite
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -148,6 +149,9 @@ def inject(
                 f"rank must be an int in [1, {limit}] for {name} "
                 f"({base.in_features} -> {base.out_features}), got {rank!r}"
             )
+        if not all(all_finite(t) for t in (base.weight, base.bias) if t is not None):
+            raise ValueError(f"{name}: its weight or bias holds non-finite values (NaN or inf); "
+                             "a LoRA layer on it would compute them into every output")  # fmt: skip
     flags = {p: p.requires_grad for p in model.parameters()}
     new = {}
     try:  # building freezes each base: undone if a later one is refused

@@ -179,6 +179,19 @@ def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
         t["base_model.model.model.layers.0.mlp.nope.lora_A.weight"] = torch.zeros(4, 32)
         save_file(t, folder / "adapter_model.safetensors")
 
+    def poisoned(value: float) -> Callable[[Path], None]:
+        def edit(folder: Path) -> None:
+            t = load_file(folder / "adapter_model.safetensors")
+            key = next(k for k in t if k.endswith("v_proj.lora_B.weight"))
+            t[key][1, 2] = value
+            save_file(t, folder / "adapter_model.safetensors")
+
+        return edit
+
+    def configured(**changes: object) -> Callable[[Path], None]:
+        config = json.loads((good / "adapter_config.json").read_text())
+        return lambda f: (f / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
     cases = [
         (variant("shape", reshape), r"adapter_model.safetensors: .*q_proj has lora_A \(4, 31\)"),
         (variant("config", lambda f: (f / "adapter_config.json").unlink()),
@@ -190,6 +203,15 @@ def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
          r"json/adapter_config.json: not a readable JSON file"),
         (variant("bias", lambda f: (f / "adapter_config.json").write_text(json.dumps(biased))),
          r"lora_bias=true"),
+        (variant("nan", poisoned(float("nan"))), r"v_proj's lora_B holds non-finite values"),
+        (variant("inf", poisoned(float("inf"))), r"v_proj's lora_B holds non-finite values"),
+        (variant("r", configured(r=8)),
+         r"has rank 4 in its weights, but adapter_config.json gives it r = 8"),
+        (variant("pattern", configured(rank_pattern={"v_proj": 2})),
+         r"v_proj has rank 4 in its weights, but adapter_config.json gives it r = 2"),
+        (variant("r0", configured(r=0)), r"r must be a whole number >= 1, got 0"),
+        (variant("alpha", configured(alpha_pattern={"q_proj": -1})),
+         r"q_proj's alpha_pattern value must be a finite number > 0, got -1"),
         (tmp_path / "absent", r"absent: no such adapter folder"),
     ]  # fmt: skip
     for folder, message in cases:
@@ -207,6 +229,19 @@ def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
         load_adapter(model, peft_saved(tmp_path, "q_only", seed=1, target_modules=["q_proj"]), "q")
     assert same(snapshot(model), before)
     assert list(lora_layers(model))
+
+
+def test_inject_refuses_a_base_weight_that_is_not_finite() -> None:
+    from lora_kernels import inject
+
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[2].weight[0, 1] = float("inf")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="2: its weight or bias holds non-finite values"):
+        inject(model, "all-linear", rank=2)
+    assert same(snapshot(model), before) and not list(lora_layers(model))
+    assert all(p.requires_grad for p in model.parameters()), "nothing frozen either"
 
 
 @pytest.mark.parametrize("impl", ["two_step", "addmm", "merged", "dora_cached", "dora_factored"])
