@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from lora_kernels.fused.model import FuseError, fuse_modules
@@ -336,10 +337,19 @@ def _kind(layer: Any, adapter: str) -> str:
     return "dora" if is_peft_dora(layer, adapter) else "lora"
 
 
-def _refusal(name: str, layer: Any, adapter: str) -> str | None:
+def _refusal(name: str, layer: Any, adapter: str, model_dtype: torch.dtype | None) -> str | None:
     if is_peft_qlora(layer):
-        return qlora_refusal(name, layer, adapter)
+        return qlora_refusal(name, layer, adapter, model_dtype)
     return peft_refusal(name, layer, adapter, dora=True)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's own floating weights (not its adapters'): the one its
+    activations carry from layer to layer."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and "lora_" not in name:
+            return p.dtype
+    return None
 
 
 def from_peft(
@@ -379,7 +389,8 @@ def from_peft(
             f"model.set_adapter({adapter!r}) first, or convert {others[0]!r}"
         )
     layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
-    reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter))]
+    dtype = _model_dtype(peft_model)
+    reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter, dtype))]
     if reasons:
         more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
         raise ValueError(f"cannot convert: {reasons[0]}{more}")

@@ -225,6 +225,32 @@ def test_from_peft_takes_a_qlora_model_with_its_function(fmt: str) -> None:
 
 @needs_peft
 @needs_bnb
+@pytest.mark.parametrize("fmt", ["nf4", "int8"])
+def test_from_peft_refuses_fp32_adapters_on_a_bf16_qlora_model_changing_nothing(fmt: str) -> None:
+    """PEFT keeps its adapters in float32 on a bfloat16 model (autocast_adapter_dtype) and
+    casts x up for them. Converted, every layer then refused its first bf16 input; now the
+    conversion is refused before any layer changes, and PEFT's model still runs."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_kernels.quant.model import quantize_linears
+
+    model, targets = llama64()
+    model = model.to(torch.bfloat16)
+    quantize_linears(model, fmt, targets)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft = get_peft_model(model, config)
+    before = snapshot(peft)
+    with pytest.raises(ValueError, match=r"the adapter is torch.float32 but the model computes "
+                                         r"in torch.bfloat16"):  # fmt: skip
+        from_peft(peft)
+    assert same(snapshot(peft), before)
+    assert not any(type(m).__name__ == "QLoRALinear" for m in peft.modules())
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert peft(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+@needs_peft
+@needs_bnb
 def test_a_qlora_model_merges_switches_impl_and_unmerges_to_its_bytes() -> None:
     from peft import LoraConfig, get_peft_model
 

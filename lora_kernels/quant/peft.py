@@ -21,8 +21,9 @@ def compute_dtype(layer: Any) -> Any:
     return layer.lora_A[layer.active_adapters[0]].weight.dtype
 
 
-def qlora_refusal(name: str, layer: Any, adapter: str) -> str | None:
-    """Why this PEFT QLoRA layer cannot become a QLoRALinear, or None."""
+def qlora_refusal(name: str, layer: Any, adapter: str, model_dtype: Any = None) -> str | None:
+    """Why this PEFT QLoRA layer cannot become a QLoRALinear, or None. `model_dtype`: the
+    dtype the model's other weights have, which its activations reach the layer in."""
     if layer.disable_adapters:
         return f"{name} has its adapters disabled; enable them first"
     if adapter in getattr(layer, "lora_variant", {}):
@@ -35,6 +36,12 @@ def qlora_refusal(name: str, layer: Any, adapter: str) -> str | None:
     A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     if B.dtype != A.dtype:
         return f"{name}: lora_A is {A.dtype} but lora_B is {B.dtype}"
+    computes = getattr(layer.get_base_layer(), "compute_dtype", None) or model_dtype
+    if computes is not None and computes != A.dtype:
+        return (f"{name}: the adapter is {A.dtype} but the model computes in {computes} (PEFT "
+                "keeps adapters in float32 on a half-precision model and casts x up for them); "
+                "QLoRALinear computes in one dtype: load PEFT with autocast_adapter_dtype=False "
+                "or quantize the model in the adapter's dtype")  # fmt: skip
     bias = layer.get_base_layer().bias
     if bias is not None and bias.dtype != A.dtype:
         return (f"{name}: the adapter is {A.dtype} but the bias is {bias.dtype}; "
