@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bench.families.tp import TP_PROFILES, TPCase, TPJob
 from bench.harness.cases import DTYPES
 from bench.harness.memory import peak_bytes
-from bench.harness.rounds import Budget, choose_inner, stop_reason
+from bench.harness.rounds import STOPS, Budget, choose_inner, stop_reason
 from bench.harness.runner import Harness
 from bench.harness.timing import synchronize
 from bench.schema.entries import Paired, TPEntry
@@ -87,9 +86,8 @@ def _peak(call: Callable[[], None], clear: Callable[[], None], device: str) -> i
             value: int | None = peak_bytes(call, device)
         except AssertionError:
             value = None
-        values: list[int | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(values, value)
-        if value is not None and None not in values:
+        if _all_ranks(value is not None, device):
+            assert value is not None
             return value
     raise RuntimeError(f"the torch profiler's memory timeline failed {PEAK_ATTEMPTS} times")
 
@@ -109,11 +107,28 @@ def _time(call: Callable[[], None], inner: int, device: str) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def _agree(value: Any) -> Any:
-    """Rank 0's value, on every rank."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+# Collectives of tensors only: torch's object collectives (all_gather_object,
+# broadcast_object_list) go through numpy, which the core install does not have.
+
+
+def _all_ranks(holds: bool, device: str) -> bool:
+    """Whether `holds` is true on every rank."""
+    t = torch.tensor([int(holds)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _from_rank0(number: int, device: str) -> int:
+    """Rank 0's number, on every rank."""
+    t = torch.tensor([number], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def _stop_from_rank0(reason: str | None, device: str) -> str | None:
+    """Rank 0's stop reason (bench.harness.rounds.STOPS, or None to go on), on every rank."""
+    code = _from_rank0(-1 if reason is None else STOPS.index(reason), device)
+    return None if code < 0 else STOPS[code]
 
 
 def _lora(case: TPCase, traffic: Traffic, train: bool) -> tuple[float, Steps]:
@@ -172,7 +187,7 @@ def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -
     peaks = {"lora": _peak(lora_run, clear, device), "base": _peak(base_run, clear, device)}
     for call in (lora, base, lora, base):  # warm
         call()
-    inner = _agree(choose_inner(max(_time(lora, 1, device), _time(base, 1, device))))
+    inner = _from_rank0(choose_inner(max(_time(lora, 1, device), _time(base, 1, device))), device)
     impl_s: list[float] = []
     base_s: list[float] = []
     start, stopped = time.perf_counter(), None
@@ -180,7 +195,7 @@ def rank_work(index: int, world: int, fields: dict, mode: str, budget: Budget) -
         base_s.append(_time(base, inner, device))
         impl_s.append(_time(lora, inner, device))
         ratios = [i / b for i, b in zip(impl_s, base_s, strict=True)]
-        stopped = _agree(stop_reason(ratios, time.perf_counter() - start, budget))
+        stopped = _stop_from_rank0(stop_reason(ratios, time.perf_counter() - start, budget), device)
     return {"error": error, "moved": moved, "peaks": peaks, "inner": inner, "impl_s": impl_s,
             "base_s": base_s, "stopped": stopped, "threads": torch.get_num_threads()}  # fmt: skip
 
