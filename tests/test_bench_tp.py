@@ -49,3 +49,18 @@ def test_entries_round_trip_and_the_table() -> None:
     assert table.rows[1][6] == "48 KiB"  # the shrink's all-gather (16) and dxa's (32)
     assert "gloo on cpu, 1 thread(s) a rank" in table.note and "not a link's" in table.note
     assert tp_tables(Run(make_run().meta, {}, {}, [])) == []
+
+
+def test_the_ranks_need_no_numpy() -> None:
+    """torch's object collectives (all_gather_object, broadcast_object_list) go through
+    numpy, which the core install lacks: every tensor-parallel benchmark failed there. The
+    ranks agree through tensor collectives; .ci/wheel runs them from the core install."""
+    import inspect
+    import re
+
+    from bench.families import tp_runner
+    from lora_kernels.tp import comm, launch, layer, multi
+
+    for module in (tp_runner, comm, launch, layer, multi):
+        calls = re.findall(r"dist\.\w*object\w*\(", inspect.getsource(module))
+        assert not calls, f"{module.__name__}: {calls}"
