@@ -4,6 +4,7 @@ folder outside the checkout that writes only to that folder's results/."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,30 @@ def test_a_deadline_that_cuts_every_benchmark_says_so_and_records_it(tmp_path: P
     run = load_run(tmp_path / "cpu-tiny.json")
     assert run.entries == [] and len(run.meta.not_run) == 2
     assert "- cut short: 2 benchmark(s) not started" in (tmp_path / "cpu-tiny.md").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_die_with_a_run_killed_by_sigkill(tmp_path: Path) -> None:
+    """`lora-bench run` starts pytest, which starts the memory probe; a SIGKILL of run once
+    left pytest running. Each child now asks the kernel to die with its parent."""
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "bench.cli.main", "run", "--profile", "tiny", "--threads", "1",
+           "--results", str(tmp_path / "r"), "--", "-q", "-k", "memory or forward"]  # fmt: skip
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    parent = psutil.Process(run.pid)
+    deadline = time.monotonic() + 120
+    grandchildren: list[psutil.Process] = []
+    while time.monotonic() < deadline and not grandchildren:  # pytest, then its probe
+        time.sleep(0.2)
+        grandchildren = [c for child in parent.children() for c in child.children()]
+    assert grandchildren, "pytest started no child in time (the memory benchmarks' probe)"
+    family = [*parent.children(recursive=True)]
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    _, alive = psutil.wait_procs(family, timeout=5)  # the run had half a minute left
+    assert not alive, f"outlived their parent: {[p.cmdline()[:4] for p in alive]}"

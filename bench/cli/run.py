@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness.processes import die_with_parent
 from bench.plugin.options import OPTIONS
 from bench.schema.io import check_writable
 
@@ -34,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(Path(args.lora_results))  # before anything is measured
     # pytest in a fresh interpreter: none of this command's imports leak into the run
     cmd = [sys.executable, "-m", "pytest", *pytest_argv(args, args.pytest_args)]
-    code = subprocess.run(cmd, check=False).returncode
+    code = subprocess.run(cmd, check=False, preexec_fn=die_with_parent).returncode
     return 2 if code == PYTEST_USAGE_ERROR else code
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.cli.merge import merge_runs
 from bench.cli.run import add_bench_options, pytest_argv
+from bench.harness.processes import die_with_parent
 from bench.plugin.options import positive_int, positive_number
 from bench.report.document import run_markdown
 from bench.schema.io import ResultError, check_writable, write_atomic
@@ -96,7 +97,8 @@ def check_options(argv: list[str], count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="lora-bench-sweep-") as tmp:
         cmd = [sys.executable, "-m", "pytest", *argv, "--collect-only", "-q",
                "--lora-shard", f"1/{count}", "--lora-results", tmp]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              preexec_fn=die_with_parent)  # fmt: skip
     if proc.returncode in (0, NO_TESTS):
         return
     said = [line.strip() for line in (proc.stderr + proc.stdout).splitlines()

@@ -10,6 +10,7 @@ import sys
 
 from bench.harness.cases import Case
 from bench.harness.memory import measure_cpu_here, rss_growth
+from bench.harness.processes import die_with_parent
 from bench.harness.session import configure_torch
 from lora_kernels import load_plugins
 
@@ -33,6 +34,7 @@ def measure(request: dict) -> int:
 
 
 def main(argv: list[str]) -> None:
+    die_with_parent()
     configure_torch(int(argv[0]))
     load_plugins(argv[1:])
     for line in sys.stdin:

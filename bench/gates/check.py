@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench.harness.processes import die_with_parent
 from bench.report.figures import time_index
 from bench.schema.ab import AbMemory
 from bench.schema.entries import TimeEntry, quartiles
@@ -241,7 +242,8 @@ def recheck(flagged: list[Verdict], current: Run, project: Path) -> dict[str, Ti
             "--lora-cache", meta.cache,
             *(f"--lora-impl={spec}" for spec in meta.impl_specs),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True,
+                              preexec_fn=die_with_parent)  # fmt: skip
         path = Path(out) / f"{meta.device}-{meta.profile}.json"
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stdout + proc.stderr)[-2000:]

@@ -4,8 +4,11 @@ Nothing to install or start by hand: the rendezvous is a file in a temporary fol
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,6 +21,7 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 BACKENDS = ("gloo", "nccl")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class RankError(RuntimeError):
@@ -26,6 +30,8 @@ class RankError(RuntimeError):
 
 def _child(index: int, world: int, backend: str, folder: str, timeout_s: float, threads: int,
            fn: Callable[..., Any], args: tuple) -> None:  # fmt: skip
+    if sys.platform.startswith("linux"):  # a parent killed with SIGKILL takes its ranks along
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     faulthandler.enable()  # a rank that crashes says where on its stderr
     torch.set_num_threads(threads)
     if backend == "nccl":
