@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,8 @@ from bench.cli.main import main
 from bench.gates import gitref
 from bench.gates.ab import SIDE_ENV, Options, Progress, SideProcess, compare_item
 from bench.gates.plan import Item, match_cases, select
-from bench.report.ab import ab_markdown
+from bench.report.ab import ab_markdown, time_row
+from bench.report.base import fmt_seconds
 from bench.schema.ab import AbMemory, AbMeta, AbProblem, AbRun, AbTime, dump_ab, load_ab
 from bench.schema.io import ResultError
 from bench.stats.verdicts import NOT_JUDGED
@@ -466,3 +468,24 @@ def test_a_case_whose_a_a_control_is_off_is_not_judged() -> None:
     changed = replace(both, meta=replace(run.meta, control=False))
     assert changed.controls() == {} and changed.verdict(slow) == "regression"
     assert "No A/A control: base's code differs" in ab_markdown(changed)
+
+
+def test_the_table_s_times_agree_with_the_ratio_whatever_the_rounds_levels() -> None:
+    """Quads whose level moved (both sides alike): 11 quads at 3.5 ms a round, 10 at 0.2 ms,
+    with base's extra slow round landing its median high and current's low. The table once
+    showed base 3.48 ms beside current 210 µs and a ratio of 0.97; current's time is now
+    base's times the ratio."""
+    slow, fast = 3.5e-3, 0.2e-3
+    levels = [slow] * 11 + [fast] * 10  # per quad
+    base_s = [t for level in levels for t in (level, level)]
+    current_s = [0.97 * t for t in base_s]
+    current_s[20], current_s[21] = 0.97 * fast, 0.97 * fast  # one slow quad of current's fast
+    base_s[20] = base_s[21] = slow
+    case = "toy T=16 r=4 fp32 cpu"
+    e = AbTime(case, case[:-4], "addmm", "train", 1, 1, base_s, current_s, 1e-7, 1e-7,
+               order="abba")  # fmt: skip
+    assert statistics.median(e.base_s) / statistics.median(e.current_s) > 10  # the trap
+    row = time_row(e, "same", [e], 0.05)
+    base, current, ratio = row[3], row[4], float(str(row[5]).split()[0])
+    assert base == "3.50 ms" and ratio == pytest.approx(0.97, abs=0.01)
+    assert current == fmt_seconds(3.5e-3 * e.ratio)

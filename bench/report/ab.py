@@ -20,7 +20,10 @@ def _p(p: float) -> str:
 
 def time_row(e: AbTime, status: str, attempts: list[AbTime], threshold: float) -> list[object]:
     ratio, lo, hi, p = e.summary
-    base, cur = statistics.median(e.base_s), statistics.median(e.current_s)
+    # current's time is base's times the paired ratio, never its own median: rounds whose level
+    # moved (both sides alike, quad by quad) gave medians 16x apart beside a ratio of 0.97
+    base = statistics.median(e.base_s)
+    cur = base * ratio
     if status == SAME and not e.resolves(threshold):
         status += " (unresolved)"
     if status == NOT_JUDGED:
@@ -63,7 +66,9 @@ def ab_tables(run: AbRun) -> list[Table]:
             "Every comparison: time",
             TIME_HEADERS,
             [time_row(e, s, a, m.threshold) for e, s, a in times],
-            "seconds per op, medians of each side's rounds. A block is a quad of rounds "
+            "seconds per op: base's, the median of its rounds; current's, that times the "
+            "ratio (each side's own median would set rounds of different moments against "
+            "each other). A block is a quad of rounds "
             "(base, current, current, base; a pair in files before quads) and its ratio "
             "current's rounds over base's; the ratio shown is the blocks' median with its "
             "distribution-free 95% CI; p: Wilcoxon signed-rank on the log ratios; stopped: sure "
