@@ -27,6 +27,7 @@ import torch
 from bench.harness import pages
 from bench.harness.cases import Case
 from bench.harness.kernels import variant_of
+from bench.harness.quiet import without_kineto_lines
 from lora_kernels import LoRAWeights, get_impl
 
 if TYPE_CHECKING:
@@ -234,8 +235,8 @@ def _profiled_peak(step: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:  # fmt: skip
+    with without_kineto_lines(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=True, with_stack=True) as prof:  # fmt: skip
         step()
     live = peak = 0
     for _, action, (key, _version), size in prof._memory_profile().timeline:

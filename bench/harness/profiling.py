@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench.harness.breakdown import Dims, Record, breakdown
 from bench.harness.cache import cache_bytes
 from bench.harness.cases import SHAPES, Case
+from bench.harness.quiet import without_kineto_lines
 from bench.harness.rounds import Budget
 from bench.harness.session import device_name, impl_infos
 from bench.harness.timing import PairedTimer, Work, make_round, synchronize, time_call, warm_up
@@ -102,7 +103,7 @@ def capture(work: Work, device: str, calls: int, label: str, nvtx: bool) -> tupl
         activities.append(ProfilerActivity.CUDA)
     synchronize(device)
     prof = profile(activities=activities, record_shapes=True, profile_memory=True)
-    with prof, record_function(label), nvtx_range(label, nvtx):
+    with without_kineto_lines(), prof, record_function(label), nvtx_range(label, nvtx):
         start = time.perf_counter()
         for _ in range(calls):
             work()
