@@ -12,7 +12,7 @@ from bench.cli.options import add_gate_options, gate_thresholds
 from bench.gates.ab import Options, run_ab
 from bench.gates.check import find_project
 from bench.harness.rounds import TARGET
-from bench.plugin.options import fraction, positive_int, positive_number
+from bench.plugin.options import fraction, positive_int, positive_number, text
 from bench.report.ab import ab_markdown
 from bench.schema.ab import dump_ab
 from bench.schema.io import ResultError, check_output, write_atomic
@@ -85,19 +85,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Exit 0 clean, 1 on a regression (time, memory, or a current-side failure), "
         "2 on unusable input.",
     )
-    a.add_argument("base_ref", help="the git ref to compare against, e.g. HEAD~1 or main")
+    a.add_argument("base_ref", type=text, help="the git ref to compare against, e.g. HEAD~1")
     a.add_argument("--profile", choices=PROFILES, default="quick", help="whose cases (quick)")
     a.add_argument(
         "--cases",
         action="append",
+        type=text,
         metavar="PATTERNS",
         help="case ids to keep: comma list of globs, or prefixes such as 'gpt2'; repeatable",
     )
     a.add_argument(
-        "--impls", action="append", metavar="NAMES", help="comma list (default: ours); repeatable"
+        "--impls",
+        action="append",
+        type=text,
+        metavar="NAMES",
+        help="comma list (default: ours); repeatable",
     )
     a.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    a.add_argument("--dtype", help="comma list (default fp32 on cpu, bf16,fp32 on cuda)")
+    a.add_argument("--dtype", type=text, help="comma list (default fp32 on cpu, bf16,fp32 on cuda)")
     a.add_argument("--threads", type=positive_int,
                    help="torch threads, >= 1 (default: the physical cores)")  # fmt: skip
     a.add_argument("--cache", choices=["cold", "warm"], default="cold")
@@ -123,7 +128,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "when every attempt shows it (default 2)",
     )
     a.add_argument("--no-memory", action="store_true", help="time only")
-    a.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin")
+    a.add_argument("--impl", action="append", type=text, metavar="MODULE:ATTR",
+                   help="load this plugin")  # fmt: skip
     a.add_argument("--require-clean", action="store_true", help="refuse uncommitted changes")
     a.add_argument("--json", help="write the A/B results JSON here")
     a.add_argument("--markdown", help="write the tables here too (e.g. a job summary)")

@@ -21,6 +21,10 @@ def fmt_change(change: float, ci: tuple[float, float]) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     threshold, alpha, mem_rel, mem_mib = gate_thresholds(args)
+    if args.project is not None and not args.recheck:
+        raise ResultError("--project names the checkout --recheck runs pytest in; give "
+                          "--recheck too, or leave --project out")  # fmt: skip
+    project = gate.find_project(Path(args.project or ".")) if args.recheck else None
     baseline, current = load_run(args.baseline), load_run(args.current)
     gate.check_comparable(baseline, current)
     ignored = args.ignore or []
@@ -37,8 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return NOT_JUDGED if called != SAME and (v.case, v.mode) in off else called
 
     flagged = [v for v in verdicts if status(v) == REGRESSION]
-    if flagged and args.recheck:
-        project = gate.find_project(Path(args.project or "."))
+    if flagged and project is not None:
         print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
         rerun = gate.recheck(flagged, current, project)
         kept = {v: gate.better_of(v, rerun) for v in flagged}

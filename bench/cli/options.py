@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench.plugin.options import non_negative_number
 from bench.schema.io import ResultError
 from bench.stats.verdicts import ALPHA, MEMORY_MIB, MEMORY_REL
 
@@ -35,7 +36,7 @@ def add_gate_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--memory-mib",
-        type=float,
+        type=non_negative_number,
         default=MEMORY_MIB,
         help=f"absolute peak-memory threshold, also needed (default {MEMORY_MIB:g} MiB)",
     )
@@ -43,8 +44,6 @@ def add_gate_options(parser: argparse.ArgumentParser) -> None:
 
 def gate_thresholds(args: argparse.Namespace) -> tuple[float, float, float, float]:
     """(time threshold, alpha, memory rel, memory MiB) from the options; ResultError if bad."""
-    if args.memory_mib < 0:
-        raise ResultError(f"--memory-mib must be >= 0, got {args.memory_mib}")
     return (
         parse_fraction(args.max_slowdown, "--max-slowdown"),
         parse_alpha(args.alpha),

@@ -66,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             load_plugins(settings.impl_specs)
         except PluginError as err:
-            raise pytest.UsageError(str(err)) from None
+            raise pytest.UsageError(f"--lora-impl: {err}") from None
     known = case_ids(settings) if settings.only else []
     unknown = [i for i in settings.only if i not in known]
     if unknown:

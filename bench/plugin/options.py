@@ -40,6 +40,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0, or a usage error saying what is allowed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0")
+    return value
+
+
+def text(value: str) -> str:
+    """Text that is not empty: an empty value is a mistake, never "the default"."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty: give a value, or leave the option out")
+    return value
+
+
 def shard_option(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)
@@ -96,7 +114,7 @@ OPTIONS = (
     Option(
         "dtype",
         f"comma list of {', '.join(DTYPE_NAMES)}; default fp32 on cpu, bf16,fp32 on cuda",
-        {"default": None},
+        {"type": text, "default": None},
     ),
     Option(
         "results",
@@ -136,7 +154,7 @@ OPTIONS = (
     Option(
         "only",
         "run only this case id, e.g. 'toy T=512 r=4 fp32 cpu'; repeatable",
-        {"action": "append", "default": None, "metavar": "CASE_ID"},
+        {"action": "append", "type": text, "default": None, "metavar": "CASE_ID"},
     ),
     Option(
         "cache",
@@ -148,6 +166,6 @@ OPTIONS = (
         "impl",
         "also check and time this Impl (module:attr or path/to/file.py:attr); repeatable. "
         "Installed plugins (entry points 'lora_bench.impls') are always loaded",
-        {"action": "append", "default": None, "metavar": "MODULE:ATTR"},
+        {"action": "append", "type": text, "default": None, "metavar": "MODULE:ATTR"},
     ),
 )
