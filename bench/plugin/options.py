@@ -29,14 +29,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+INT_MAX = 2**31 - 1  # what torch and the C libraries below it take as an int
+
+
 def positive_int(text: str) -> int:
-    """A whole number >= 1, or a usage error saying what is allowed."""
+    """A whole number in [1, INT_MAX], or a usage error saying what is allowed."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
+    if not 1 <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number in [1, {INT_MAX}]")
     return value
 
 
