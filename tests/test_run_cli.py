@@ -127,6 +127,8 @@ def test_a_deadline_that_cuts_every_benchmark_says_so_and_records_it(tmp_path: P
            "--lora-deadline", "1e-9", "--lora-results", str(tmp_path), "-k", "addmm"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "--lora-deadline 1e-09 s passed before it started" in proc.stdout
+    assert " passed" not in proc.stdout.splitlines()[-1], "no benchmark started"
     assert "passed before any benchmark started: 2 not run, nothing measured" in proc.stdout
     run = load_run(tmp_path / "cpu-tiny.json")
     assert run.entries == [] and len(run.meta.not_run) == 2
