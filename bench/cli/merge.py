@@ -62,7 +62,7 @@ def merge_runs(runs: dict[str, Run], partial: bool = False) -> Run:
     metas = [runs[by_index[i]].meta for i in sorted(by_index)]
     meta = dataclasses.replace(
         first.meta, shard="", shard_items=[], shard_of="", created=min(m.created for m in metas),
-        not_run=[n for m in metas for n in m.not_run], missing_shards=missing,
+        not_run=[n for m in metas for n in m.not_run], missing_shards=missing, run_id="",
     )  # fmt: skip
     return Run(meta, first.machine_info, first.commit_info, entries)
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_int, positive_number
-from bench.schema.io import ResultError, check_writable, write_atomic
+from bench.schema.io import ResultError, check_writable, write_together
 
 CASE_ID = re.compile(r"^(\S+) T=(\d+) r=(\d+) (\w+) (\w+)$")
 
@@ -128,10 +129,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"{name}: {entry.wall_s * 1e3:.3f} ms a call profiled, trace {folder / entry.trace}")
     for line in left:
         print(f"not profiled: {line}")
-    run = Run(profile_meta(case, threads, args.cache, allocator), {}, {}, entries)
+    meta = replace(profile_meta(case, threads, args.cache, allocator), run_id=secrets.token_hex(6))
+    run = Run(meta, {}, {}, entries)
     stem = folder / f"profile-{args.mode}"
-    write_atomic(stem.with_suffix(".json"), dump_run(run))
-    write_atomic(stem.with_suffix(".md"), run_markdown(run))
+    write_together({stem.with_suffix(".json"): dump_run(run),
+                    stem.with_suffix(".md"): run_markdown(run)})  # fmt: skip
     sys.stdout.write(render(profile_tables(run), "plain") + "\n")
     print(f"wrote {stem}.json and .md, and a trace per implementation ({file_stem('*', args.mode)}"
           ".trace.json.gz) for Perfetto or chrome://tracing")  # fmt: skip

@@ -12,13 +12,14 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from bench.cli.run import add_bench_options, pytest_argv
 from bench.harness.processes import die_with_parent
 from bench.plugin.options import positive_int, positive_number
 from bench.report.document import run_markdown
-from bench.schema.io import ResultError, check_writable, write_atomic
+from bench.schema.io import ResultError, check_writable, write_atomic, write_together
 from bench.schema.run import dump_run, parse_run
 
 NOT_PASSED = ("results", "shard", "trace", "device")  # the sweep's own, or no use on a node
@@ -235,9 +236,9 @@ def merge_shards(outcomes: list[ShardOutcome], results: Path, partial: bool) -> 
         runs = {f"shard {o.shard}": parse_run(json.loads(o.files[name]), f"shard {o.shard}")
                 for o in outcomes if o.ok and name in o.files}  # fmt: skip
         merged = merge_runs(runs, partial=partial)
+        merged = replace(merged, meta=replace(merged.meta, run_id=secrets.token_hex(6)))
         path = results / name
-        write_atomic(path, dump_run(merged))
-        write_atomic(path.with_suffix(".md"), run_markdown(merged))
+        write_together({path: dump_run(merged), path.with_suffix(".md"): run_markdown(merged)})
         written.append(path)
     return written
 

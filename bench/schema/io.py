@@ -112,7 +112,8 @@ def check_writable(folder: Path) -> None:
     if not existing.is_dir():
         raise ResultError(f"{folder}: cannot write results there ({existing} is not a folder)")
     try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lora-bench-", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".lora-bench-probe.{os.getpid()}.",
+                                     suffix=".tmp")  # fmt: skip
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
