@@ -151,9 +151,9 @@ def test_quantize_linears_refuses_a_bad_blocksize_changing_nothing() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("cast", ["half", "double", "bfloat16", "to_fp16", "to_meta"])
+@pytest.mark.parametrize("cast", ["double", "to_meta", "type_int8"])
 def test_a_qlora_layer_refuses_a_cast_it_cannot_follow_and_still_runs(cast: str) -> None:
-    """.half() and the others cast A, B and the bias but not the quantized base, after
+    """.double() and the others cast A, B and the bias but not the quantized base, after
     which the layer ran in no dtype at all; now refused, the layer unchanged."""
     w = lora(seed=5)
     q = QLoRAWeights.quantize(w, "int8")
@@ -162,16 +162,39 @@ def test_a_qlora_layer_refuses_a_cast_it_cannot_follow_and_still_runs(cast: str)
     with torch.no_grad():
         want = layer(x)
     state = {k: v.clone() for k, v in layer.state_dict().items()}
-    calls = {
-        "half": layer.half, "double": layer.double, "bfloat16": layer.bfloat16,
-        "to_fp16": lambda: layer.to(torch.float16), "to_meta": lambda: layer.to("meta"),
-    }  # fmt: skip
+    calls = {"double": layer.double, "to_meta": lambda: layer.to("meta"),
+             "type_int8": lambda: layer.type(torch.int8)}  # fmt: skip
     with pytest.raises(TypeError, match="cannot be cast or moved"):
         calls[cast]()
     assert all(torch.equal(state[k], v) for k, v in layer.state_dict().items())
     with torch.no_grad():
         assert torch.equal(layer(x), want)
     assert layer.float() is layer, "a cast that changes nothing goes on"
+
+
+@pytest.mark.parametrize("fmt", CPU_FORMATS)
+@pytest.mark.parametrize("cast", ["half", "bfloat16"])
+def test_a_qlora_layer_follows_a_cast_to_another_compute_dtype(fmt: str, cast: str) -> None:
+    """.half() and .bfloat16() cast A, B and the bias, and the base then dequantizes to the
+    new dtype from the same codes: what quantizing W with that compute dtype gives."""
+    w = lora(seed=5)
+    q = QLoRAWeights.quantize(w, fmt)
+    layer = QLoRALinear(q.base, q.A.clone(), torch.randn(48, 4), q.scale, q.b)
+    codes = {k: v.clone() for k, v in q.base.tensors().items()}
+    assert getattr(layer, cast)() is layer
+    dtype = layer.lora_A.dtype
+    assert dtype == {"half": torch.float16, "bfloat16": torch.bfloat16}[cast]
+    assert layer.quant.dtype == dtype and layer.quant.same_bytes(q.base)
+    fresh = QuantizedBase.quantize(w.W, fmt, dtype=dtype)
+    assert torch.equal(layer.quant.dequantize(), fresh.dequantize())
+    assert q.base.dtype == torch.float32, "the base it was built on is not changed"
+    assert q.base.state is None or q.base.state.dtype == torch.float32
+    assert all(torch.equal(codes[k], v) for k, v in q.base.tensors().items())
+    x = torch.randn(3, 64).to(dtype)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.dtype == dtype
+    assert rel_error(y, reference_forward(layer.weights(), x)) < 0.05
 
 
 @pytest.mark.parametrize("fmt", CPU_FORMATS)

@@ -5,6 +5,8 @@ compute dtype; the difference to the float W it came from is the format's error.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +148,15 @@ class QuantizedBase:
             raise ValueError(f"{type(layer).__name__} holds no quantized weight yet (move it to "
                              "its device first: bitsandbytes quantizes there)")  # fmt: skip
         return cls("int8", weight.data, shape, dtype, scale=SCB.float() / INT8_MAX)
+
+    def computing_in(self, dtype: torch.dtype) -> QuantizedBase:
+        """The same codes and scales (shared, not copied), dequantized to `dtype`."""
+        check_dtype(dtype)
+        if self.fmt not in FOUR_BIT:
+            return dataclasses.replace(self, dtype=dtype)
+        state = copy.copy(self.state)  # bitsandbytes decodes to its state's dtype
+        state.dtype = dtype
+        return dataclasses.replace(self, dtype=dtype, state=state)
 
     def dequantize(self) -> Tensor:
         """W (out, in) in the compute dtype, in fresh memory."""

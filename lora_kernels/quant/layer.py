@@ -14,6 +14,7 @@ from lora_kernels.quant.formats import QuantizedBase
 from lora_kernels.quant.merge import merge_requantize, weight_error
 from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.registry import Impl, Op
+from lora_kernels.weights import SUPPORTED_DTYPES
 
 DEFAULT_IMPL = "qlora_lean"
 
@@ -142,19 +143,35 @@ class QLoRALinear(nn.Module):
         self._ops = {}
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QLoRALinear:
-        """nn.Module's .to(), .half(), .double(), .cuda() ... come through here. The quantized
-        base keeps its compute dtype and device, so a call that would move or cast A, B and
-        the bias is refused, with the layer unchanged; one that changes neither (.float() of a
-        float32 layer, share_memory()) goes on."""
+        """nn.Module's .to(), .half(), .bfloat16(), .cuda() ... come through here. A cast to
+        another compute dtype (float32, float16, bfloat16) that the impl runs is followed: A,
+        B and the bias are cast and the base dequantizes to the new dtype (its codes stay as
+        they are). A move to another device, or a cast to any other dtype, is refused with the
+        layer unchanged: the codes were made on their device."""
         A = self.lora_A
         moved = fn(torch.empty(0, dtype=A.dtype, device=A.device))
-        if (moved.dtype, moved.device) != (A.dtype, A.device):
+        if (moved.dtype, moved.device) == (A.dtype, A.device):
+            return super()._apply(fn, recurse)
+        reason = ""
+        if moved.device != A.device:
+            reason = f"the quantized base stays on {A.device}"
+        elif moved.dtype not in SUPPORTED_DTYPES:
+            allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            reason = f"a compute dtype is one of {allowed}"
+        else:
+            reason = self._impl.unavailable_reason(A.device, moved.dtype, "infer")
+        if reason:
             raise TypeError(
-                f"QLoRALinear computes in its quantized base's dtype and device ({A.dtype}, "
-                f"{A.device}); it cannot be cast or moved to {moved.dtype}, {moved.device}: "
-                "quantize the base again there (QuantizedBase.quantize(..., dtype=...))"
+                f"QLoRALinear cannot be cast or moved from ({A.dtype}, {A.device}) to "
+                f"({moved.dtype}, {moved.device}): {reason}; quantize the base again there "
+                "(QuantizedBase.quantize(..., dtype=...))"
             )
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        self.quant = self.quant.computing_in(moved.dtype)
+        if self._original is not None:
+            self._original = self._original.computing_in(moved.dtype)
+        self._ops, self._seen = {}, set()
+        return self
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, "
