@@ -179,10 +179,10 @@ def _tensors(folder: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (only the safetensors format is read)")
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    try:
-        return load_file(str(path))
+    try:  # from bytes: load_file's tensors map the file, and change or fault when it does
+        return load(path.read_bytes())
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 

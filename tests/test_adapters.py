@@ -279,6 +279,24 @@ def test_an_adapter_loaded_before_a_move_follows_the_model(tmp_path: Path) -> No
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
 
 
+def test_a_loaded_adapter_owns_its_tensors(tmp_path: Path) -> None:
+    """safetensors' load_file maps the file: the loaded tensors changed when the file was
+    written over in place (PEFT's save_pretrained does so), and a shorter file killed the
+    process with SIGBUS at the next read. Found by the adapter property kit."""
+    folder = peft_saved(tmp_path, "a", seed=7)
+    model = ours()
+    load_adapter(model, folder, "a", activate=True)
+    hot = ours()
+    hotswap_adapter(hot, folder)
+    before = logits(model), logits(hot)
+    weights = folder / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:  # the same size, other bytes, the same file
+        f.seek(size // 2)
+        f.write(b"\x7f" * (size - size // 2))
+    assert torch.equal(logits(model), before[0]) and torch.equal(logits(hot), before[1])
+
+
 def test_an_adapter_folder_appears_whole_or_not_at_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
