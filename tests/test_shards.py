@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -243,10 +244,11 @@ def test_a_sweep_refuses_bad_input_in_one_line(
     assert err.count("\n") == 1 and not results.exists()
 
 
-def sweep_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def sweep_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "bench.cli.main", "sweep", "--shards", "2", "--profile", "tiny",
            *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("answers", [False, True])
@@ -262,14 +264,17 @@ def test_a_sweep_gives_up_on_an_address_without_a_cluster(tmp_path: Path, answer
         else:
             listener.close()
         start = time.monotonic()
+        here = tmp_path / "here"
+        here.mkdir()
         proc = sweep_cli("--ray", f"127.0.0.1:{port}", "--connect-timeout", "3",
-                         "--results", str(tmp_path / "r"))  # fmt: skip
+                         "--results", str(tmp_path / "r"), cwd=here)  # fmt: skip
     took = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and f"--ray 127.0.0.1:{port}" in proc.stderr, proc.stderr
     said = "did not connect within 3 s" if answers else "no Ray cluster answers"
     assert said in proc.stderr and took < 60
     assert not (tmp_path / "r").exists()
+    assert not list(here.iterdir()), "the option check made pytest-benchmark's folder here"
 
 
 def test_a_sweep_without_ray_says_which_extra_brings_it(

@@ -97,7 +97,8 @@ def check_options(argv: list[str], count: int) -> None:
     in one line, before Ray starts anything. ResultError with pytest's own words."""
     with tempfile.TemporaryDirectory(prefix="lora-bench-sweep-") as tmp:
         cmd = [sys.executable, "-m", "pytest", *argv, "--collect-only", "-q",
-               "--lora-shard", f"1/{count}", "--lora-results", tmp]  # fmt: skip
+               "--lora-shard", f"1/{count}", "--lora-results", tmp,
+               "--benchmark-storage", Path(tmp, "storage").as_uri()]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                               preexec_fn=die_with_parent)  # fmt: skip
     if proc.returncode in (0, NO_TESTS):
