@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from tp_workers import (
+    aborts_at_exit,
     case_inputs,
     case_weights,
     multi_case_inputs,
@@ -155,3 +156,9 @@ def test_a_world_that_does_not_divide_is_refused_before_any_process() -> None:
 def test_a_rank_that_fails_stops_the_others_with_a_clear_error(fn: object, match: str) -> None:
     with pytest.raises(RankError, match=match):
         run_ranks(2, fn, timeout_s=3)
+
+
+def test_a_rank_whose_result_is_in_is_not_failed_by_its_teardown() -> None:
+    """A rank's result on disk is the rank's answer: an abort in the interpreter's teardown
+    (seen about once in 150 runs of ranks that took a torch profile) does not fail the run."""
+    assert run_ranks(2, aborts_at_exit, timeout_s=30) == [0, 1]

@@ -117,3 +117,12 @@ def one_raises(index: int, world: int) -> None:
     if index == 1:
         raise ValueError("rank 1 refuses")
     dist.barrier()
+
+
+def aborts_at_exit(index: int, world: int) -> int:
+    """Returns its rank, then aborts in the interpreter's teardown, as a rank that took a
+    torch profile with gloo up now and then did."""
+    import atexit
+
+    atexit.register(os.abort)
+    return index
