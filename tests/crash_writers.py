@@ -1,7 +1,8 @@
 """The writers of the crash-consistency kit, each in a loop: `python tests/crash_writers.py
 WRITER FOLDER` writes version a, then b, then a ... of its output into FOLDER until it is
-killed, printing "ready" once set up. Each step of a write (fsync, rename) is stretched by a
-random pause, so that a SIGKILL lands inside writes as often as between them."""
+killed, printing "ready" once set up and "temporary" each time a write has made its
+temporary. Each step of a write (fsync, rename) is stretched by a random pause, so that a
+SIGKILL lands inside writes as often as between them."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def stretched(fn: Callable[..., object]) -> Callable[..., object]:
         return out
 
     return slow
+
+
+def said(mkstemp: Callable[..., object]) -> Callable[..., object]:
+    """mkstemp that prints "temporary" once a write's temporary exists (not the probe that
+    checks a folder can be written): the rename that ends the write is pauses away."""
+
+    def make(*args: object, **kwargs: object) -> object:
+        out = mkstemp(*args, **kwargs)
+        if "-probe." not in str(kwargs.get("prefix", "")):
+            print("temporary", flush=True)
+        return out
+
+    return make
 
 
 def version(name: str, copies: int = 40) -> Run:
@@ -131,7 +145,7 @@ WRITERS: dict[str, Callable[[Path, str], None]] = {
 
 
 def main(writer: str, folder: Path) -> None:
-    tempfile.mkstemp = stretched(tempfile.mkstemp)  # type: ignore[assignment]
+    tempfile.mkstemp = said(stretched(tempfile.mkstemp))  # type: ignore[assignment]
     os.fchmod = stretched(os.fchmod)  # type: ignore[assignment]
     os.fsync = stretched(os.fsync)  # type: ignore[assignment]
     os.replace = stretched(os.replace)  # type: ignore[assignment]

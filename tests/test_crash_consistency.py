@@ -36,16 +36,22 @@ OUTPUTS = {
 PAIRS = {"results": "cpu-quick.json", "sweep": "cpu-quick.json"}  # a JSON and its .md
 
 
-def killed_at_random(writer: str, folder: Path, rng: random.Random, window_s: float) -> None:
-    """Start the writer's loop, wait until it is set up, let it write for a random while,
-    SIGKILL it."""
+def killed_at_random(
+    writer: str, folder: Path, rng: random.Random, window_s: float, aimed: bool = False
+) -> None:
+    """Start the writer's loop, wait until it is set up, let it write for a random while (or,
+    `aimed`, until a write has made its temporary), SIGKILL it."""
     cmd = [sys.executable, str(CHILD), writer, str(folder)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready", f"{writer}: the child did not start"
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=rng.uniform(0.0, window_s))
+    if aimed:  # inside a write: its temporary is there until the rename, pauses apart
+        while proc.stdout.readline().strip() not in ("temporary", ""):
+            pass
+    else:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=rng.uniform(0.0, window_s))
     assert proc.poll() is None, f"{writer}: the child stopped writing by itself"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -85,8 +91,8 @@ def test_a_writer_killed_anywhere_leaves_the_old_or_the_new_whole(
     folder.mkdir()
     seen: set[str] = set()
     inside = 0  # kills that left a temporary: inside a write
-    for _ in range(KILLS[writer]):
-        killed_at_random(writer, folder, rng, window_s=0.4)
+    for k in range(KILLS[writer]):
+        killed_at_random(writer, folder, rng, window_s=0.4, aimed=k % 3 == 2)
         inside += bool(temporaries(folder))
         for output in OUTPUTS[writer]:
             path = folder / output

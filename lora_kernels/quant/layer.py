@@ -152,7 +152,6 @@ class QLoRALinear(nn.Module):
         moved = fn(torch.empty(0, dtype=A.dtype, device=A.device))
         if (moved.dtype, moved.device) == (A.dtype, A.device):
             return super()._apply(fn, recurse)
-        reason = ""
         if moved.device != A.device:
             reason = f"the quantized base stays on {A.device}"
         elif moved.dtype not in SUPPORTED_DTYPES:
