@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from bench.plugin.options import CACHE_CHOICES, DTYPE_NAMES, positive_int, positive_number
-from bench.schema.io import ResultError, check_writable, write_together
+from bench.schema.io import ResultError, check_writable
 
 CASE_ID = re.compile(r"^(\S+) T=(\d+) r=(\d+) (\w+) (\w+)$")
 
@@ -82,10 +81,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from bench.harness.runner import checked_work
     from bench.harness.session import configure_torch, physical_cores
     from bench.report.base import render
-    from bench.report.document import run_markdown
+    from bench.report.document import write_results
     from bench.report.profile import profile_tables
     from bench.schema.entries import Entry
-    from bench.schema.run import Run, dump_run
+    from bench.schema.run import Run
     from lora_kernels import load_plugins
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -129,11 +128,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"{name}: {entry.wall_s * 1e3:.3f} ms a call profiled, trace {folder / entry.trace}")
     for line in left:
         print(f"not profiled: {line}")
-    meta = replace(profile_meta(case, threads, args.cache, allocator), run_id=secrets.token_hex(6))
-    run = Run(meta, {}, {}, entries)
+    run = Run(profile_meta(case, threads, args.cache, allocator), {}, {}, entries)
     stem = folder / f"profile-{args.mode}"
-    write_together({stem.with_suffix(".json"): dump_run(run),
-                    stem.with_suffix(".md"): run_markdown(run)})  # fmt: skip
+    write_results(stem.with_suffix(".json"), run)
     sys.stdout.write(render(profile_tables(run), "plain") + "\n")
     print(f"wrote {stem}.json and .md, and a trace per implementation ({file_stem('*', args.mode)}"
           ".trace.json.gz) for Perfetto or chrome://tracing")  # fmt: skip

@@ -12,14 +12,13 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ from bench.cli.merge import merge_runs
 from bench.cli.run import add_bench_options, pytest_argv
 from bench.harness.processes import die_with_parent
 from bench.plugin.options import positive_int, positive_number
-from bench.report.document import run_markdown
-from bench.schema.io import ResultError, check_writable, write_atomic, write_together
-from bench.schema.run import dump_run, parse_run
+from bench.report.document import write_results
+from bench.schema.io import ResultError, check_writable, write_atomic
+from bench.schema.run import parse_run
 
 NOT_PASSED = ("results", "shard", "trace", "device")  # the sweep's own, or no use on a node
 NO_TESTS = 5  # pytest's exit code when a shard holds no benchmark
@@ -236,10 +235,8 @@ def merge_shards(outcomes: list[ShardOutcome], results: Path, partial: bool) -> 
     for name in names:
         runs = {f"shard {o.shard}": parse_run(json.loads(o.files[name]), f"shard {o.shard}")
                 for o in outcomes if o.ok and name in o.files}  # fmt: skip
-        merged = merge_runs(runs, partial=partial)
-        merged = replace(merged, meta=replace(merged.meta, run_id=secrets.token_hex(6)))
         path = results / name
-        write_together({path: dump_run(merged), path.with_suffix(".md"): run_markdown(merged)})
+        write_results(path, merge_runs(runs, partial=partial))
         written.append(path)
     return written
 

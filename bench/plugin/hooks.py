@@ -9,9 +9,7 @@ thread count are set up when the first of them is collected."""
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -34,10 +32,10 @@ from bench.harness.runner import Harness
 from bench.harness.session import Settings, configure_torch, cpu_model, device_name, physical_cores
 from bench.harness.shards import assign
 from bench.plugin.options import OPTIONS
-from bench.report.document import run_markdown
+from bench.report.document import write_results
 from bench.report.plan import presets_markdown
-from bench.schema.io import ResultError, check_writable, write_together
-from bench.schema.run import Run, dump_run
+from bench.schema.io import ResultError, check_writable
+from bench.schema.run import Run
 from lora_kernels import PluginError, load_plugins
 from lora_kernels.planner import plan
 from lora_kernels.presets import PRESETS
@@ -277,11 +275,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for device in devices:
         mine = [e for e in settings.entries if getattr(e, "device", device) == device]
-        meta = replace(settings.meta(device, device_name(device), created),
-                       run_id=secrets.token_hex(6))  # fmt: skip
+        meta = settings.meta(device, device_name(device), created)
         run = Run(meta, machine_info, commit_info, mine)
         stem = settings.results_dir / f"{device}-{settings.profile.name}"
         planner = "\n" + planner_markdown() if run.models() else ""
-        write_together({stem.with_suffix(".json"): dump_run(run),
-                        stem.with_suffix(".md"): run_markdown(run) + planner})  # fmt: skip
+        write_results(stem.with_suffix(".json"), run, planner)
         config.get_terminal_writer().line(f"lora-bench: wrote {stem}.json and .md")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import replace
+from pathlib import Path
+
 from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_ci, render
 from bench.report.dora import dora_tables
 from bench.report.fused import fused_tables
@@ -21,7 +25,8 @@ from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
 from bench.report.quant import quant_tables
 from bench.report.tp import tp_tables
-from bench.schema.run import Run
+from bench.schema.io import write_together
+from bench.schema.run import Run, dump_run
 
 
 def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
@@ -124,3 +129,11 @@ def control_line(run: Run) -> str:
 
 def run_markdown(run: Run) -> str:
     return run_header(run) + "\n" + render(run_tables(run), "github")
+
+
+def write_results(path: Path, run: Run, appendix: str = "") -> Run:
+    """Write `run` as JSON at `path` and its tables (then `appendix`) beside it as .md,
+    together (write_together), both naming a fresh run id; the run as written."""
+    run = replace(run, meta=replace(run.meta, run_id=secrets.token_hex(6)))
+    write_together({path: dump_run(run), path.with_suffix(".md"): run_markdown(run) + appendix})
+    return run
