@@ -5,8 +5,10 @@ A folder holds `adapter_config.json` and `adapter_model.safetensors` with keys
 `base_model.model.<module>.lora_A.weight` (r, in), `.lora_B.weight` (out, r) and, for DoRA,
 `.lora_magnitude_vector` (out,). The model keeps every loaded adapter in a bank beside its
 layers; `set_adapter` points each layer at the chosen adapter's tensors (no copy), so a switch
-costs the same with 1 adapter loaded or 64. Every function checks all of its input before the
-model changes: a refusal leaves the model as it was.
+costs the same with 1 adapter loaded or 64. An adapter may cover some of the model's LoRA layers,
+as in PEFT: while it is active, the layers it leaves out run their base layer alone. Every
+function checks all of its input before the model changes: a refusal leaves the model as it
+was.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class LayerAdapter:
 
 @dataclass
 class Bank:
-    """The adapters a model holds, by name ({module: LayerAdapter}), and the active one."""
+    """The adapters a model holds, by name ({module: LayerAdapter}, the modules each covers),
+    and the active one."""
 
     adapters: dict[str, dict[str, LayerAdapter]] = field(default_factory=dict)
     active: str = DEFAULT
@@ -98,18 +101,34 @@ def _refuse_merged(layers: dict[str, LoRALinear], what: str) -> None:
 
 def set_adapter(model: nn.Module, name: str) -> None:
     """Make adapter `name` the one every layer runs (its tensors, no copy; moved first to the
-    layers' device and dtype if the model was moved since the load)."""
+    layers' device and dtype if the model was moved since the load); the layers it does not
+    cover run their base layer alone until an adapter covering them is set."""
     b = bank(model)
     layers = _layers(model)
     if name not in b.adapters:
         raise ValueError(f"adapter {name!r} is not loaded; loaded: {', '.join(b.adapters)}")
     _refuse_merged(layers, f"switch to adapter {name!r}")
     adapter = b.adapters[name]
-    for module, layer in layers.items():  # one moved since the load (model.to()) follows it
-        adapter[module] = _placed(adapter[module], layer.base.weight)
+    left_out = [m for m in layers if m not in adapter]
+    fused = [m for m in left_out if layers[m]._fused is not None or _in_fused_mlp(model, m)]
+    if fused:
+        raise ValueError(f"adapter {name!r} leaves out {fused[0]}, which runs inside a fused "
+                         "module; unfuse_modules() first")  # fmt: skip
+    for module in adapter:  # one moved since the load (model.to()) follows it
+        adapter[module] = _placed(adapter[module], layers[module].base.weight)
     for module, layer in layers.items():
-        _point(layer, adapter[module])
+        if module in adapter:
+            _point(layer, adapter[module])
+        layer.adapter_off = module not in adapter
     b.active = name
+
+
+def _in_fused_mlp(model: nn.Module, module: str) -> bool:
+    """Whether the layer called `module` (PEFT's spelling) is one a fused MLP runs."""
+    from lora_kernels.fused.model import fused_modules
+
+    mlps = [n.removeprefix(PREFIX) for n, kind in fused_modules(model).items() if kind == "mlp"]
+    return any(module.startswith(f"{m}.") for m in mlps)
 
 
 def _placed(adapter: LayerAdapter, W: Tensor) -> LayerAdapter:
@@ -199,7 +218,8 @@ def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
 def read_adapter(model: nn.Module, folder: str | Path) -> dict[str, LayerAdapter]:
     """The adapter in `folder` as the model's layers would hold it: every tensor checked
     against its layer (shapes, DoRA or not), cast to the layer's dtype and device; new
-    tensors, nothing of the model changed. Raises naming the file and the module."""
+    tensors, nothing of the model changed. It may cover some of the layers (PEFT's rule).
+    Raises naming the file and the module."""
     folder = Path(folder)
     layers = _layers(model)
     config = _config(folder)
@@ -216,11 +236,8 @@ def read_adapter(model: nn.Module, folder: str | Path) -> dict[str, LayerAdapter
         raise ValueError(f"{path}: weights for {lacking[0]}, which has no LoRA layer in the "
                          f"model ({len(lacking)} such modules); LoRA layers: "
                          f"{', '.join(sorted(layers)[:4])}, ...")  # fmt: skip
-    uncovered = sorted(set(layers) - set(found))
-    if uncovered:
-        raise ValueError(f"{path}: no weights for the model's LoRA layer {uncovered[0]} "
-                         f"({len(uncovered)} such layers); an adapter must cover every "
-                         "LoRA layer of the model")  # fmt: skip
+    if not found:
+        raise ValueError(f"{path}: holds no LoRA weights (keys {PREFIX}<module>.lora_A.weight)")
     return {
         module: _layer_adapter(path, module, parts, layers[module], config)
         for module, parts in found.items()
@@ -277,7 +294,8 @@ def load_adapter(
     """Read the adapter in `folder` (PEFT's format) into the model's bank as `name`, and make
     it the active one when `activate`. Refused, model unchanged: a name loaded already, a
     missing or corrupt file, keys for modules without a LoRA layer, layers left uncovered,
-    shapes that do not fit, DoRA against LoRA."""
+    shapes that do not fit, DoRA against LoRA. Layers it leaves out run their base layer
+    alone while it is active (as in PEFT)."""
     b = bank(model)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -302,20 +320,27 @@ def hotswap_adapter(model: nn.Module, folder: str | Path) -> None:
     layers = _layers(model)
     _refuse_merged(layers, "hot-swap")
     new = read_adapter(model, folder)
+    held = b.adapters[b.active]
+    if set(new) != set(held):
+        other = sorted(set(new) ^ set(held))[0]
+        raise ValueError(f"{Path(folder) / WEIGHTS}: covers other layers than the active "
+                         f"adapter ({other} is in one of them only); a hot swap writes into the "
+                         "active adapter's tensors: load_adapter() it instead")  # fmt: skip
     over = [(n, a.rank, layers[n].rank) for n, a in new.items() if a.rank > layers[n].rank]
     if over:
         n, got, has = over[0]
         raise ValueError(f"{Path(folder) / WEIGHTS}: {n} has rank {got}, above the loaded "
                          f"adapter's {has}; a hot swap keeps each layer's rank: load_adapter() "
                          "it instead")  # fmt: skip
-    for module, layer in layers.items():
-        a, (A, B) = new[module], layer._lora
+    for module, a in new.items():
+        layer = layers[module]
+        A, B = layer._lora
         A.zero_()[: a.rank].copy_(a.A)
         B.zero_()[:, : a.rank].copy_(a.B * (a.scale / layer.scale))
         m = layer._parameters.get("lora_magnitude")
         if m is not None and a.magnitude is not None:
             m.copy_(a.magnitude)
-    b.adapters[b.active] = {module: _held(layer) for module, layer in layers.items()}
+    b.adapters[b.active] = {module: _held(layers[module]) for module in new}
 
 
 # --- writing PEFT's format -------------------------------------------------------------------

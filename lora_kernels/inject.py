@@ -198,9 +198,11 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
-def _all(model: nn.Module) -> list[LoRALinear | QLoRALinear]:
-    """Every LoRALinear and QLoRALinear of the model."""
-    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, QLoRALinear))]
+def _all(model: nn.Module, running: bool = True) -> list[LoRALinear | QLoRALinear]:
+    """Every LoRALinear and QLoRALinear of the model; `running`: only those that run an
+    adapter now (not the layers the active adapter leaves out), as merge and unmerge take."""
+    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, QLoRALinear))
+              and not (running and getattr(m, "adapter_off", False))]  # fmt: skip
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRALinear layer; inject() first")
     return layers
@@ -245,7 +247,7 @@ def set_impl(model: nn.Module, impl: str) -> None:
     """Use `impl` for every LoRALinear (or QLoRALinear) of the model; none changes if one
     cannot take it."""
     variant = get_impl(impl).variant
-    layers = _all(model)
+    layers = _all(model, running=False)
     wrong = [layer for layer in layers if variant != _variant(layer)]
     if wrong:
         raise ValueError(

@@ -205,6 +205,8 @@ class LoRALinear(nn.Module):
         self._ops: dict[str, _Built] = {}
         self.impl = impl or ("dora_factored" if use_dora else "two_step")
         self.merged = False
+        # set_adapter() of an adapter that does not cover this layer: the base layer alone
+        self.adapter_off = False
         self._folded: _Folded | None = None  # what merge() folded into W, to take it out
         # fuse_modules: the shared call of a fused module (q, k and v) this layer is part of
         self._fused: Callable[[LoRALinear, Tensor], Tensor] | None = None
@@ -264,6 +266,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         A, B = self._lora
+        if self.adapter_off:
+            self._built("infer").check(x)
+            return self.base(x)
         if self.merged:
             if self._folded is None or self._folded.key != self._adapter_key():
                 self._refold()  # the adapter changed since merge(): W follows it
@@ -390,4 +395,5 @@ class LoRALinear(nn.Module):
             f"alpha={self.alpha}, scale={self.scale:.4g}, impl={self.impl}, merged={self.merged}"
             + (f", dora=True, detach_norm={self.detach_norm}" if self.use_dora else "")
             + (", fused=qkv" if self._fused is not None else "")
+            + (", adapter_off=True" if self.adapter_off else "")
         )

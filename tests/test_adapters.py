@@ -225,10 +225,30 @@ def test_refusals_name_the_file_and_change_nothing(tmp_path: Path) -> None:
     message = r"dora/adapter_model.safetensors: .* is DoRA .*, but the model's layer is LoRA"
     with pytest.raises(ValueError, match=message):
         load_adapter(model, dora, "d")
-    with pytest.raises(ValueError, match="no weights for the model's LoRA layer"):
-        load_adapter(model, peft_saved(tmp_path, "q_only", seed=1, target_modules=["q_proj"]), "q")
     assert same(snapshot(model), before)
     assert list(lora_layers(model))
+
+
+def test_an_adapter_covering_some_layers_loads_as_in_peft(tmp_path: Path) -> None:
+    """PEFT's rule: the layers an adapter leaves out run their base layer alone while it is
+    active; switching back, merging, saving and reloading keep to it."""
+    folder = peft_saved(tmp_path, "q", seed=3, target_modules=["q_proj"])
+    model = ours()
+    default = logits(model)
+    load_adapter(model, folder, "q", activate=True)
+    assert rel_error(logits(model), peft_function(folder)) < 1e-5
+    off = [n for n, layer in lora_layers(model) if layer.adapter_off]
+    assert off and all("q_proj" not in n for n in off)
+    merge(model)
+    assert rel_error(logits(model), peft_function(folder)) < 1e-5
+    unmerge(model)
+    save_adapter(model, tmp_path / "again")
+    assert rel_error(peft_function(tmp_path / "again"), peft_function(folder)) < 1e-5
+    with pytest.raises(ValueError, match="covers other layers than the active adapter"):
+        hotswap_adapter(model, peft_saved(tmp_path, "all", seed=4))
+    set_adapter(model, "default")
+    assert not any(layer.adapter_off for _, layer in lora_layers(model))
+    assert rel_error(logits(model), default) < 1e-6
 
 
 def test_inject_refuses_a_base_weight_that_is_not_finite() -> None:
