@@ -1,7 +1,7 @@
 """The `lora-bench` command: run the benchmarks, and read, compare and gate their results.
 report, compare, agree, check, plot, baseline, export and merge read results JSONs and import
 neither torch nor the registry; ab drives two side processes and sweep Ray tasks, and import
-no torch themselves; run, impls, verify, profile and plan load torch.
+no torch themselves; run, impls, verify, profile, model and plan load torch.
 
 Exit codes: 0 fine, 1 regressions found by `check` or `ab`, failures found by `verify` or
 failed shards of `sweep`, 2 unusable input (one line on stderr).
@@ -22,6 +22,7 @@ from bench.cli import (
     export,
     impls,
     merge,
+    model,
     plan,
     plot,
     profile,
@@ -45,6 +46,7 @@ COMMANDS = (
     impls,
     verify,
     profile,
+    model,
     run,
     merge,
     sweep,

@@ -485,6 +485,103 @@ class LifecycleEntry:
         return q3 - q1
 
 
+USER_PHASES = ("prefill", "decode", "train")  # what a UserModelEntry times
+
+
+@dataclass(frozen=True)
+class UserModelEntry(PairedTokens):
+    """One variant on the user's own model and adapter (`lora-bench model`), one phase timed
+    in pairs with the frozen model (the same model with no adapter, compiled alike): prefill
+    (time to first token), decode (time per output token = median / steps) or train (a step:
+    forward, backward and AdamW on the adapter)."""
+
+    kind: ClassVar[str] = "user_model"
+    fullname: str
+    case: str  # "model blocks=.. adapter B=.. prompt=.. new=.. | T=.. dtype device"
+    key: str
+    model: str
+    adapter: str
+    variant: str  # "peft", "peft_merged", "fused", or one of our impls
+    origin: str  # "ours" or "peer"
+    merged: bool
+    compiled: bool
+    phase: str  # prefill, decode or train
+    batch: int
+    adapters: int  # 1: one adapter for the batch; n > 1: each sequence takes one of n
+    steps: int  # forwards a timed call runs: 1, new - 1, or 1 training step
+    tokens: int  # tokens a timed call processes
+    dtype: str
+    device: str
+    tokens_equal: float  # generation: share of the greedy tokens equal to PEFT's
+    rel_error: float  # against PEFT: logits, and in training the LoRA gradients
+    build_s: float
+    compile_s: float  # the first call of the compiled variant, apart from every round
+    threads: int
+    peak_bytes: int
+    memory_method: str
+    trainable: int
+    rounds: Paired
+
+    def __post_init__(self) -> None:
+        finite_error(self)
+        positive("batch, adapters, steps and tokens",
+                 [self.batch, self.adapters, self.steps, self.tokens])  # fmt: skip
+        if self.phase not in USER_PHASES:
+            raise ValueError(f"phase must be one of {', '.join(USER_PHASES)}, got {self.phase!r}")
+        if not 0.0 <= self.tokens_equal <= 1.0:
+            raise ValueError(f"tokens_equal must be in [0, 1], got {self.tokens_equal}")
+
+    @property
+    def label(self) -> str:
+        """The variant, and "compiled" where it ran compiled whole."""
+        return f"{self.variant} compiled" if self.compiled else self.variant
+
+    @property
+    def impl(self) -> str:
+        """The variant, as compare and check name what ran."""
+        return self.label
+
+    @property
+    def mode(self) -> str:
+        """The phase, as compare and check name what was timed."""
+        return self.phase
+
+    @property
+    def per_step_s(self) -> float:
+        """Seconds of one step: time to first token, per output token, or a training step."""
+        return self.rounds.impl_median_s / self.steps
+
+
+@dataclass(frozen=True)
+class UserModelInfo:
+    """What one `lora-bench model` run measured: the model and adapter as resolved, what
+    was left out and why, the memory plan, and the adapter's load and merge seconds."""
+
+    kind: ClassVar[str] = "user_model_info"
+    model: str
+    model_source: str  # how MODEL resolved, and where the weights came from
+    adapter: str
+    adapter_source: str
+    blocks: int
+    total_blocks: int
+    random_weights: bool
+    adapted_layers: int
+    seconds: float  # each variant's paired-timing budget
+    estimate_bytes: int  # the planner's peak for the run
+    free_bytes: int  # what the device had free
+    screened: list[str]  # "variant: why it was not timed"
+    notes: list[str]
+    load_s: dict[str, list[float]]  # variant -> seconds of each adapter load
+    merge_s: dict[str, list[float]]  # variant -> seconds of each merge
+
+    def __post_init__(self) -> None:
+        positive("blocks", [self.blocks, self.total_blocks, self.seconds])
+        if self.blocks > self.total_blocks:
+            raise ValueError(f"blocks {self.blocks} > total_blocks {self.total_blocks}")
+        for name, times in (*self.load_s.items(), *self.merge_s.items()):
+            positive_seconds(f"seconds of {name}", times)
+
+
 # The parts of a call a profile splits its time into (bench.harness.breakdown), in table order.
 PARTS = ("base GEMM", "shrink", "expand", "W + s·B A", "y add/copy/scale", "norm", "other ops")
 OUTSIDE = "outside ops"  # wall time no op covers: Python and dispatch between ops
@@ -541,6 +638,8 @@ Entry = (
     | QuantEntry
     | FusedEntry
     | TPEntry
+    | UserModelEntry
+    | UserModelInfo
 )
 ENTRY_KINDS: dict[str, type] = {
     c.kind: c
@@ -557,5 +656,7 @@ ENTRY_KINDS: dict[str, type] = {
         QuantEntry,
         FusedEntry,
         TPEntry,
+        UserModelEntry,
+        UserModelInfo,
     )
 }

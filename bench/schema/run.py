@@ -30,6 +30,8 @@ from bench.schema.entries import (
     TimeEntry,
     TimerCheckEntry,
     TPEntry,
+    UserModelEntry,
+    UserModelInfo,
 )
 from bench.schema.io import ResultError, read_json
 
@@ -149,6 +151,12 @@ class Run:
 
     def tp(self) -> list[TPEntry]:
         return [e for e in self.entries if isinstance(e, TPEntry)]
+
+    def user_model(self) -> list[UserModelEntry]:
+        return [e for e in self.entries if isinstance(e, UserModelEntry)]
+
+    def user_model_info(self) -> UserModelInfo | None:
+        return next((e for e in self.entries if isinstance(e, UserModelInfo)), None)
 
     def impl_info(self, impl: str) -> ImplInfo:
         """What the run recorded of the impl; a name it did not record counts as a LoRA
