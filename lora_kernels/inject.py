@@ -390,7 +390,10 @@ def from_peft(
             f"adapter {adapter!r} is not the one PEFT runs: its layers run {others}; call "
             f"model.set_adapter({adapter!r}) first, or convert {others[0]!r}"
         )
-    layers = {n: m for n, m in layers.items() if adapter in m.lora_A}
+    # an embedding's LoRA sits in lora_embedding_A: it counts, and is refused below (leaving
+    # it to PEFT would run a hybrid of PEFT's layers and ours under our impl's name)
+    layers = {n: m for n, m in layers.items()
+              if adapter in m.lora_A or adapter in getattr(m, "lora_embedding_A", {})}  # fmt: skip
     dtype = _model_dtype(peft_model)
     reasons = [r for n, m in layers.items() if (r := _refusal(n, m, adapter, dtype))]
     if reasons:

@@ -3,7 +3,14 @@ for the report, compare, check and plot tests."""
 
 from __future__ import annotations
 
-from bench.schema.entries import MemoryEntry, Paired, ParamsEntry, TimeEntry
+from bench.schema.entries import (
+    MemoryEntry,
+    Paired,
+    ParamsEntry,
+    TimeEntry,
+    UserModelEntry,
+    UserModelInfo,
+)
 from bench.schema.run import ImplInfo, Run, RunMeta, dump_run
 
 CASES = ("toy T=512 r=4 fp32", "gpt2.c_attn T=512 r=16 fp32", "llama3-8b.q_proj T=1 r=16 fp32")
@@ -123,3 +130,55 @@ def make_run(
 
 def run_json(run: Run) -> str:
     return dump_run(run)
+
+
+def user_entry(variant: str, phase: str, ratio: float, *, spread: float = 0.01,
+               compiled: bool = False, adapters: int = 1, base_s: float = 1e-3,
+               origin: str = "ours", merged: bool = False) -> UserModelEntry:  # fmt: skip
+    """A `lora-bench model` entry: eleven paired rounds of whole calls whose pair ratios have
+    median `ratio` and spread `spread` either side."""
+    steps = [k / 5 for k in range(-5, 6)]
+    base = [base_s * (1 + 0.03 * k) for k in steps]
+    pair_ratios = [ratio * (1 + spread * k) for k in steps]
+    key = f"tiny blocks=2 adapter B=2{' n=2' if adapters > 1 else ''} prompt=8 new=4 fp32"
+    if phase == "train":
+        key = "tiny blocks=2 adapter B=2 T=8 fp32"
+    steps_of = {"prefill": 1, "decode": 3, "train": 1}[phase]
+    return UserModelEntry(
+        fullname=f"lora-bench model {key} cpu {variant} {phase}", case=f"{key} cpu", key=key,
+        model="tiny", adapter="adapter", variant=variant, origin=origin, merged=merged,
+        compiled=compiled, phase=phase, batch=2, adapters=adapters, steps=steps_of, tokens=8,
+        dtype="fp32", device="cpu", tokens_equal=1.0, rel_error=1e-7, build_s=0.01,
+        compile_s=2.0 if compiled else 0.0, threads=2, peak_bytes=2**20, memory_method="test",
+        trainable=512, rounds=Paired(1, [b * r for b, r in zip(base, pair_ratios, strict=True)],
+                                     base),
+    )  # fmt: skip
+
+
+def user_model_run(entries: list[UserModelEntry] | None = None) -> Run:
+    """A `lora-bench model` run: PEFT, ours, merged and fused at both phases of generation, a
+    mixed batch, a training step, and the run's facts."""
+    if entries is None:
+        entries = [
+            user_entry(v, phase, r, origin=o, merged=m)
+            for phase in ("prefill", "decode")
+            for v, r, o, m in (("peft", 1.20, "peer", False), ("addmm", 1.10, "ours", False),
+                               ("peft_merged", 1.00, "peer", True))
+        ] + [
+            user_entry("peft_mixed", "decode", 1.7, adapters=2, origin="peer"),
+            user_entry("segments", "decode", 1.5, adapters=2),
+            user_entry("peft", "train", 1.40, origin="peer"),
+            user_entry("autograd", "train", 1.41),
+        ]  # fmt: skip
+    info = UserModelInfo(
+        model="tiny", model_source="tiny (llama from folder, 2 blocks)", adapter="adapter",
+        adapter_source="adapter (r=4)", blocks=2, total_blocks=4, random_weights=False,
+        adapted_layers=4, seconds=1.0, estimate_bytes=2**20, free_bytes=2**30,
+        screened=["generation two_step: screened out"], notes=["a note"],
+        load_s={"peft": [0.01, 0.011, 0.012], "ours": [0.001, 0.001, 0.002]},
+        merge_s={"peft": [0.003, 0.003, 0.004], "ours": [0.001, 0.001, 0.001]},
+    )  # fmt: skip
+    meta = make_run().meta
+    meta = RunMeta(**{**meta.__dict__, "profile": "model", "cache": "warm", "peaks_start": {},
+                      "peaks_end": {}})  # fmt: skip
+    return Run(meta, {}, {}, [*entries, info])

@@ -233,6 +233,10 @@ def test_from_peft_refusals_change_nothing() -> None:
             module.lora_A.float()
     with pytest.raises(ValueError, match="LoRALinear keeps one dtype"):
         from_peft(half)
+    embedded = peft_model("llama", target_modules=["q_proj", "embed_tokens"])
+    with pytest.raises(ValueError, match=r"embed_tokens is a PEFT Embedding; only LoRA Linear"):
+        from_peft(embedded)  # not left to PEFT beside ours: a hybrid under our impl's name
+    assert not list(lora_layers(embedded))
 
 
 class Mixed(Block):

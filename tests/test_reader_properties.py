@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runs import make_run, run_json
+from runs import make_run, run_json, user_model_run
 
 from bench.cli.main import main
 
 VALID = json.loads(run_json(make_run("cpu")))
+MODEL_VALID = json.loads(run_json(user_model_run()))  # `lora-bench model`'s entries
 NOT_A_NUMBER = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
 READERS = (
     ["report", "{m}"],
@@ -43,17 +44,14 @@ def paths(node: object, here: tuple = ()) -> list[tuple]:
     return found
 
 
-PLACES = paths(VALID)[1:]
-
-
-def mutated(data: st.DataObject) -> str:
+def mutated(data: st.DataObject, valid: dict) -> str:
     """The valid file's text with one mutation."""
     kind = data.draw(st.sampled_from(["replace", "replace", "replace", "drop", "add", "cut"]))
-    text = json.dumps(VALID)
+    text = json.dumps(valid)
     if kind == "cut":
         return text[: data.draw(st.integers(0, len(text) - 1))]
     doc = json.loads(text)
-    place = data.draw(st.sampled_from(PLACES))
+    place = data.draw(st.sampled_from(paths(valid)[1:]))
     parent = doc
     for step in place[:-1]:
         parent = parent[step]
@@ -74,12 +72,13 @@ def mutated(data: st.DataObject) -> str:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
+@pytest.mark.parametrize("document", [VALID, MODEL_VALID], ids=["layers", "model"])
 def test_readers_exit_0_with_sane_output_or_2_with_one_line(
-    data: st.DataObject, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    document: dict, data: st.DataObject, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     valid, broken = tmp_path / "valid.json", tmp_path / "mutated.json"
-    valid.write_text(json.dumps(VALID))
-    broken.write_text(mutated(data))
+    valid.write_text(json.dumps(document))
+    broken.write_text(mutated(data, document))
     args = [a.format(v=valid, m=broken) for a in data.draw(st.sampled_from(READERS))]
     code = main(args)
     out, err = capsys.readouterr()

@@ -48,9 +48,13 @@ KINDS: dict[tuple[str, str], list[str]] = {
         ("compare", "output"), ("agree", "output"), ("export", "output"), ("merge", "output"),
         ("ab", "json"), ("ab", "markdown")]},
     **{(c, d): FOLDER_OUT for c, d in [
-        ("plot", "output"), ("baseline", "dir"), ("profile", "output"), ("run", "lora_results"),
+        ("plot", "output"), ("baseline", "dir"), ("profile", "output"), ("model", "output"),
+        ("run", "lora_results"),
         ("run", "lora_trace"), ("sweep", "lora_results")]},
-    **{(c, d): FOLDER_IN for c, d in [("check", "project"), ("ab", "project")]},
+    **{(c, d): FOLDER_IN for c, d in [("check", "project"), ("ab", "project"),
+                                      ("model", "adapter")]},
+    ("model", "model"): [*TEXT, "nope", "{missing}", "{empty}", "{not_json}", "{other_json}",
+                         "{a_file}", "{folder}"],
     **{(c, d): NUMBER for c, d in [
         ("check", "max_slowdown"), ("check", "alpha"), ("check", "max_memory_growth"),
         ("ab", "max_slowdown"), ("ab", "alpha"), ("ab", "max_memory_growth"),
@@ -60,7 +64,8 @@ KINDS: dict[tuple[str, str], list[str]] = {
         ("plan", "model"), ("plan", "targets"), ("impls", "impl"), ("verify", "name"),
         ("verify", "impl"), ("profile", "case"), ("profile", "impl"), ("run", "lora_dtype"),
         ("run", "lora_only"), ("run", "lora_impl"), ("check", "ignore"), ("sweep", "ray"),
-        ("sweep", "lora_dtype"), ("sweep", "lora_only"), ("sweep", "lora_impl")]},
+        ("sweep", "lora_dtype"), ("sweep", "lora_only"), ("sweep", "lora_impl"),
+        ("model", "targets")]},
 }  # fmt: skip
 
 # (command, dest, value) the option takes, and why.
@@ -77,6 +82,8 @@ ACCEPTED: dict[tuple[str, str, str], str] = {
     **{(c, "lora_deadline", "1e12"): "a deadline no run reaches" for c in ("run", "sweep")},
     ("sweep", "connect_timeout", "1e12"): "wait as long as Ray takes",
     ("plan", "tokens", "1000000000000"): "arithmetic only: a planner answers for any length",
+    ("model", "alpha", "1e12"): "any alpha > 0 scales the adapter",
+    ("model", "seconds", "1e12"): "a budget in seconds: rounds stop when sure first",
     ("plan", "alpha", "1e12"): "any alpha > 0 scales the adapter",
     ("plan", "rank", "1e12"): "refused per target with the limit; the preset decides",
     ("ab", "base_ref", "nope"): "refused by git inside ab: not reached here (run_ab stubbed)",
@@ -112,6 +119,7 @@ BASE: dict[str, list[str]] = {
     "impls": ["impls"],
     "verify": ["verify", "two_step"],
     "profile": ["profile", "toy", "--tokens", "4", "--rank", "2", "-o", "{out}/p"],
+    "model": ["model", "llama-tiny", "-o", "{out}/model"],
     "run": ["run", "--profile", "tiny", "--results", "{out}/r"],
     "merge": ["merge", "{shard1}", "{shard2}", "-o", "{out}/m.json"],
     "sweep": ["sweep", "--ray", "--shards", "2", "--profile", "tiny", "--results", "{out}/s"],

@@ -42,6 +42,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     flagged = [v for v in verdicts if status(v) == REGRESSION]
     if flagged and project is not None:
+        again = [v for v in flagged if "::" not in v.fullname]  # not a pytest benchmark
+        for v in again:
+            print(f"  {v.case} {v.impl} {v.mode}: not rechecked (not a pytest benchmark: run "
+                  "`lora-bench model` again to measure it again)", file=sys.stderr)  # fmt: skip
+        flagged = [v for v in flagged if v not in again]
+    if flagged and project is not None:
         print(f"rechecking {len(flagged)} flagged case(s) in {project}:", file=sys.stderr)
         rerun = gate.recheck(flagged, current, project)
         kept = {v: gate.better_of(v, rerun) for v in flagged}

@@ -69,10 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument_group("the adapter: a PEFT folder, or one described")
     a.add_argument("--adapter", metavar="DIR", help="a PEFT adapter folder (adapter_config.json "
                    "and adapter_model.safetensors)")  # fmt: skip
-    a.add_argument("--rank", type=positive_int, default=16, help="rank r (default 16)")
+    a.add_argument("--rank", type=positive_int, help="rank r (default 16)")
     a.add_argument("--alpha", type=positive_number, help="alpha (default 2 x rank)")
-    a.add_argument("--targets", default="all-linear",
-                   help="module names, comma-separated, or all-linear (default)")  # fmt: skip
+    a.add_argument("--targets", help="module names, comma-separated, or all-linear (default)")
     a.add_argument("--dora", action="store_true", help="DoRA (a magnitude per row)")
     a.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(r)")
     m = p.add_argument_group("what to measure")

@@ -334,12 +334,19 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
     it holds weights for must be a linear layer of the model (blocks past --blocks are left
     out, and said so) with the weights' shapes. Returns notes for the output."""
     linears = {n: _in_out(m) for n, m in meta.named_modules() if _in_out(m) is not None}
+    modules = [n for n, _ in meta.named_modules()]
     if spec.folder is None:
-        _check_targets(spec.targets, linears, source)
+        _check_targets(spec.targets, linears, modules, source)
         return []
     shapes = _safetensors_shapes(spec.folder / ADAPTER_WEIGHTS)
     dropped: set[str] = set()
-    for key, shape in shapes.items():
+    order = {name: i for i, name in enumerate(modules)}  # the model's order: the first is named
+    known = set(modules)
+
+    def position(item: tuple[str, tuple[int, ...]]) -> int:
+        return order.get(_split_key(item[0])[0], len(order))
+
+    for key, shape in sorted(shapes.items(), key=position):
         module, part = _split_key(key)
         if part is None:
             continue
@@ -347,11 +354,13 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
         if block is not None and block >= source.blocks:
             dropped.add(module)
             continue
+        if module in known and module not in linears:
+            continue  # PEFT adapts it (an embedding, a convolution); it checks the shapes
         if module not in linears:
-            known = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linears}))
+            ends = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linears}))
             raise UserInputError(f"--adapter {spec.folder}: weights for {module}, which is not a "
                                  f"linear layer of {source.label} (its linear layers end in "
-                                 f"{known}): an adapter made for another model")  # fmt: skip
+                                 f"{ends}): an adapter made for another model")  # fmt: skip
         in_f, out_f = linears[module]  # type: ignore[misc]
         want = {"lora_A": f"(r, {in_f})", "lora_B": f"({out_f}, r)", "magnitude": f"({out_f},)"}
         ok = {"lora_A": len(shape) == 2 and shape[1] == in_f,
@@ -398,12 +407,14 @@ def _in_out(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _check_targets(targets: str, linears: dict[str, Any], source: Source) -> None:
+def _check_targets(targets: str, linears: dict[str, Any], modules: list[str], source: Source
+                   ) -> None:  # fmt: skip
+    """Every target names a module of the model (PEFT's suffix match)."""
     if targets == "all-linear":
         return
     names = [t.strip() for t in targets.split(",") if t.strip()]
     ends = sorted({n.rsplit(".", 1)[-1] for n in linears})
-    missing = [t for t in names if not any(n == t or n.endswith(f".{t}") for n in linears)]
+    missing = [t for t in names if not any(n == t or n.endswith(f".{t}") for n in modules)]
     if not names or missing:
         raise UserInputError(f"--targets {missing[0] if missing else targets!r}: {source.label} "
                              f"has no such linear layer; its linear layers end in "
@@ -507,9 +518,10 @@ def free_bytes(device: str) -> int:
 
 
 def fit(source: Source, meta: nn.Module, size: int, tokens: int, batch: int, kv_tokens: int,
-        device: str, base_dtype: str | None = None) -> Fit:  # fmt: skip
-    """The planner's estimate of the run's peak: the weights twice (the frozen model and one
-    variant's merged copy), the KV caches of three decoders (frozen, reference, variant) over
+        device: str, base_dtype: str | None = None, copies: int = 2) -> Fit:  # fmt: skip
+    """The planner's estimate of the run's peak: the weights `copies` times (the frozen model
+    and a variant's merged copy; a third with --compile, which keeps every timed variant for
+    its compiled twin), the KV caches of three decoders (frozen, reference, variant) over
     `kv_tokens` tokens, and a training step's activations over `tokens` tokens (the linear
     layers' inputs, attention's and the MLP's, 4 per block, and the logits in fp32 thrice)."""
     c = source.config
@@ -526,6 +538,6 @@ def fit(source: Source, meta: nn.Module, size: int, tokens: int, batch: int, kv_
         per_block_weights = int(per_block_weights * (0.56 if base_dtype == "nf4" else 1.05) / size)
     kv = 3 * 2 * batch * kv_tokens * kv_heads * head_dim * size
     acts = batch * tokens * (4 * hidden + 2 * ffn) * size
-    per_block = int(2 * per_block_weights * size + kv + acts)
-    fixed = 2 * (params - block_params) * size + 3 * 4 * batch * tokens * vocab
+    per_block = int(copies * per_block_weights * size + kv + acts)
+    fixed = copies * (params - block_params) * size + 3 * 4 * batch * tokens * vocab
     return Fit(fixed + per_block * source.blocks, per_block, free_bytes(device), source.blocks)

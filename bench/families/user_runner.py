@@ -60,9 +60,9 @@ class Request:
 
     model: str
     adapter: str | None = None
-    rank: int = 16
-    alpha: float | None = None
-    targets: str = "all-linear"
+    rank: int | None = None  # a described adapter's (default 16)
+    alpha: float | None = None  # default 2 x rank
+    targets: str | None = None  # default all-linear
     dora: bool = False
     rslora: bool = False
     mode: str = "all"
@@ -121,8 +121,11 @@ def _check_request(r: Request) -> None:
         raise um.UserInputError(f"--base-dtype {r.base_dtype} with "
                                 f"{'--dora' if r.dora else '--adapters'}: a quantized base takes "
                                 "one plain LoRA adapter here (QLoRA)")  # fmt: skip
-    if r.adapter is not None and (r.dora or r.rslora or r.targets != "all-linear"
-                                  or r.rank != 16 or r.alpha is not None):  # fmt: skip
+    if r.targets is not None and not [t for t in r.targets.split(",") if t.strip()]:
+        raise um.UserInputError(f"--targets {r.targets!r}: name modules, comma-separated, or "
+                                "all-linear")  # fmt: skip
+    described = (r.rank, r.alpha, r.targets, r.dora or None, r.rslora or None)
+    if r.adapter is not None and any(v is not None for v in described):
         raise um.UserInputError("--adapter DIR gives the adapter; --rank, --alpha, --targets, "
                                 "--dora and --rslora describe one instead: give one or the "
                                 "other")  # fmt: skip
@@ -136,7 +139,8 @@ def prepare(r: Request) -> Prepared:
     if reason:
         raise um.UserInputError(reason)
     source = um.resolve(r.model, r.blocks)
-    spec = um.adapter_spec(r.adapter, rank=r.rank, alpha=r.alpha, targets=r.targets,
+    targets = r.targets or "all-linear"
+    spec = um.adapter_spec(r.adapter, rank=r.rank or 16, alpha=r.alpha, targets=targets,
                            dora=r.dora, rslora=r.rslora)  # fmt: skip
     meta = um.meta_model(source)
     notes = um.check_adapter(spec, source, meta)
@@ -154,7 +158,8 @@ def prepare(r: Request) -> Prepared:
     tokens = max(r.tokens if "train" in r.modes else 0,
                  r.prompt_tokens + r.new_tokens if "generate" in r.modes else 0)  # fmt: skip
     kv = r.prompt_tokens + r.new_tokens if "generate" in r.modes else 0
-    plan = um.fit(source, meta, size, tokens, r.batch, kv, r.device, r.base_dtype)
+    copies = 3 if r.compile and "generate" in r.modes else 2
+    plan = um.fit(source, meta, size, tokens, r.batch, kv, r.device, r.base_dtype, copies)
     if not plan.fits:
         keep = plan.blocks_that_fit()
         hint = (f"--blocks {keep} would fit" if keep else "not even one block fits: lower "
@@ -327,7 +332,21 @@ class Phase:
                 continue
             self.say(f"  timing {self.mode_label} {name} ...")
             self.record(name, built)
-            self.timed[name] = built
+            if self.r.compile and self.mode == "infer":  # its compiled twin comes after
+                self.timed[name] = built
+
+    def build(self, name: str) -> nn.Module:
+        """The variant's model on PEFT's tensors; FailedError saying why where it cannot be
+        built (from_peft's or fuse_modules' refusal: a LoRA layer ours cannot take)."""
+        try:
+            model, note = uv.build(name, self.peft)
+        except FuseError as err:
+            raise FailedError(str(err)) from None
+        except ValueError as err:  # from_peft refuses the model, naming the layer
+            raise FailedError(f"from_peft refuses this model: {err}") from None
+        if note:
+            self.out.notes.append(f"{self.mode_label} {name}: {note}")
+        return model
 
     # implemented by each phase
     def prepare_variant(self, name: str) -> Any:
@@ -399,15 +418,6 @@ class Generation(Phase):
         """Greedy decoding of the prompt with `model` (variant `name`)."""
         return gen.Decoder(model, self.ids, self.r.new_tokens, {}, contextlib.nullcontext,
                            self.r.device)  # fmt: skip
-
-    def build(self, name: str) -> nn.Module:
-        try:
-            model, note = uv.build(name, self.peft)
-        except FuseError as err:
-            raise FailedError(str(err)) from None
-        if note:
-            self.out.notes.append(f"{self.mode_label} {name}: {note}")
-        return model
 
     def prepare_variant(self, name: str) -> GenBuilt:
         synchronize(self.r.device)
@@ -621,14 +631,9 @@ class Training(Phase):
     def prepare_variant(self, name: str) -> TrainBuilt:
         synchronize(self.r.device)
         start = time.perf_counter()
-        try:
-            model, note = uv.build(name, self.peft)
-        except FuseError as err:
-            raise FailedError(str(err)) from None
+        model = self.build(name)
         synchronize(self.r.device)
         build_s = time.perf_counter() - start
-        if note:
-            self.out.notes.append(f"training {name}: {note}")
         errors = {"logits": rel_error(models.forward(model, self.inputs), self.logits)}
         model.zero_grad(set_to_none=True)
         models.backward(model, self.inputs)
@@ -684,17 +689,31 @@ def lifecycle(p: Prepared, peft: Any, out: Measured, say: Say) -> None:
     say("  timing the adapter's load and merge ...")
     ours = models.shared_copy(peft)
     from_peft(ours)
-    peft_load, ours_load = [], []
+    peft_load: list[float] = []
+    ours_load: list[float] = []
+    why = ""
+    if p.source.blocks < p.source.total_blocks:
+        why = "with --blocks (the file holds the blocks left out, which PEFT drops and "
+        why += "load_adapter refuses)"
+    elif p.request.base_dtype:
+        why = "on a quantized base (load_adapter takes LoRALinear layers)"
+    if why:
+        out.notes.append(f"adapter load: not timed {why}")
     for name in (f"load{i}" for i in range(LIFECYCLE_REPEATS)):
+        if why:
+            break
         peft_load.append(_seconds(functools.partial(peft.load_adapter, folder, name), device))
         peft.delete_adapter(name)
         ours_load.append(_seconds(functools.partial(load_adapter, ours, folder, name), device))
         delete_adapter(ours, name)
     peft_merge, ours_merge = [], []
     for _ in range(LIFECYCLE_REPEATS):
-        peft_merge.append(_seconds(copy.deepcopy(peft).merge_and_unload, device))
-        ours_merge.append(_seconds(functools.partial(merge, copy.deepcopy(ours)), device))
-    out.load_s.update({uv.PEFT: peft_load, "ours": ours_load})
+        copied = copy.deepcopy(peft)  # the copy is not the merge's: made before the clock
+        peft_merge.append(_seconds(functools.partial(uv.merge_and_unload, copied), device))
+        mine = copy.deepcopy(ours)
+        ours_merge.append(_seconds(functools.partial(merge, mine), device))
+    if peft_load:
+        out.load_s.update({uv.PEFT: peft_load, "ours": ours_load})
     out.merge_s.update({uv.PEFT: peft_merge, "ours": ours_merge})
-    say(f"  load {statistics.median(peft_load) * 1e3:.1f} ms (peft) / "
-        f"{statistics.median(ours_load) * 1e3:.1f} ms (ours)")  # fmt: skip
+    say(f"  merge {statistics.median(peft_merge) * 1e3:.1f} ms (peft) / "
+        f"{statistics.median(ours_merge) * 1e3:.1f} ms (ours)")  # fmt: skip

@@ -6,6 +6,7 @@ Which of ours apply, and why the others do not."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,7 @@ def build(variant: str, peft: Any) -> tuple[nn.Module, str]:  # peft: a PeftMode
     if variant == PEFT:
         return peft, ""
     if variant == PEFT_MERGED:
-        return copy.deepcopy(peft).merge_and_unload(), ""
+        return peft_merged(peft), ""
     model = models.shared_copy(peft)
     if variant != FUSED:
         from_peft(model, impl=variant)
@@ -108,6 +109,18 @@ def _reasons(unfused: dict[str, str]) -> str:
     """fuse_modules' reasons without the module names, each once: "k_proj has no LoRA layer;
     fusing needs LoRA on each of q_proj, k_proj, v_proj"."""
     return "; ".join(dict.fromkeys(why.split(": ", 1)[-1] for why in unfused.values()))
+
+
+def peft_merged(peft: Any) -> nn.Module:
+    """PEFT's merge_and_unload on a copy of the model (its own weights)."""
+    return merge_and_unload(copy.deepcopy(peft))
+
+
+def merge_and_unload(peft: Any) -> nn.Module:
+    """PEFT's merge_and_unload of this model (its weights change)."""
+    with warnings.catch_warnings():  # into a 4-bit base: the error is measured, and said
+        warnings.filterwarnings("ignore", "Merge lora module to", UserWarning)
+        return peft.merge_and_unload()
 
 
 def origin(variant: str) -> str:

@@ -158,6 +158,8 @@ def control_notes(baseline: Run, current: Run) -> list[str]:
     lines = []
     for label, run in (("baseline", baseline), ("current", current)):
         controls = run.controls()
+        if not run.times():
+            continue  # `lora-bench model` times against the frozen model, no layer's base
         if not controls:
             lines.append(f"note: the {label} run has no A/A control (an older run): its setup "
                          "bias is not known")  # fmt: skip

@@ -29,7 +29,7 @@ class Pair:
 
 def _seconds(run: Run) -> dict[tuple[str, str, str], tuple[float, tuple[float, float]]]:
     """Per (key, impl, mode): paired ratio x the case's one base time, as the tables show,
-    and the 95% CI of the ratio."""
+    and the 95% CI of the ratio; a `lora-bench model` variant's seconds per step by phase."""
     out = {}
     for mode in MODES_ORDER:
         items = run.times(mode)
@@ -37,6 +37,9 @@ def _seconds(run: Run) -> dict[tuple[str, str, str], tuple[float, tuple[float, f
         out.update(
             {(e.key, e.impl, mode): (times[(e.case, e.impl)], e.rounds.ratio_ci) for e in items}
         )
+    # `lora-bench model`: seconds per step (prefill, decode or a training step) of each variant
+    out.update({(e.key, e.label, e.phase): (e.per_step_s, e.rounds.ratio_ci)
+                for e in run.user_model()})  # fmt: skip
     return out
 
 

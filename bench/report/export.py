@@ -12,7 +12,8 @@ FORMATS = ("github-action-benchmark",)
 
 def github_action_benchmark(run: Run) -> list[dict[str, object]]:
     """[{name, unit, value, range (half the 95% CI), extra}], base left out (against itself
-    it is the run's A/A control, not a kernel's figure)."""
+    it is the run's A/A control, not a kernel's figure); a `lora-bench model` variant's ratio
+    to the frozen model per phase."""
     m = run.meta
     out = []
     for mode in MODES_ORDER:
@@ -35,4 +36,16 @@ def github_action_benchmark(run: Run) -> list[dict[str, object]]:
                     f"{m.threads} threads; {m.cache} cache; torch {m.torch}",
                 }
             )
+    for u in run.user_model():
+        lo, hi = u.rounds.ratio_ci
+        out.append(
+            {
+                "name": f"{u.case} · {u.label} {u.phase}",
+                "unit": "x frozen model",
+                "value": round(u.ratio_to_base, 4),
+                "range": f"± {(hi - lo) / 2:.4f}",
+                "extra": f"median of {len(u.rounds.impl_s)} paired rounds, 95% CI "
+                f"{fmt_ci((lo, hi))}; {m.device_name}; {m.threads} threads; torch {m.torch}",
+            }
+        )
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.schema.entries import TimeEntry
+from bench.schema.entries import TimeEntry, UserModelEntry
 from bench.schema.run import Run
 
 
@@ -29,6 +29,8 @@ def paired_times(items: list[TimeEntry]) -> dict[tuple[str, str], float]:
     return {(e.case, e.impl): e.ratio_to_base * base[e.case] for e in items}
 
 
-def time_index(run: Run) -> dict[tuple[str, str, str], TimeEntry]:
-    """Timed entries by (case key without device, impl, mode): how runs are matched."""
-    return {(e.key, e.impl, e.mode): e for e in run.times()}
+def time_index(run: Run) -> dict[tuple[str, str, str], TimeEntry | UserModelEntry]:
+    """Timed entries by (case key without device, impl, mode): how runs are matched. A
+    `lora-bench model` entry's impl is its variant (and "compiled"), its mode the phase."""
+    timed: list[TimeEntry | UserModelEntry] = [*run.times(), *run.user_model()]
+    return {(e.key, e.impl, e.mode): e for e in timed}

@@ -112,10 +112,11 @@ def _against(a: UserModelEntry, b: UserModelEntry, run: Run) -> Comparison:
 
 def seconds_to_tell(c: Comparison, spent_s: float) -> float:
     """About how many seconds of paired rounds a side would resolve `c` at its measured
-    difference (the CI narrows as one over the root of the rounds); inf for no difference."""
+    difference (the CI narrows as one over the root of the rounds), never under twice what
+    was spent (a CI of few pairs is wide for its t quantile too); inf for no difference."""
     effect = abs(math.log(c.quotient))
     half = (math.log(c.high) - math.log(c.low)) / 2
-    return math.inf if effect < 1e-6 else spent_s * (half / effect) ** 2
+    return math.inf if effect < 1e-6 else max(2 * spent_s, spent_s * (half / effect) ** 2)
 
 
 def _choice(run: Run, label: str, entries: dict[str, UserModelEntry], phase: str,
@@ -141,11 +142,9 @@ def _choice(run: Run, label: str, entries: dict[str, UserModelEntry], phase: str
         return [label, reference, f"PEFT as it is: every variant of ours timed is slower {what} "
                 f"(the fastest, {best.label}, {c.speed_cell()})", figures]  # fmt: skip
     need = seconds_to_tell(c, seconds)
-    tell = (
-        f"about {need:.0f} s of rounds a side would tell"
-        if need <= TOLD_APART_CAP * seconds
-        else f"no difference worth resolving (more than {TOLD_APART_CAP}x this budget)"
-    )
+    tell = f"about {need:.{0 if need >= 10 else 1}f} s of rounds a side would tell"
+    if need > TOLD_APART_CAP * seconds:
+        tell = f"no difference worth resolving (more than {TOLD_APART_CAP}x this budget)"
     return [label, f"{best.label} or {reference}",
             f"cannot be told apart at this budget ({c.speed_cell()}); {tell}", figures]  # fmt: skip
 
