@@ -92,6 +92,8 @@ def test_each_architecture_end_to_end(saved: dict[str, Path], kind: str, adapter
     else:
         assert fused and ("left per layer" in said) == (FUSES[kind] == "some")
     assert (info.load_s != {}) == (adapter == "folder")
+    profiled = {(e.mode, e.impl) for e in run.profiles()}  # where the time goes
+    assert {("infer", "base"), ("infer", "peft"), ("train", "base"), ("train", "peft")} <= profiled
     tables = {t.title: t for t in user_model_tables(run)}
     assert {"Your model: what the adapter costs", "Your model: verdict"} <= tables.keys()
     written = write_results(tmp_path / "run.json", run)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.families import generation as gen
-from bench.families import models, user_compile
+from bench.families import models, user_compile, user_profile
 from bench.families import user_model as um
 from bench.families import user_variants as uv
 from bench.families.generation_runner import phase_rounds
@@ -31,7 +31,7 @@ from bench.families.model_runner import cuda_peak, tensor_bytes
 from bench.harness.cases import DTYPES
 from bench.harness.rounds import Budget
 from bench.harness.timing import PairedTimer, synchronize
-from bench.schema.entries import Paired, UserModelEntry, UserModelInfo
+from bench.schema.entries import Paired, ProfileEntry, UserModelEntry, UserModelInfo
 from bench.schema.run import Run, RunMeta
 from lora_kernels import (
     FuseError,
@@ -177,6 +177,7 @@ class Measured:
     """What a run gathers, entry by entry."""
 
     entries: list[UserModelEntry] = field(default_factory=list)
+    profiles: list[ProfileEntry] = field(default_factory=list)  # where the time goes
     screened: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     load_s: dict[str, list[float]] = field(default_factory=dict)
@@ -231,7 +232,7 @@ def run_prepared(p: Prepared, allocator: str, say: Say) -> Run:
         free_bytes=p.fit.free, screened=out.screened, notes=out.notes, load_s=out.load_s,
         merge_s=out.merge_s,
     )  # fmt: skip
-    return Run(run_meta(r, allocator), {}, {}, [*out.entries, info])
+    return Run(run_meta(r, allocator), {}, {}, [*out.entries, *out.profiles, info])
 
 
 def run_meta(r: Request, allocator: str) -> RunMeta:
@@ -274,6 +275,8 @@ class Phase:
 
     mode = ""  # "infer" or "train"
     adapters = 1  # adapters a batch takes
+    phases: tuple[str, ...] = ()  # the entries' phases
+    case: tuple[str, str] = ("", "")  # (case, key) of the entries
 
     def __init__(self, p: Prepared, base: nn.Module, peft: nn.Module, out: Measured, say: Say,
                  trainable: int) -> None:  # fmt: skip
@@ -283,6 +286,8 @@ class Phase:
         self.dtype = DTYPES[self.r.dtype_name]
         self.tolerance = models.MODEL_TOLERANCE[self.r.dtype_name]
         self.timed: dict[str, Any] = {}  # what each timed variant was built as
+        self.best: str | None = None  # the screen's pick of ours
+        self.profiled: dict[str, Any] = {}  # PEFT's and the pick's builds, for the profile
 
     def variants(self) -> list[str]:
         """The fixed variants and the screen's pick of ours, in table order."""
@@ -290,7 +295,7 @@ class Phase:
                        self.r.base_dtype)  # fmt: skip
         for name, why in plan.left.items():
             self.out.screened.append(f"{self.mode_label} {name}: {why}")
-        best = self.screen(plan.candidates)
+        best = self.best = self.screen(plan.candidates)
         return [plan.fixed[0], *([best] if best else []), *plan.fixed[1:]]
 
     @property
@@ -334,6 +339,44 @@ class Phase:
             self.record(name, built)
             if self.r.compile and self.mode == "infer":  # its compiled twin comes after
                 self.timed[name] = built
+            if name in (uv.PEFT, self.best):
+                self.profiled[name] = built
+        self.profile()
+
+    def profile(self) -> None:
+        """Where the time of one call goes, for the frozen model, PEFT's and the best of
+        ours (user_profile), outside every timed round; their paired medians beside."""
+        entries = {e.variant: e for e in self.out.entries
+                   if e.adapters == 1 and not e.compiled and e.phase in self.phases}  # fmt: skip
+        if uv.PEFT not in entries:
+            return
+        self.say(f"  profiling {self.mode_label} ...")
+        dims = user_profile.layer_dims(self.peft, self.dims_tokens)
+        case, key = self.case
+        ranks = [d.rank for d in dims] or [0]
+        fields = {"case": case, "key": key, "shape": self.p.source.label,
+                  "tokens": self.dims_tokens[0], "rank": max(set(ranks), key=ranks.count),
+                  "dtype": self.r.dtype_name, "device": torch.device(self.r.device).type,
+                  "mode": self.mode}  # fmt: skip
+        medians = self.call_medians()
+        frozen = medians[uv.PEFT][1]
+        rows = [(user_profile.BASE_ROW, self.frozen_work(), (frozen, frozen))]
+        rows += [(n, self.work_of(b), medians[n]) for n, b in self.profiled.items()
+                 if n in medians]  # fmt: skip
+        train = self.mode == "train"
+        for label, work, paired in rows:
+            entry = user_profile.profiled(work, label, self.r.device, dims, train, fields, paired)
+            self.out.profiles.append(entry)
+
+    def call_medians(self) -> dict[str, tuple[float, float]]:
+        """Each timed variant's median seconds of a whole call, and its frozen model's: a
+        generation's is its two phases' added."""
+        out: dict[str, tuple[float, float]] = {}
+        for e in self.out.entries:
+            if e.adapters == 1 and not e.compiled and e.phase in self.phases:
+                impl, base = out.get(e.variant, (0.0, 0.0))
+                out[e.variant] = (impl + e.rounds.impl_median_s, base + e.rounds.base_median_s)
+        return out
 
     def build(self, name: str) -> nn.Module:
         """The variant's model on PEFT's tensors; FailedError saying why where it cannot be
@@ -349,6 +392,17 @@ class Phase:
         return model
 
     # implemented by each phase
+    @property
+    def dims_tokens(self) -> list[int]:
+        """The token counts of the calls the adapted layers run."""
+        raise NotImplementedError
+
+    def frozen_work(self) -> Callable[[], object]:
+        raise NotImplementedError
+
+    def work_of(self, built: Any) -> Callable[[], object]:
+        raise NotImplementedError
+
     def prepare_variant(self, name: str) -> Any:
         raise NotImplementedError
 
@@ -389,6 +443,17 @@ class Generation(Phase):
 
     mode = "infer"
     reference_name = uv.PEFT
+    phases = gen.PHASES
+
+    @property
+    def dims_tokens(self) -> list[int]:
+        return [self.r.batch * self.r.prompt_tokens, self.r.batch]
+
+    def frozen_work(self) -> Callable[[], object]:
+        return self.frozen.generate
+
+    def work_of(self, built: Any) -> Callable[[], object]:
+        return built.decoder.generate
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -564,6 +629,9 @@ class MixedGeneration(Generation):
     def mode_label(self) -> str:
         return f"{self.adapters} adapters"
 
+    def profile(self) -> None:
+        """A mixed batch is not profiled: its routing is in the generation table."""
+
     def run_compiled(self) -> None:
         self.out.notes.append(f"{self.mode_label}: runs eager; --compile compiles the "
                               "single-adapter generation (a mixed batch routes each sequence "
@@ -607,6 +675,17 @@ class Training(Phase):
     the variants keep sharing one adapter)."""
 
     mode = "train"
+    phases = ("train",)
+
+    @property
+    def dims_tokens(self) -> list[int]:
+        return [self.r.batch * self.r.tokens]
+
+    def frozen_work(self) -> Callable[[], object]:
+        return self.frozen
+
+    def work_of(self, built: Any) -> Callable[[], object]:
+        return built.work
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

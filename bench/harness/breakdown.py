@@ -28,6 +28,7 @@ ops" is the call's wall time that no op covers: Python and dispatch between ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.schema.entries import PARTS
@@ -145,16 +146,21 @@ def _covered_us(records: list[Record]) -> float:
 
 
 def breakdown(
-    records: list[Record], dims: Dims, train: bool, calls: int, wall_s: float
+    records: list[Record], dims: Dims | Sequence[Dims], train: bool, calls: int, wall_s: float
 ) -> Breakdown:
-    """The per-call breakdown of `calls` calls that took `wall_s` in all."""
+    """The per-call breakdown of `calls` calls that took `wall_s` in all. Several `dims` (a
+    whole model's adapted layers, at each token count it runs): an op takes the part the
+    first of them names."""
     if calls < 1 or not wall_s > 0:
         raise ValueError(f"need calls >= 1 and wall_s > 0, got {calls} and {wall_s}")
+    every = [dims] if isinstance(dims, Dims) else list(dims)
     parts: list[str] = []
     for rec in records:  # callers come before their callees
         inherited = parts[rec.parent] if rec.parent is not None else OTHER
         inside_gemm = inherited in (BASE, SHRINK, EXPAND, DELTA)  # addmm's copy of the bias
-        parts.append(inherited if inside_gemm else own_part(rec, dims, train) or inherited)
+        own = None if inside_gemm else next(
+            (part for d in every if (part := own_part(rec, d, train))), None)  # fmt: skip
+        parts.append(own or inherited)
     out = Breakdown(calls, wall_s / calls)
     for rec, part in zip(records, parts, strict=True):
         out.cpu_s[part] = out.cpu_s.get(part, 0.0) + rec.self_cpu_us * 1e-6 / calls

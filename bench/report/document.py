@@ -54,8 +54,8 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *quant_tables(run),
         *fused_tables(run),
         *tp_tables(run),
-        *profile_tables(run),
         *user_model_tables(run),
+        *profile_tables(run),
     ]
     return [t for t in tables if t.rows]
 
