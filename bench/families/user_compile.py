@@ -97,4 +97,6 @@ def compiled_decoder(model: nn.Module, ids: Tensor, new: int, device: str
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ValueError(f"does not compile whole with transformers' static cache "
                          f"({type(err).__name__}: {first})") from None  # fmt: skip
+    if not graphs:
+        return d, compile_s, "no new graph: dynamo reused one compiled before (same code, shapes)"
     return d, compile_s, f"{graphs} graphs, {breaks} graph breaks"

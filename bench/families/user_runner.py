@@ -287,6 +287,7 @@ class Phase:
         self.tolerance = models.MODEL_TOLERANCE[self.r.dtype_name]
         self.timed: dict[str, Any] = {}  # what each timed variant was built as
         self.best: str | None = None  # the screen's pick of ours
+        self.plan_names: list[str] = []  # every variant the mode could time
         self.profiled: dict[str, Any] = {}  # PEFT's and the pick's builds, for the profile
 
     def variants(self) -> list[str]:
@@ -295,6 +296,7 @@ class Phase:
                        self.r.base_dtype)  # fmt: skip
         for name, why in plan.left.items():
             self.out.screened.append(f"{self.mode_label} {name}: {why}")
+        self.plan_names = [*plan.fixed, *plan.candidates]
         best = self.best = self.screen(plan.candidates)
         return [plan.fixed[0], *([best] if best else []), *plan.fixed[1:]]
 
@@ -573,14 +575,18 @@ class Generation(Phase):
         peak = gen.stacked_bytes(self.base) + gen.cache_bytes(frozen.cache)
         link = GenBuilt(self.base, frozen, 1.0, 0.0, 0.0, sum(frozen.phases[-1]), peak)
         self.record(uv.FROZEN, link, self.frozen, frozen_s)
-        for name, eager in self.timed.items():
-            if name in uv.MERGED_IMPLS:
-                self.out.screened.append(
-                    f"compiled generation {name}: merges at build, which compiled whole would "
-                    f"trace into every call; {uv.PEFT_MERGED} compiled is the merged model "
-                    "compiled"
-                )
-                continue
+        twins = dict(self.timed)
+        for name in list(twins):
+            why = uv.compile_refusal(name)
+            if why:
+                self.out.screened.append(f"compiled generation {name}: {why}")
+                del twins[name]
+        if not any(uv.origin(n) == "ours" for n in twins) and uv.COMPILE_OURS in self.plan_names:
+            try:  # the screen's pick does not compile whole: ours compiled is this one
+                twins[uv.COMPILE_OURS] = self.prepare_variant(uv.COMPILE_OURS)
+            except FailedError as err:
+                self.out.screened.append(f"compiled generation {uv.COMPILE_OURS}: {err}")
+        for name, eager in twins.items():
             try:
                 say(f"  compiling {name} ...")
                 d, compile_s, graphs = user_compile.compiled_decoder(

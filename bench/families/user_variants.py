@@ -78,6 +78,31 @@ def mixed_plan(device: str, dtype: torch.dtype) -> Plan:
     return Plan([PEFT_MIXED], candidates, left)
 
 
+# Ours that build once what each call then reads: compiled whole, LoRALinear builds the op on
+# the live tensors inside the traced call (no cache dynamo would guard on), so that work would
+# run on every call; and the fused modules, whose shared call is skipped while compiling.
+BUILDS_ONCE = {
+    "merged": "merges W at build",
+    "dora_merged": "merges W at build",
+    "stacked": "stacks [W; A] at build",
+    "dora_cached": "computes its norm factor at build",
+    "dora_factored": "keeps W Aᵀ and ‖W‖² from build",
+}
+COMPILE_OURS = "addmm"  # ours compiled whole where the screen's pick does not compile
+
+
+def compile_refusal(variant: str) -> str | None:
+    """Why the variant is not compiled whole, or None."""
+    if variant in BUILDS_ONCE:
+        return (f"{BUILDS_ONCE[variant]}, which compiled whole would redo on every call; "
+                f"{PEFT_MERGED if variant in MERGED_IMPLS else COMPILE_OURS} compiled stands "
+                "for it")  # fmt: skip
+    if variant == FUSED:
+        return ("LoRALinear skips a fused module's shared call while compiling: compiled it "
+                f"runs {models.FUSED_BASE_IMPL} per layer")  # fmt: skip
+    return None
+
+
 def set_trainable(peft: nn.Module, on: bool) -> None:
     """The adapter's tensors trainable (a training step) or not (generation): the variants
     share them with PEFT's model, and so these flags."""
