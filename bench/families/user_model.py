@@ -285,9 +285,14 @@ class AdapterSpec:
         c = self.config
         extra = [k for k in ("use_dora", "use_rslora") if c.get(k)]
         patterns = [k for k in ("rank_pattern", "alpha_pattern") if c.get(k)]
+        targets = c.get("target_modules")
+        if isinstance(targets, list):  # PEFT saves all-linear as every module's full name
+            ends = sorted({str(t).rsplit(".", 1)[-1] for t in targets})
+            full = any("." in str(t) for t in targets)
+            targets = f"{len(targets)} modules ending in " * full + ", ".join(ends)
         return (
             f"{self.folder} (r={c.get('r', 8)}, alpha {c.get('lora_alpha', 8)}, targets "
-            f"{c.get('target_modules')}{''.join(', ' + k for k in extra + patterns)})"
+            f"{targets}{''.join(', ' + k for k in extra + patterns)})"
         )
 
 

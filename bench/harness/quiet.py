@@ -1,6 +1,8 @@
 """What a library prints to the process's stderr that says nothing to a user, kept off
 lora-bench's output. kineto writes a `USDT` line at each profiler start and stop (and a
-`STAGE` line at some log levels) from C++, past Python's logging: while a profile is taken,
+`STAGE` line at some log levels) from C++, past Python's logging, and with profile_memory the
+allocator a line for each block freed under the profiler that was allocated before it (a whole
+model's generation frees many): while a profile is taken,
 the process's stderr goes to a file, and then every line but those is written back, so a
 real error still shows, only later."""
 
@@ -13,7 +15,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-KINETO = re.compile(r"^(USDT|STAGE):\S+ \S+ \d+:\d+ \S+\.cpp:\d+\] ")
+KINETO = re.compile(
+    r"^(USDT|STAGE):\S+ \S+ \d+:\d+ \S+\.cpp:\d+\] "
+    # profile_memory's notice of a block freed under the profiler but allocated before it
+    r"|^\[W\d+ [\d:.]+ CPUAllocator\.cpp:\d+\] Memory block of unknown size was allocated "
+    r"before the profiling started"
+)
 
 
 @contextlib.contextmanager
