@@ -22,6 +22,7 @@ def output_stem(args: argparse.Namespace, label: str, device: str) -> Path:
 
 def cmd_model(args: argparse.Namespace) -> int:
     from bench.families import user_model as um
+    from bench.families import user_request as uq
     from bench.families import user_runner as ur
     from bench.harness.allocator import fix_malloc
     from bench.harness.session import configure_torch, physical_cores
@@ -32,7 +33,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     folder = Path(args.output) if args.output else Path("results") / "model"
     check_writable(folder)
     um.quiet_libraries()
-    request = ur.Request(
+    request = uq.Request(
         model=args.model, adapter=args.adapter, rank=args.rank, alpha=args.alpha,
         targets=args.targets, dora=args.dora, rslora=args.rslora, mode=args.mode,
         batch=args.batch, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
@@ -41,7 +42,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         seconds=args.seconds, threads=args.threads or physical_cores(),
     )  # fmt: skip
     try:
-        prepared = ur.prepare(request)
+        prepared = uq.prepare(request)
     except um.UserInputError as err:
         raise ResultError(str(err)) from None
     configure_torch(request.threads)
