@@ -61,9 +61,7 @@ class Generation(Phase):
         super().__init__(*args)
         uv.set_trainable(self.peft, False)
         r = self.r
-        vocab = int(self.p.source.config.vocab_size)
-        g = torch.Generator().manual_seed(2)
-        self.ids = torch.randint(0, vocab, (r.batch, r.prompt_tokens), generator=g).to(r.device)
+        self.ids = self.random_ids(r.prompt_tokens)
         mixed = f" n={self.adapters}" if self.adapters > 1 else ""
         self.case = case_name(self.p, f"B={r.batch}{mixed} prompt={r.prompt_tokens} "
                               f"new={r.new_tokens}")  # fmt: skip

@@ -72,6 +72,12 @@ class Phase:
         best = self.best = self.screen(plan.candidates)
         return [plan.fixed[0], *([best] if best else []), *plan.fixed[1:]]
 
+    def random_ids(self, tokens: int) -> torch.Tensor:
+        """Seeded token ids (batch, tokens) from the model's vocabulary, on the device."""
+        vocab = int(self.p.source.config.vocab_size)
+        g = torch.Generator().manual_seed(2)
+        return torch.randint(0, vocab, (self.r.batch, tokens), generator=g).to(self.r.device)
+
     @property
     def mode_label(self) -> str:
         return "generation" if self.mode == "infer" else "training"

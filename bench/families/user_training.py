@@ -52,9 +52,7 @@ class Training(Phase):
         super().__init__(*args)
         uv.set_trainable(self.peft, True)
         r = self.r
-        vocab = int(self.p.source.config.vocab_size)
-        g = torch.Generator().manual_seed(2)
-        ids = torch.randint(0, vocab, (r.batch, r.tokens), generator=g).to(r.device)
+        ids = self.random_ids(r.tokens)
         with torch.no_grad():
             embeds = self.base.get_input_embeddings()(ids)  # type: ignore[operator]
         self.inputs = models.Inputs(embeds, ids)
