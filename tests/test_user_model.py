@@ -124,6 +124,16 @@ def test_many_adapters_compile_and_quantized_base(saved: dict[str, Path]) -> Non
     assert all(e.rel_error <= MODEL_TOLERANCE["fp32"] for e in quant.user_model())
 
 
+def test_a_dora_adapter_times_the_dora_impls_against_peft_dora() -> None:
+    run = measure(Request("llama-tiny", dora=True, rank=4, **QUICK))  # type: ignore[arg-type]
+    ours_in_every_phase(run)
+    ours = {e.variant for e in run.user_model() if e.origin == "ours"}
+    assert ours and all(v.startswith("dora_") for v in ours)
+    assert all(e.rel_error <= MODEL_TOLERANCE["fp32"] for e in run.user_model())
+    info = run.user_model_info()
+    assert info is not None and any("not DoRA" in line for line in info.screened)
+
+
 def test_a_model_ours_cannot_take_is_measured_with_peft_alone() -> None:
     """LoRA on the embedding: from_peft refuses it, so no variant of ours runs, and the run
     says why."""

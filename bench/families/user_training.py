@@ -19,6 +19,15 @@ from bench.harness.timing import synchronize
 from lora_kernels import rel_error
 
 CPU_MEMORY = "tensors: parameters, their gradients, and what autograd saved"
+
+
+def adapter_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's gradients by layer and tensor, PEFT's names and ours alike (DoRA's
+    magnitude is PEFT's lora_magnitude_vector and our lora_magnitude)."""
+    grads = models.lora_grads(model)
+    return {k.replace("lora_magnitude_vector", "lora_magnitude"): g for k, g in grads.items()}
+
+
 CUDA_MEMORY = "torch.cuda.max_memory_allocated over one step"
 
 
@@ -63,7 +72,7 @@ class Training(Phase):
         self.logits = models.forward(self.peft, self.inputs)
         self.peft.zero_grad(set_to_none=True)
         models.backward(self.peft, self.inputs)
-        self.grads = {k: g.clone() for k, g in models.lora_grads(self.peft).items()}
+        self.grads = {k: g.clone() for k, g in adapter_grads(self.peft).items()}
         self.peft.zero_grad(set_to_none=True)
 
     def prepare_variant(self, name: str) -> TrainBuilt:
@@ -75,7 +84,7 @@ class Training(Phase):
         errors = {"logits": rel_error(models.forward(model, self.inputs), self.logits)}
         model.zero_grad(set_to_none=True)
         models.backward(model, self.inputs)
-        mine = models.lora_grads(model)
+        mine = adapter_grads(model)
         model.zero_grad(set_to_none=True)
         if mine.keys() != self.grads.keys():
             raise FailedError("its LoRA parameters are not PEFT's; not timed")
