@@ -22,6 +22,8 @@ NOT_A_NUMBER = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
 READERS = (
     ["report", "{m}"],
     ["report", "{m}", "--format", "csv", "--group-by", "rank"],
+    ["report", "{m}", "--format", "html"],
+    ["compare", "{v}", "{m}", "--format", "html"],
     ["compare", "{v}", "{m}"],
     ["check", "{v}", "{m}"],
     ["check", "{m}", "{v}"],

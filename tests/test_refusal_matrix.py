@@ -46,6 +46,7 @@ KINDS: dict[tuple[str, str], list[str]] = {
         ("baseline", "result"), ("export", "result"), ("merge", "shards")]},
     **{(c, d): PATH_OUT for c, d in [
         ("compare", "output"), ("agree", "output"), ("export", "output"), ("merge", "output"),
+        ("report", "output"),
         ("ab", "json"), ("ab", "markdown")]},
     **{(c, d): FOLDER_OUT for c, d in [
         ("plot", "output"), ("baseline", "dir"), ("profile", "output"), ("model", "output"),
