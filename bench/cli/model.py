@@ -12,8 +12,6 @@ from pathlib import Path
 from bench.plugin.options import DTYPE_NAMES, positive_int, positive_number
 from bench.schema.io import ResultError, check_writable
 
-VERDICT_TABLES = ("Your model: what the adapter costs", "Your model: verdict")
-
 
 def output_stem(args: argparse.Namespace, label: str, device: str) -> Path:
     folder = Path(args.output) if args.output else Path("results") / "model"
@@ -28,7 +26,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     from bench.harness.session import configure_torch, physical_cores
     from bench.report.base import render
     from bench.report.document import write_results
-    from bench.report.user_model import user_model_tables
+    from bench.report.user_model import VERDICT_TABLES, user_model_tables
 
     folder = Path(args.output) if args.output else Path("results") / "model"
     check_writable(folder)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 
-from bench.report.base import Table, fmt_bytes, fmt_ci
+from bench.report.base import Table, fmt_bytes, fmt_ci, render
 from bench.report.verdicts import Comparison, versus
 from bench.schema.entries import UserModelEntry, UserModelInfo
 from bench.schema.run import Run
@@ -262,6 +263,16 @@ def facts_table(info: UserModelInfo) -> Table:
     rows += [["not timed", line] for line in info.screened]
     rows += [["note", line] for line in info.notes]
     return Table("Your model: what ran", ["", ""], rows)
+
+
+VERDICT_TABLES = ("Your model: what the adapter costs", "Your model: verdict")
+
+
+def verdict_excerpt(run: Run) -> str:
+    """The cost and verdict tables as plain text without their notes: what the README quotes
+    of the committed run (tests/test_readme.py keeps the two equal)."""
+    tables = [replace(t, note="") for t in user_model_tables(run) if t.title in VERDICT_TABLES]
+    return render(tables, "plain").strip()
 
 
 def user_model_tables(run: Run) -> list[Table]:
