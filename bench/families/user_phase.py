@@ -4,7 +4,6 @@ its paired timing as entries, and where the time goes."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ from bench.families import user_variants as uv
 from bench.families.user_request import FailedError, Measured, Prepared, Say
 from bench.harness.cases import DTYPES
 from bench.harness.rounds import Budget
-from bench.harness.timing import PairedTimer, synchronize
+from bench.harness.timing import PairedTimer, make_round, synchronize, time_call
 from bench.schema.entries import Paired, UserModelEntry
 from lora_kernels import FuseError
 
@@ -210,7 +209,4 @@ class Phase:
 def seconds_of(fn: Callable[[], object], device: str) -> float:
     """Seconds of one call of `fn`, the device synchronized around it."""
     synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    return time_call(make_round(fn, 1, device))

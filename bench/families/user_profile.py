@@ -6,7 +6,6 @@ ops; Python and dispatch under outside ops)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -15,7 +14,7 @@ from torch import nn
 
 from bench.harness.breakdown import Dims, breakdown
 from bench.harness.profiling import capture, records
-from bench.harness.timing import synchronize
+from bench.harness.timing import make_round, synchronize, time_call
 from bench.schema.entries import ProfileEntry
 
 BASE_ROW = "base"  # the frozen model's row: the profile tables put it first, as base's
@@ -38,14 +37,10 @@ def profiled(work: Callable[[], object], label: str, device: str, dims: list[Dim
              fields: dict[str, object], paired: tuple[float, float]) -> ProfileEntry:  # fmt: skip
     """One ProfileEntry of `work` (warm): CALLS calls unprofiled, then CALLS profiled."""
     synchronize(device)
-    start = time.perf_counter()
-    for _ in range(CALLS):
-        work()
-    synchronize(device)
-    unprofiled = (time.perf_counter() - start) / CALLS
-    prof, wall = capture(work, device, CALLS, f"lora-bench model {label}", False)
-    parts = breakdown(records(prof, f"lora-bench model {label}", device), dims, train, CALLS,
-                      wall)  # fmt: skip
+    unprofiled = time_call(make_round(work, CALLS, device)) / CALLS
+    name = f"lora-bench model {label}"
+    prof, wall = capture(work, device, CALLS, name, False)
+    parts = breakdown(records(prof, name, device), dims, train, CALLS, wall)
     return ProfileEntry(
         fullname=f"lora-bench model {fields['case']} {label} profile", impl=label, **fields,  # type: ignore[arg-type]
         **asdict(parts), peak_bytes=0, unprofiled_s=unprofiled, paired_s=paired[0],

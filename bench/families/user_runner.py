@@ -10,10 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import statistics
-from datetime import datetime, timezone
 from typing import Any
-
-import torch
 
 from bench.families import models
 from bench.families import user_adapter as ua
@@ -24,8 +21,9 @@ from bench.families.user_phase import seconds_of
 from bench.families.user_request import Measured, Prepared, Request, Say, prepare
 from bench.families.user_training import Training
 from bench.harness.cases import DTYPES
+from bench.harness.session import command_meta
 from bench.schema.entries import UserModelInfo
-from bench.schema.run import Run, RunMeta
+from bench.schema.run import Run
 from lora_kernels import delete_adapter, from_peft, load_adapter, merge
 
 LIFECYCLE_REPEATS = 3
@@ -73,23 +71,8 @@ def run_prepared(p: Prepared, allocator: str, say: Say) -> Run:
         free_bytes=p.fit.free, screened=out.screened, notes=out.notes, load_s=out.load_s,
         merge_s=out.merge_s,
     )  # fmt: skip
-    return Run(run_meta(r, allocator), {}, {}, [*out.entries, *out.profiles, info])
-
-
-def run_meta(r: Request, allocator: str) -> RunMeta:
-    from bench.harness.cache import cache_bytes
-    from bench.harness.cases import SHAPES
-    from bench.harness.session import device_name, impl_infos
-
-    return RunMeta(
-        device=torch.device(r.device).type, device_name=device_name(r.device), profile="model",
-        threads=r.threads, interop_threads=torch.get_num_interop_threads(),
-        tf32=bool(torch.backends.cuda.matmul.allow_tf32), torch=torch.__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        dtypes=[r.dtype_name], only=[], impl_specs=[], cache="warm",
-        cache_bytes=cache_bytes(r.device), impls=impl_infos(), shapes=list(SHAPES),
-        peaks_start={}, peaks_end={}, allocator=allocator,
-    )  # fmt: skip
+    meta = command_meta(r.device, "model", r.threads, [r.dtype_name], "warm", allocator)
+    return Run(meta, {}, {}, [*out.entries, *out.profiles, info])
 
 
 def lifecycle(p: Prepared, peft: Any, out: Measured, say: Say) -> None:

@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -21,11 +20,10 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.harness.breakdown import Dims, Record, breakdown
-from bench.harness.cache import cache_bytes
-from bench.harness.cases import SHAPES, Case
+from bench.harness.cases import Case
 from bench.harness.quiet import without_kineto_lines
 from bench.harness.rounds import Budget
-from bench.harness.session import device_name, impl_infos
+from bench.harness.session import command_meta
 from bench.harness.timing import PairedTimer, Work, make_round, synchronize, time_call, warm_up
 from bench.schema.entries import ProfileEntry
 from bench.schema.io import write_atomic
@@ -197,23 +195,4 @@ def profile_entry(
 
 def profile_meta(case: Case, threads: int, cache: str, allocator: str) -> RunMeta:
     """The facts of a `lora-bench profile` run, for its results file."""
-    return RunMeta(
-        device=case.device,
-        device_name=device_name(case.device),
-        profile="breakdown",
-        threads=threads,
-        interop_threads=torch.get_num_interop_threads(),
-        tf32=bool(torch.backends.cuda.matmul.allow_tf32),
-        torch=torch.__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        dtypes=[case.dtype],
-        only=[],
-        impl_specs=[],
-        cache=cache,
-        cache_bytes=cache_bytes(case.device),
-        impls=impl_infos(),
-        shapes=list(SHAPES),
-        peaks_start={},
-        peaks_end={},
-        allocator=allocator,
-    )
+    return command_meta(case.device, "breakdown", threads, [case.dtype], cache, allocator)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -64,6 +65,21 @@ def cpu_model() -> str:
 
 def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else cpu_model()
+
+
+def command_meta(device: str, profile: str, threads: int, dtypes: list[str], cache: str,
+                 allocator: str) -> RunMeta:  # fmt: skip
+    """The facts of a run a command makes outside pytest (`profile`, `model`), for its
+    results file: no calibrated peaks, no shard, no plugin specs."""
+    return RunMeta(
+        device=torch.device(device).type, device_name=device_name(device), profile=profile,
+        threads=threads, interop_threads=torch.get_num_interop_threads(),
+        tf32=bool(torch.backends.cuda.matmul.allow_tf32), torch=torch.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), dtypes=dtypes,
+        only=[], impl_specs=[], cache=cache, cache_bytes=cache_bytes(device),
+        impls=impl_infos(), shapes=list(SHAPES), peaks_start={}, peaks_end={},
+        allocator=allocator,
+    )  # fmt: skip
 
 
 def physical_cores() -> int:
