@@ -5,7 +5,6 @@ logits), compiled whole with --compile, and of a batch whose sequences take seve
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -22,7 +21,6 @@ from bench.families.generation_runner import phase_rounds
 from bench.families.model_runner import cuda_peak
 from bench.families.user_phase import Phase, case_name, timed
 from bench.families.user_request import FailedError, Prepared
-from bench.harness.timing import synchronize
 from lora_kernels import adapter_batch, multi_from_peft, random_index, rel_error
 
 CPU_MEMORY = "tensors: parameters, buffers and the KV cache after the last token"
@@ -84,46 +82,57 @@ class Generation(Phase):
         return gen.Decoder(model, self.ids, self.r.new_tokens, {}, contextlib.nullcontext,
                            self.r.device)  # fmt: skip
 
-    def prepare_variant(self, name: str) -> GenBuilt:
-        synchronize(self.r.device)
-        start = time.perf_counter()
-        model = self.build(name)
-        synchronize(self.r.device)
-        build_s = time.perf_counter() - start
-        d = self.decoder(model, name)
-        tokens = d.generate()
+    def teacher_of(self, tokens: Tensor) -> Tensor:
+        """PEFT's teacher-forced logits over the prompt and `tokens`, kept for the next
+        variant, which in fp32 generates the same tokens."""
         key = str(tokens.tolist())
         if key not in self.teacher:
             self.teacher = {key: gen.teacher_logits(self.reference, tokens)}
-        want = self.teacher[key]
+        return self.teacher[key]
+
+    def tokens_equal(self, tokens: Tensor, want: Tensor) -> float:
+        """The share of `tokens` that are PEFT's greedy choices after the same prefix (the
+        argmax of its logits `want`); FailedError in fp32 unless every one is."""
         choices = want[:, self.r.prompt_tokens - 1 : -1].argmax(-1)
         equal = float((choices == tokens).float().mean())
+        if self.r.dtype_name == "fp32" and equal < 1.0:
+            raise FailedError(f"{equal:.1%} of its greedy tokens are {self.reference_name}'s; "
+                              "not timed")  # fmt: skip
+        return equal
+
+    def peak(self, model: nn.Module, d: Any) -> int:
+        """CUDA: the peak over one generation; CPU: the model's tensors and its KV cache."""
+        if torch.device(self.r.device).type == "cuda":
+            return cuda_peak(d.generate)
+        return gen.stacked_bytes(model) + gen.cache_bytes(d.last_cache)
+
+    def prepare_variant(self, name: str) -> GenBuilt:
+        model, build_s = self.build_timed(name)
+        d = self.decoder(model, name)
+        tokens = d.generate()
+        want = self.teacher_of(tokens)
         error = rel_error(gen.teacher_logits(d, tokens), want)
         if not error <= self.tolerance:
             raise FailedError(f"logits rel error {error:.3g} against {self.reference_name} > "
-                         f"{self.tolerance:g}; not timed")  # fmt: skip
-        if self.r.dtype_name == "fp32" and equal < 1.0:
-            raise FailedError(f"{equal:.1%} of its greedy tokens are {self.reference_name}'s; not "
-                         "timed")  # fmt: skip
-        if torch.device(self.r.device).type == "cuda":
-            peak = cuda_peak(d.generate)
-        else:
-            peak = gen.stacked_bytes(model) + gen.cache_bytes(d.last_cache)
-        return GenBuilt(model, d, equal, error, build_s, sum(d.phases[-1]), peak)
+                              f"{self.tolerance:g}; not timed")  # fmt: skip
+        equal = self.tokens_equal(tokens, want)
+        return GenBuilt(model, d, equal, error, build_s, sum(d.phases[-1]), self.peak(model, d))
 
-    def works(self, built: GenBuilt) -> tuple[Callable[[], object], Callable[[], object]]:
-        return built.decoder.generate, self.frozen.generate
+    def works(self, built: GenBuilt, frozen: Any = None
+              ) -> tuple[Callable[[], object], Callable[[], object]]:  # fmt: skip
+        """The variant's whole generation and the frozen model's (`frozen`: its compiled
+        decoder, for a compiled variant)."""
+        return built.decoder.generate, (frozen or self.frozen).generate
 
-    def per_call(self, built: GenBuilt) -> float:
-        return max(built.call_s, sum(self.frozen.phases[-1]))
+    def per_call(self, built: GenBuilt, frozen: Any = None) -> float:
+        return max(built.call_s, sum((frozen or self.frozen).phases[-1]))
 
     def record(self, name: str, built: GenBuilt, frozen: Any = None, compile_s: float = 0.0
                ) -> None:  # fmt: skip
         """Time the variant's whole generations in pairs with the frozen model's (`frozen`:
         its compiled decoder, for a compiled variant), an entry per phase."""
         frozen = frozen or self.frozen
-        per_call = max(built.call_s, sum(frozen.phases[-1]))
-        works = (built.decoder.generate, frozen.generate)
+        works, per_call = self.works(built, frozen), self.per_call(built, frozen)
         paired = timed(works, self.r.device, self.r.seconds, per_call).paired()
         method = CUDA_MEMORY if torch.device(self.r.device).type == "cuda" else CPU_MEMORY
         case = self.compiled_case if compile_s and name != uv.FROZEN else self.case
@@ -169,8 +178,8 @@ class Generation(Phase):
         self.out.notes.append(f"compiled generation frozen: {frozen_s:.1f} s to compile, "
                               f"{graphs}")  # fmt: skip
         say("  timing the compiled frozen model against the eager one ...")
-        peak = gen.stacked_bytes(self.base) + gen.cache_bytes(frozen.cache)
-        link = GenBuilt(self.base, frozen, 1.0, 0.0, 0.0, sum(frozen.phases[-1]), peak)
+        link = GenBuilt(self.base, frozen, 1.0, 0.0, 0.0, sum(frozen.phases[-1]),
+                        self.peak(self.base, frozen))  # fmt: skip
         self.record(uv.FROZEN, link, self.frozen, frozen_s)
         twins = dict(self.timed)
         for name in list(twins):
@@ -194,21 +203,13 @@ class Generation(Phase):
             self.out.notes.append(f"compiled generation {name}: {compile_s:.1f} s to compile, "
                                   f"{graphs}")  # fmt: skip
             tokens = d.generate()
-            want = gen.teacher_logits(self.reference, tokens)
-            choices = want[:, self.r.prompt_tokens - 1 : -1].argmax(-1)
-            equal = float((choices == tokens).float().mean())
-            if self.r.dtype_name == "fp32" and equal < 1.0:
-                self.out.screened.append(
-                    f"compiled generation {name}: {equal:.1%} of its greedy "
-                    f"tokens are {self.reference_name}'s; not timed"
-                )
+            try:
+                equal = self.tokens_equal(tokens, self.teacher_of(tokens))
+            except FailedError as err:
+                self.out.screened.append(f"compiled generation {name}: {err}")
                 continue
-            if torch.device(self.r.device).type == "cuda":
-                peak = cuda_peak(d.generate)
-            else:
-                peak = gen.stacked_bytes(eager.model) + gen.cache_bytes(d.cache)
             built = GenBuilt(eager.model, d, equal, eager.error, eager.build_s,
-                             sum(d.phases[-1]), peak)  # fmt: skip
+                             sum(d.phases[-1]), self.peak(eager.model, d))  # fmt: skip
             say(f"  timing compiled generation {name} ...")
             self.record(name, built, frozen, compile_s)
 

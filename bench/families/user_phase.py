@@ -157,6 +157,12 @@ class Phase:
                 out[e.variant] = (impl + e.rounds.impl_median_s, base + e.rounds.base_median_s)
         return out
 
+    def build_timed(self, name: str) -> tuple[nn.Module, float]:
+        """The variant's model (build) and the seconds its build took, synchronized."""
+        built: list[nn.Module] = []
+        seconds = seconds_of(lambda: built.append(self.build(name)), self.r.device)
+        return built[0], seconds
+
     def build(self, name: str) -> nn.Module:
         """The variant's model on PEFT's tensors; FailedError saying why where it cannot be
         built (from_peft's or fuse_modules' refusal: a LoRA layer ours cannot take)."""

@@ -94,9 +94,7 @@ def lifecycle(p: Prepared, peft: Any, out: Measured, say: Say) -> None:
         why = "on a quantized base (load_adapter takes LoRALinear layers)"
     if why:
         out.notes.append(f"adapter load: not timed {why}")
-    for name in (f"load{i}" for i in range(LIFECYCLE_REPEATS)):
-        if why:
-            break
+    for name in [] if why else [f"load{i}" for i in range(LIFECYCLE_REPEATS)]:
         peft_load.append(seconds_of(functools.partial(peft.load_adapter, folder, name), device))
         peft.delete_adapter(name)
         ours_load.append(seconds_of(functools.partial(load_adapter, ours, folder, name), device))

@@ -3,7 +3,6 @@ adapter, of PEFT's model and ours, checked against PEFT's logits and LoRA gradie
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +14,10 @@ from bench.families import user_variants as uv
 from bench.families.model_runner import cuda_peak, tensor_bytes
 from bench.families.user_phase import Phase, case_name, seconds_of, timed
 from bench.families.user_request import FailedError
-from bench.harness.timing import synchronize
 from lora_kernels import rel_error
 
 CPU_MEMORY = "tensors: parameters, their gradients, and what autograd saved"
+CUDA_MEMORY = "torch.cuda.max_memory_allocated over one step"
 
 
 def adapter_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -26,9 +25,6 @@ def adapter_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     magnitude is PEFT's lora_magnitude_vector and our lora_magnitude)."""
     grads = models.lora_grads(model)
     return {k.replace("lora_magnitude_vector", "lora_magnitude"): g for k, g in grads.items()}
-
-
-CUDA_MEMORY = "torch.cuda.max_memory_allocated over one step"
 
 
 @dataclass
@@ -76,11 +72,7 @@ class Training(Phase):
         self.peft.zero_grad(set_to_none=True)
 
     def prepare_variant(self, name: str) -> TrainBuilt:
-        synchronize(self.r.device)
-        start = time.perf_counter()
-        model = self.build(name)
-        synchronize(self.r.device)
-        build_s = time.perf_counter() - start
+        model, build_s = self.build_timed(name)
         errors = {"logits": rel_error(models.forward(model, self.inputs), self.logits)}
         model.zero_grad(set_to_none=True)
         models.backward(model, self.inputs)
