@@ -206,6 +206,13 @@ def _tensors(folder: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def split_key(key: str) -> tuple[str, str] | None:
+    """(module, part) of a key of PEFT's adapter file, its prefix removed where it has one:
+    part is lora_A, lora_B or lora_magnitude_vector; None for any other key."""
+    match = _KEY.match(key.removeprefix(PREFIX))
+    return None if match is None else (match["module"], match["part"].split(".")[0])
+
+
 def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
     """PEFT's rank_pattern/alpha_pattern lookup: a key matches a module name that is it or
     ends with "." + it (a regular expression, as in PEFT)."""
@@ -226,11 +233,12 @@ def read_adapter(model: nn.Module, folder: str | Path) -> dict[str, LayerAdapter
     found: dict[str, dict[str, Tensor]] = {}
     path = folder / WEIGHTS
     for key, t in _tensors(folder).items():
-        match = _KEY.match(key.removeprefix(PREFIX)) if key.startswith(PREFIX) else None
-        if match is None:
+        parsed = split_key(key) if key.startswith(PREFIX) else None
+        if parsed is None:
             raise ValueError(f"{path}: unexpected key {key!r}; LoRA keys look like "
                              f"{PREFIX}<module>.lora_A.weight")  # fmt: skip
-        found.setdefault(match["module"], {})[match["part"].split(".")[0]] = t
+        module, part = parsed
+        found.setdefault(module, {})[part] = t
     lacking = sorted(set(found) - set(layers))
     if lacking:
         raise ValueError(f"{path}: weights for {lacking[0]}, which has no LoRA layer in the "

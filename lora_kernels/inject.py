@@ -23,7 +23,7 @@ from lora_kernels.quant.peft import convert_qlora, is_peft_qlora, qlora_refusal
 from lora_kernels.weights import all_finite
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
     """transformers' Conv1D: y = x W + b with W (in, out)."""
     weight = getattr(module, "weight", None)
     is_conv = type(module).__name__ == "Conv1D" and hasattr(module, "nf")
@@ -49,7 +49,7 @@ def _linears(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: m
         for name, m in model.named_modules()
-        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and id(m) not in adapted
+        if (isinstance(m, nn.Linear) or is_conv1d(m)) and id(m) not in adapted
     }
 
 

@@ -5,7 +5,6 @@ described by rank, alpha and targets; PEFT's model of it, and of several for a m
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ from torch import nn
 
 from bench.families import models
 from bench.families.user_model import Source, UserInputError, block_of, bnb_fp32_path
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+from lora_kernels.adapters import CONFIG as ADAPTER_CONFIG
+from lora_kernels.adapters import WEIGHTS as ADAPTER_WEIGHTS
+from lora_kernels.adapters import split_key
+from lora_kernels.inject import as_linear, is_conv1d
 
 
 @dataclass(frozen=True)
@@ -65,18 +64,12 @@ class AdapterSpec:
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header, reading no tensor data."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if not 0 < size < 2**27:
-                raise ValueError(f"header size {size}")
-            header = json.loads(fh.read(size))
-        shapes: dict[str, tuple[int, ...]] = {}
-        for key, value in header.items():
-            if key != "__metadata__":
-                shapes[key] = tuple(value["shape"])
-        return shapes
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
+        with safe_open(path, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
         raise UserInputError(f"{path}: not a readable safetensors file ({err})") from None
 
 
@@ -105,7 +98,8 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
     """Check the adapter against the model's modules before anything is built: every module
     it holds weights for must be a linear layer of the model (blocks past --blocks are left
     out, and said so) with the weights' shapes. Returns notes for the output."""
-    linears = {n: _in_out(m) for n, m in meta.named_modules() if _in_out(m) is not None}
+    linears = {n: _in_out(m) for n, m in meta.named_modules()
+               if isinstance(m, nn.Linear) or is_conv1d(m)}  # fmt: skip
     modules = [n for n, _ in meta.named_modules()]
     if spec.folder is None:
         _check_targets(spec.targets, linears, modules, source)
@@ -115,13 +109,13 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
     order = {name: i for i, name in enumerate(modules)}  # the model's order: the first is named
     known = set(modules)
 
-    def position(item: tuple[str, tuple[int, ...]]) -> int:
-        return order.get(_split_key(item[0])[0], len(order))
-
-    for key, shape in sorted(shapes.items(), key=position):
-        module, part = _split_key(key)
-        if part is None:
-            continue
+    parts = {key: parsed for key in shapes if (parsed := split_key(key)) is not None}
+    if not parts:
+        raise UserInputError(f"--adapter {spec.folder}: {ADAPTER_WEIGHTS} holds no LoRA weights")
+    for key, (module, part) in sorted(
+        parts.items(), key=lambda kv: order.get(kv[1][0], len(order))
+    ):
+        shape = shapes[key]
         block = block_of(module)
         if block is not None and block >= source.blocks:
             dropped.add(module)
@@ -133,17 +127,16 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
             raise UserInputError(f"--adapter {spec.folder}: weights for {module}, which is not a "
                                  f"linear layer of {source.label} (its linear layers end in "
                                  f"{ends}): an adapter made for another model")  # fmt: skip
-        in_f, out_f = linears[module]  # type: ignore[misc]
-        want = {"lora_A": f"(r, {in_f})", "lora_B": f"({out_f}, r)", "magnitude": f"({out_f},)"}
+        in_f, out_f = linears[module]
+        want = {"lora_A": f"(r, {in_f})", "lora_B": f"({out_f}, r)",
+                "lora_magnitude_vector": f"({out_f},)"}  # fmt: skip
         ok = {"lora_A": len(shape) == 2 and shape[1] == in_f,
               "lora_B": len(shape) == 2 and shape[0] == out_f,
-              "magnitude": shape == (out_f,)}[part]  # fmt: skip
+              "lora_magnitude_vector": shape == (out_f,)}[part]  # fmt: skip
         if not ok:
             raise UserInputError(f"--adapter {spec.folder}: {module} {part} is {shape}, but "
                                  f"{source.label}'s {module} is ({out_f}, {in_f}) and needs "
                                  f"{want[part]}: an adapter made for another model")  # fmt: skip
-    if not any(_split_key(k)[1] for k in shapes):
-        raise UserInputError(f"--adapter {spec.folder}: {ADAPTER_WEIGHTS} holds no LoRA weights")
     notes = []
     if dropped:
         notes.append(f"the adapter's weights for {len(dropped)} modules in blocks past --blocks "
@@ -151,24 +144,10 @@ def check_adapter(spec: AdapterSpec, source: Source, meta: nn.Module) -> list[st
     return notes
 
 
-def _split_key(key: str) -> tuple[str, str | None]:
-    """(module, "lora_A" | "lora_B" | "magnitude" | None) of a PEFT adapter key."""
-    name = key.removeprefix(PEFT_PREFIX)
-    for suffix, part in ((".lora_A.weight", "lora_A"), (".lora_B.weight", "lora_B"),
-                         (".lora_magnitude_vector", "magnitude")):  # fmt: skip
-        if name.endswith(suffix):
-            return name.removesuffix(suffix), part
-    return name, None
-
-
-def _in_out(module: nn.Module) -> tuple[int, int] | None:
-    """(in, out) of an nn.Linear or a transformers Conv1D (weight (in, out)), else None."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        weight: Any = module.weight
-        return int(weight.shape[0]), int(weight.shape[1])
-    return None
+def _in_out(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of an nn.Linear or a transformers Conv1D (weight (in, out))."""
+    linear = as_linear(module)
+    return linear.in_features, linear.out_features
 
 
 def _check_targets(targets: str, linears: dict[str, Any], modules: list[str], source: Source
@@ -187,7 +166,7 @@ def _check_targets(targets: str, linears: dict[str, Any], modules: list[str], so
 
 def conv1d(model: nn.Module) -> bool:
     """Whether the model's linear layers are transformers' Conv1D (GPT-2: W stored (in, out))."""
-    return any(type(m).__name__ == "Conv1D" for m in model.modules())
+    return any(is_conv1d(m) for m in model.modules())
 
 
 def _described(spec: AdapterSpec, base: nn.Module) -> Any:
