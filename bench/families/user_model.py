@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.families import models
+from lora_kernels.planner import NF4_BLOCK  # quantize_linears' block size too
 
 CONFIG = "config.json"
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")  # the block count's field
@@ -184,7 +185,6 @@ def keep_blocks(source: Source, blocks: int | None) -> Source:
 
 
 BASE_DTYPES = ("nf4", "int8")  # --base-dtype: the frozen linear weights quantized (QLoRA)
-NF4_BLOCK = 64  # quantize_linears' block size
 
 
 def bnb_fp32_path(model: nn.Module) -> None:

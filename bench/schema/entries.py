@@ -224,6 +224,18 @@ class PairedTokens:
         return self.tokens / self.rounds.impl_median_s
 
 
+class PairedSteps(PairedTokens):
+    """Figures of an entry whose timed call runs `steps` steps (forwards, or training steps)."""
+
+    steps: int
+
+    @property
+    def per_step_s(self) -> float:
+        """Seconds of one step: time to first token (prefill), per output token (decode), or
+        a training step."""
+        return self.rounds.impl_median_s / self.steps
+
+
 @dataclass(frozen=True)
 class ModelEntry(PairedTokens):
     """One variant of a whole model (PEFT's, or ours through from_peft) timed in pairs with
@@ -290,7 +302,7 @@ class MultiEntry(PairedTokens):
 
 
 @dataclass(frozen=True)
-class GenerationEntry(PairedTokens):
+class GenerationEntry(PairedSteps):
     """One variant generating on one case, one phase timed in pairs with the frozen model:
     prefill (the prompt to the first new token: time to first token) or decode (the other
     new - 1 tokens from the prompt's KV cache: time per output token = median / steps)."""
@@ -331,11 +343,6 @@ class GenerationEntry(PairedTokens):
             raise ValueError(f"phase must be prefill or decode, got {self.phase!r}")
         if not 0.0 <= self.tokens_equal <= 1.0:
             raise ValueError(f"tokens_equal must be in [0, 1], got {self.tokens_equal}")
-
-    @property
-    def per_step_s(self) -> float:
-        """Seconds of one forward: time to first token (prefill), per output token (decode)."""
-        return self.rounds.impl_median_s / self.steps
 
 
 @dataclass(frozen=True)
@@ -489,7 +496,7 @@ USER_PHASES = ("prefill", "decode", "train")  # what a UserModelEntry times
 
 
 @dataclass(frozen=True)
-class UserModelEntry(PairedTokens):
+class UserModelEntry(PairedSteps):
     """One variant on the user's own model and adapter (`lora-bench model`), one phase timed
     in pairs with the frozen model (the same model with no adapter, compiled alike): prefill
     (time to first token), decode (time per output token = median / steps) or train (a step:
@@ -545,11 +552,6 @@ class UserModelEntry(PairedTokens):
     def mode(self) -> str:
         """The phase, as compare and check name what was timed."""
         return self.phase
-
-    @property
-    def per_step_s(self) -> float:
-        """Seconds of one step: time to first token, per output token, or a training step."""
-        return self.rounds.impl_median_s / self.steps
 
 
 @dataclass(frozen=True)
