@@ -6,6 +6,7 @@ bytes each collective moves against expected_traffic; and refusals before any pr
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tp_workers import (
     multi_case_weights,
     multi_refusals,
     multi_step,
+    one_crashes,
     one_dies,
     one_raises,
     one_stalls,
@@ -156,6 +158,39 @@ def test_a_world_that_does_not_divide_is_refused_before_any_process() -> None:
 def test_a_rank_that_fails_stops_the_others_with_a_clear_error(fn: object, match: str) -> None:
     with pytest.raises(RankError, match=match):
         run_ranks(2, fn, timeout_s=3)
+
+
+def test_a_rank_killed_by_a_signal_is_told_from_one_that_raised(
+    capfd: pytest.CaptureFixture,
+) -> None:
+    """A crash in native code says so (RankError.crashed) and leaves the rank's Python
+    traceback on stderr."""
+    with pytest.raises(RankError, match=r"rank 1 of 2 died \(exit -11\);") as caught:
+        run_ranks(2, one_crashes, timeout_s=30)
+    assert caught.value.crashed and caught.value.began
+    assert "in one_crashes" in capfd.readouterr().err
+    with pytest.raises(RankError) as caught:
+        run_ranks(2, one_raises, timeout_s=30)
+    assert not caught.value.crashed
+
+
+def test_a_group_that_fails_to_form_is_started_once_more(
+    capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A rank that crashes before any rank began fn (here while it imports fn's module, where
+    only PYTHONFAULTHANDLER gives a traceback): the group is started once more, saying so; a
+    second failure is the error, naming the rank that died before it began."""
+    from tp_crash_on_import import rank_of
+
+    monkeypatch.setenv("CRASH_ON_IMPORT", str(tmp_path / "crashed-once"))
+    with pytest.warns(RuntimeWarning, match=r"did not form \(rank \d of 2 died \(exit -11\) "
+                      r"before it began.*starting it once more"):  # fmt: skip
+        assert run_ranks(2, rank_of, timeout_s=30) == [0, 1]
+    assert "tp_crash_on_import.py" in capfd.readouterr().err
+    monkeypatch.setenv("CRASH_ON_IMPORT", "always")
+    with pytest.warns(RuntimeWarning), pytest.raises(RankError, match="before it began") as caught:
+        run_ranks(2, rank_of, timeout_s=30)
+    assert caught.value.crashed and not caught.value.began
 
 
 def test_a_rank_whose_result_is_in_is_not_failed_by_its_teardown() -> None:

@@ -4,6 +4,7 @@ can import it)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
@@ -102,6 +103,13 @@ def one_dies(index: int, world: int) -> None:
     """Rank 1 leaves before the collective; the others wait on it."""
     if index == 1:
         os._exit(3)
+    dist.all_reduce(torch.ones(1))
+
+
+def one_crashes(index: int, world: int) -> None:
+    """Rank 1 is killed by SIGSEGV, as a crash in native code would; the others wait on it."""
+    if index == 1:
+        os.kill(os.getpid(), signal.SIGSEGV)
     dist.all_reduce(torch.ones(1))
 
 
