@@ -79,7 +79,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         profile_meta,
     )
     from bench.harness.runner import checked_work
-    from bench.harness.session import configure_torch, physical_cores
+    from bench.harness.session import command_infos, configure_torch, physical_cores
     from bench.report.base import render
     from bench.report.document import write_results
     from bench.report.profile import profile_tables
@@ -128,7 +128,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"{name}: {entry.wall_s * 1e3:.3f} ms a call profiled, trace {folder / entry.trace}")
     for line in left:
         print(f"not profiled: {line}")
-    run = Run(profile_meta(case, threads, args.cache, allocator), {}, {}, entries)
+    run = Run(profile_meta(case, threads, args.cache, allocator), *command_infos(), entries)
     stem = folder / f"profile-{args.mode}"
     write_results(stem.with_suffix(".json"), run)
     sys.stdout.write(render(profile_tables(run), "plain") + "\n")

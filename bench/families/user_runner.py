@@ -21,7 +21,7 @@ from bench.families.user_phase import seconds_of
 from bench.families.user_request import Measured, Prepared, Request, Say, prepare
 from bench.families.user_training import Training
 from bench.harness.cases import DTYPES
-from bench.harness.session import command_meta
+from bench.harness.session import command_infos, command_meta
 from bench.schema.entries import UserModelInfo
 from bench.schema.run import Run
 from lora_kernels import delete_adapter, from_peft, load_adapter, merge
@@ -72,7 +72,7 @@ def run_prepared(p: Prepared, allocator: str, say: Say) -> Run:
         merge_s=out.merge_s,
     )  # fmt: skip
     meta = command_meta(r.device, "model", r.threads, [r.dtype_name], "warm", allocator)
-    return Run(meta, {}, {}, [*out.entries, *out.profiles, info])
+    return Run(meta, *command_infos(), [*out.entries, *out.profiles, info])
 
 
 def lifecycle(p: Prepared, peft: Any, out: Measured, say: Say) -> None:

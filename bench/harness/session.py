@@ -82,6 +82,15 @@ def command_meta(device: str, profile: str, threads: int, dtypes: list[str], cac
     )  # fmt: skip
 
 
+def command_infos() -> tuple[dict[str, object], dict[str, object]]:
+    """The machine and the commit of a run a command makes outside pytest, as pytest-benchmark
+    records them for the main job (the commit of the checkout at the current folder, if any)."""
+    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
+    from pytest_benchmark.utils import get_commit_info
+
+    return pytest_benchmark_generate_machine_info(), get_commit_info()
+
+
 def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
