@@ -21,7 +21,9 @@ def test_full_times_every_split_at_decode_and_prefill_and_quick_none_on_a_cpu() 
     assert "infer llama-cpu.up_proj column/fully_sharded tp=2 T=512 r=16 n=4 fp32 cpu" in full
     assert "train llama-cpu.up_proj column/fully_sharded tp=2 T=512 r=16 fp32 cpu" in full
     assert "infer llama-cpu.down_proj row/sharded tp=2 T=16 r=16 fp32 cpu" in full
-    assert tp_jobs("quick", ["cpu"]) == []  # results/reference/tp/cpu-full.md holds the full run
+    assert (
+        tp_jobs("quick", ["cpu"]) == []
+    )  # results/reference/epyc-32m/full-tp.md holds the full run
     cuda = [str(j) for j in tp_jobs("quick", ["cuda"])]
     assert "train llama3-8b.down_proj row/replicated tp=2 T=2048 r=16 bf16 cuda" in cuda
 

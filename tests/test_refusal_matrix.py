@@ -51,9 +51,9 @@ KINDS: dict[tuple[str, str], list[str]] = {
     **{(c, d): FOLDER_OUT for c, d in [
         ("plot", "output"), ("baseline", "dir"), ("profile", "output"), ("model", "output"),
         ("run", "lora_results"),
-        ("run", "lora_trace"), ("sweep", "lora_results")]},
+        ("run", "lora_trace"), ("sweep", "lora_results"), ("docs", "site")]},
     **{(c, d): FOLDER_IN for c, d in [("check", "project"), ("ab", "project"),
-                                      ("model", "adapter")]},
+                                      ("model", "adapter"), ("docs", "root")]},
     ("model", "model"): [*TEXT, "nope", "{missing}", "{empty}", "{not_json}", "{other_json}",
                          "{a_file}", "{folder}"],
     **{(c, d): NUMBER for c, d in [
@@ -105,6 +105,7 @@ WORK = {
     "profile": ("bench.harness.allocator", "fix_malloc"),
     "verify": ("lora_kernels.conformance", "verify"),
     "sweep": ("bench.cli.sweep", "connect"),
+    "docs": ("bench.cli.docs", "stale_blocks"),
 }
 
 BASE: dict[str, list[str]] = {
@@ -124,6 +125,7 @@ BASE: dict[str, list[str]] = {
     "run": ["run", "--profile", "tiny", "--results", "{out}/r"],
     "merge": ["merge", "{shard1}", "{shard2}", "-o", "{out}/m.json"],
     "sweep": ["sweep", "--ray", "--shards", "2", "--profile", "tiny", "--results", "{out}/s"],
+    "docs": ["docs", "--check", "--root", str(ROOT)],
 }
 
 

@@ -19,6 +19,7 @@ from bench.cli import (
     baseline,
     check,
     compare,
+    docs,
     export,
     impls,
     merge,
@@ -50,6 +51,7 @@ COMMANDS = (
     run,
     merge,
     sweep,
+    docs,
 )
 PASS_THROUGH = "--"  # what follows goes to pytest, for these commands only:
 PYTEST_COMMANDS = ("run", "sweep")

@@ -123,7 +123,7 @@ TP_PROFILES: dict[str, TPProfile] = {
                       Budget(0.05, 3, 5, target=0.05), adapters=3),
     # Not in the quick profile: its five minutes are spent (bench/families/budget.py), and
     # two processes on a 2-core CPU measure gloo over shared memory, not a link; the full
-    # profile's run is committed as results/reference/tp/cpu-full.md.
+    # profile's run is committed as results/reference/epyc-32m/full-tp.md.
     "quick": TPProfile((), 2, (), 16, ("train",), Budget(1.0, 5, 40), cuda_tokens=(2048,)),
     "full": TPProfile(LLAMA_CPU, 2, (16, 512), 16, ("train", "infer"), Budget(2.0, 9, 100),
                       cuda_tokens=(16, 2048), adapters=4),

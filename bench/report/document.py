@@ -77,6 +77,7 @@ def run_header(run: Run) -> str:
             else []
         ),
         f"- device: {meta.device_name}",
+        f"- commit: {commit_line(run.commit_info)}",
         f"- torch {meta.torch}, threads {meta.threads}, TF32 {'on' if meta.tf32 else 'off'}",
         f"- cache: {meta.cache} (last-level cache {fmt_bytes(meta.cache_bytes)}"
         + (
@@ -114,6 +115,14 @@ def run_header(run: Run) -> str:
         if named:
             lines.append(f"- {origin}s: {', '.join(named)}")
     return "\n".join(lines) + "\n"
+
+
+def commit_line(info: dict[str, object]) -> str:
+    """The commit a run was made at, as its results file recorded it."""
+    made = str(info.get("id") or "")[:10]
+    if not made:
+        return "not recorded"
+    return made + (" with uncommitted changes" if info.get("dirty") else "")
 
 
 def control_line(run: Run) -> str:
