@@ -19,6 +19,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("impls", help="the registry of implementations, as a markdown table")
     p.add_argument("--impl", action="append", metavar="MODULE:ATTR", help="load this plugin too")
     p.add_argument(
-        "--no-plugins", action="store_true", help="ours and the peers only (the README's table)"
+        "--no-plugins", action="store_true", help="ours and the peers only (the docs' table)"
     )
     p.set_defaults(func=cmd_impls)

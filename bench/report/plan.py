@@ -64,7 +64,7 @@ def plan_text(plans: list[Any]) -> str:
     foot = (
         f"\nMerged, the adapter adds no FLOPs; the model's linear layers take "
         f"{first.base_flops_per_token:,} FLOPs a token (attention scores not counted). "
-        "Activations: only what the linear layers save for backward; see the README.\n"
+        "Activations: only what the linear layers save for backward (docs: Whole models).\n"
     )
     return (
         head
@@ -91,6 +91,6 @@ def presets_markdown(plans: list[tuple[str, Any]], rank: int, tokens: int) -> st
         f"### Planner (r={rank}, bf16, AdamW, {tokens} tokens a step)\n\n"
         + tabulate(rows, headers, tablefmt="github", disable_numparse=True)
         + "\n\nFrom `lora-bench plan`: arithmetic, not measured. Memory counts weights, "
-        "gradients, optimizer state and what the linear layers save for backward (see the "
-        "README).\n"
+        "gradients, optimizer state and what the linear layers save for backward (docs: "
+        "Whole models).\n"
     )
