@@ -70,11 +70,10 @@ def _chromium(url: str, folder: Path, *extra: str) -> subprocess.CompletedProces
 
 
 def render(url: str, folder: Path) -> tuple[int, str, list[str]]:
-    """The page at `url` as Chromium draws it: the screenshot's distinct colours, the DOM
-    after its scripts ran, and the console errors of both loads."""
+    """The page at `url` as Chromium draws it, in one load: the screenshot's distinct
+    colours, the DOM after its scripts ran, and the console's errors."""
     shot = folder / "shot.png"
-    drawn = _chromium(url, folder, "--window-size=1200,1600", f"--screenshot={shot}")
-    dom = _chromium(url, folder, "--dump-dom")
-    errors = [line for out in (drawn.stderr, dom.stderr) for line in out.splitlines()
+    done = _chromium(url, folder, "--window-size=1200,1600", f"--screenshot={shot}", "--dump-dom")
+    errors = [line for line in done.stderr.splitlines()
               if "CONSOLE" in line and any(e in line for e in CONSOLE_ERRORS)]  # fmt: skip
-    return png_colours(shot), dom.stdout, errors
+    return png_colours(shot), done.stdout, errors

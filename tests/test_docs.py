@@ -1,7 +1,7 @@
 """The README and the docs site: every generated block is what `lora-bench docs` makes of its
 committed run today, no table of figures is typed by hand, the README stays a front door
 (at most 250 lines, the two set-up commands), the site builds with `mkdocs build --strict`,
-and each of its pages renders in headless Chromium with no console error."""
+and every page of it renders in headless Chromium with no console error."""
 
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ def test_docs_writes_stale_blocks_and_check_only_lists_them(
         ("run results/run.json | Nothing", "has no table 'Nothing'; it has: Throughput"),
         ("help nothing", "help of an unknown command 'nothing'"),
         ("impls extra", "impls takes nothing after it"),
+        ("ab results/none.json", "no ab results file 'results/none.json'"),
+        ("references nowhere", "references needs a folder of runs, got 'nowhere'"),
     ],
 )
 def test_a_block_that_cannot_be_generated_is_refused_naming_where(
@@ -185,7 +187,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
-@pytest.mark.parametrize("page", ["index.md", "model.md", "families/layer.md", "cli.md", "api.md"])
+@pytest.mark.parametrize("page", pages())
 def test_site_pages_render_in_headless_chromium(
     served: str, site: Path, page: str, tmp_path: Path
 ) -> None:
