@@ -11,6 +11,7 @@ from lora_kernels.adapters import (
     save_adapter,
     set_adapter,
 )
+from lora_kernels.conv import ConvLoRAWeights, conv_reference_forward, conv_reference_grads
 from lora_kernels.dora import DoRAWeights
 from lora_kernels.fused import FUSED_IMPLS, FusedImpl, MLPWeights, QKVWeights, module_reference
 from lora_kernels.fused.model import (
@@ -61,6 +62,7 @@ __all__ = [
     "MULTI_IMPLS",
     "PRESETS",
     "TOLERANCES",
+    "ConvLoRAWeights",
     "DoRAWeights",
     "FuseError",
     "FuseReport",
@@ -84,6 +86,8 @@ __all__ = [
     "QuantizedBase",
     "adapter_batch",
     "adapter_names",
+    "conv_reference_forward",
+    "conv_reference_grads",
     "count_parameters",
     "delete_adapter",
     "from_peft",
