@@ -9,6 +9,8 @@ seeded random shapes. DoRA impls get DoRAWeights: every other shape takes the ex
 gradient (where the impl has it), and a row of W + s·B A that is zero. QLoRA impls get
 QLoRAWeights, the formats they take on the device in turn from shape to shape (4-bit ones
 with `in` rounded up to whole blocks), checked against the oracle on the dequantized base.
+Conv2d LoRA impls get ConvLoRAWeights on CONV_SHAPES: kernels 1 to 5, stride, padding and
+dilation, r above in, channels-last and non-contiguous x, and a batch of none.
 `lora-bench verify NAME` prints the table; the tests run the same checks.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tabulate import tabulate
 
+from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.quant.formats import FOUR_BIT, format_unavailable
 from lora_kernels.quant.weights import QLoRAWeights
@@ -73,6 +76,10 @@ class Shape:
         x = torch.randn(*self.lead, width, generator=gen).to(device=device, dtype=dtype)
         return w, (x[..., ::2] if self.strided else x)
 
+    @property
+    def dims(self) -> str:
+        return f"{self.lead}x{self.in_f}->{self.out_f} r={self.rank}"
+
     def quant_format(self, impl: Impl, device: str, seed: int) -> str:
         """The format a QLoRA impl is checked in on this shape: its formats that run on the
         device, in turn by seed."""
@@ -82,7 +89,57 @@ class Shape:
         return formats[seed % len(formats)]
 
 
-Weights = LoRAWeights | DoRAWeights | QLoRAWeights
+@dataclass(frozen=True)
+class ConvShape:
+    """One conformance case of a Conv2d LoRA impl: x (n, in, h, w) through a k×k convolution
+    of the given stride, padding and dilation to `out` channels, at rank r."""
+
+    label: str
+    n: int
+    in_c: int
+    out_c: int
+    hw: tuple[int, int]
+    k: int
+    rank: int
+    bias: bool
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    layout: str = "contiguous"  # or "channels_last", or "strided" (every other column of x)
+
+    @property
+    def dims(self) -> str:
+        return (f"{self.n}x{self.in_c}x{self.hw[0]}x{self.hw[1]} k={self.k} s={self.stride} "
+                f"p={self.padding} d={self.dilation} ->{self.out_c} r={self.rank}")  # fmt: skip
+
+    def make(self, dtype: torch.dtype, device: str, seed: int, impl: Impl | None = None,
+             zero_rows: bool = True) -> tuple[ConvLoRAWeights, torch.Tensor]:  # fmt: skip
+        """Seeded weights and x in this shape's layout."""
+        w = ConvLoRAWeights.random(self.in_c, self.out_c, self.rank, self.k, stride=self.stride,
+                                   padding=self.padding, dilation=self.dilation, bias=self.bias,
+                                   seed=seed, dtype=dtype, device=device)  # fmt: skip
+        gen = torch.Generator().manual_seed(seed + 1)
+        width = 2 * self.hw[1] if self.layout == "strided" else self.hw[1]
+        x = torch.randn(self.n, self.in_c, self.hw[0], width, generator=gen)
+        x = x.to(device=device, dtype=dtype)
+        if self.layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return w, x[..., ::2] if self.layout == "strided" else x
+
+
+CONV_SHAPES = (
+    ConvShape("1x1, r=1", 1, 8, 4, (5, 5), 1, 1, True),
+    ConvShape("3x3 same padding", 2, 6, 10, (9, 7), 3, 4, False, padding=1),
+    ConvShape("3x3 stride 2", 1, 5, 8, (11, 10), 3, 2, True, stride=2, padding=1),
+    ConvShape("3x3 dilation 2", 2, 4, 6, (12, 12), 3, 3, True, padding=2, dilation=2),
+    ConvShape("5x5 no padding, r > in", 1, 3, 16, (9, 9), 5, 8, True),
+    ConvShape("channels_last x", 2, 8, 8, (6, 6), 3, 4, True, padding=1, layout="channels_last"),
+    ConvShape("non-contiguous x", 1, 6, 6, (7, 7), 3, 2, False, padding=1, layout="strided"),
+    ConvShape("a batch of none", 0, 4, 4, (5, 5), 3, 2, True, padding=1),
+)
+
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights
+Shapes = tuple[Shape | ConvShape, ...]
 
 
 def _dora(w: LoRAWeights, seed: int, exact: bool, zero_row: bool) -> DoRAWeights:
@@ -172,7 +229,7 @@ def _one_shape(impl: Impl, mode: str, w: Weights, x: torch.Tensor) -> tuple[dict
     op = impl.build(w, "train")
     before = _snapshot(w, x)
     gen = torch.Generator().manual_seed(x.numel())
-    grad_out = torch.randn(*x.shape[:-1], w.out_features, generator=gen).to(x)
+    grad_out = torch.randn(*w.output_shape(x), generator=gen).to(device=x.device, dtype=x.dtype)
     errors = {"y": forward_error(op, oracle, x)}
     grads = gradient_errors(op, oracle, x, grad_out)
     if not impl.lora_equivalent:  # base trains nothing; only dx is defined
@@ -186,7 +243,7 @@ def run_checks(
     device: str,
     dtype: torch.dtype,
     mode: str,
-    shapes: tuple[Shape, ...] = SHAPES,
+    shapes: Shapes = SHAPES,
     zero_rows: bool = True,
 ) -> list[CheckResult]:
     """The equivalence check and the inputs check of impl on one device, dtype and mode.
@@ -205,7 +262,7 @@ def run_checks(
         worst, computed = max(worst, *errors.values()), computed + 1
         bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= tol}
         if bad and not failure:
-            dims = f"{shape.lead}x{shape.in_f}->{shape.out_f} r={shape.rank}"
+            dims = shape.dims
             if impl.variant == "dora" and zero_rows and seed % 3 == 0:
                 dims += " (with a zero row of W + s·B A)"
             failure = f"{shape.label} {dims}: rel errors {bad} above {tol:g}"
@@ -261,12 +318,14 @@ class Report:
 def verify(
     impl: Impl,
     devices: str = "all",
-    shapes: tuple[Shape, ...] | None = None,
+    shapes: Shapes | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Run every check on every device ("cpu", "cuda" or "all"), dtype and mode impl claims.
-    Compiling impls get the edge shapes only: each new shape costs a compile."""
-    shapes = shapes or (EDGE_SHAPES if impl.compiles else SHAPES)
+    Compiling impls get the edge shapes only: each new shape costs a compile; Conv2d LoRA
+    impls get CONV_SHAPES."""
+    if shapes is None:
+        shapes = CONV_SHAPES if impl.variant == "conv" else EDGE_SHAPES if impl.compiles else SHAPES
     wanted = DEVICES if devices == "all" else (devices,)
     results, skipped = [], []
     for device in (d for d in DEVICES if d in wanted and d in impl.devices):

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from lora_kernels.conv.reference import conv_reference_forward, conv_reference_grads
+from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.dora.reference import dora_reference_forward, dora_reference_grads
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.numerics import (  # re-exported: the bench imports them from here
@@ -19,7 +21,7 @@ from lora_kernels.numerics import (  # re-exported: the bench imports them from 
 from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.weights import LoRAWeights
 
-Weights = LoRAWeights | DoRAWeights | QLoRAWeights
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights
 
 __all__ = [
     "TOLERANCES",
@@ -47,6 +49,8 @@ def reference_forward(weights: Weights, x: Tensor) -> Tensor:
     dequantized base (the format's error is not the impl's)."""
     if weights.variant == "dora":
         return dora_reference_forward(weights, x)  # type: ignore[arg-type]
+    if weights.variant == "conv":
+        return conv_reference_forward(weights, x)  # type: ignore[arg-type]
     weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     x64 = f64(x)
@@ -62,6 +66,8 @@ def reference_grads(weights: Weights, x: Tensor, grad_out: Tensor) -> Grads:
     """
     if weights.variant == "dora":
         return dora_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
+    if weights.variant == "conv":
+        return conv_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
     weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     s = weights.scale
@@ -77,10 +83,10 @@ def forward_error(op: Callable[[Tensor], Tensor], weights: Weights, x: Tensor) -
     """Relative error of op(x), run on poisoned memory, against the float64 oracle."""
     with poisoned_memory():
         y = op(x)
-    if y.shape != (*x.shape[:-1], weights.out_features) or y.dtype != weights.dtype:
+    if y.shape != weights.output_shape(x) or y.dtype != weights.dtype:
         raise ValueError(
             f"op returned {tuple(y.shape)} {y.dtype}; expected "
-            f"{(*x.shape[:-1], weights.out_features)} {weights.dtype}"
+            f"{weights.output_shape(x)} {weights.dtype}"
         )
     return rel_error(y, reference_forward(weights, x))
 

@@ -14,6 +14,7 @@ from lora_kernels.quant.formats import FORMATS
 from lora_kernels.weights import SUPPORTED_DTYPES, LayerTensors, LoRAWeights, dtype_name
 
 if TYPE_CHECKING:
+    from lora_kernels.conv.weights import ConvLoRAWeights
     from lora_kernels.dora.weights import DoRAWeights
     from lora_kernels.quant.weights import QLoRAWeights
 
@@ -23,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 ALL_DEVICES = frozenset(DEVICES)
 ALL_DTYPES = frozenset(SUPPORTED_DTYPES)
 ORIGINS = ("ours", "peer", "plugin")
-VARIANTS = ("lora", "dora", "qlora")
+VARIANTS = ("lora", "dora", "qlora", "conv")
 
 
 def _subset(name: str, value: object, allowed: tuple, impl: str) -> None:
@@ -44,7 +45,8 @@ class Impl:
     `requires` says why the impl cannot run here (a missing package), or None.
     `origin` is "ours", "peer" or "plugin"; `source` names the package or module it came from.
     `variant` is the function computed: "lora" builds on LoRAWeights, "dora" on DoRAWeights,
-    "qlora" on QLoRAWeights (a quantized base), of one of the impl's `formats`.
+    "qlora" on QLoRAWeights (a quantized base), of one of the impl's `formats`, "conv" on
+    ConvLoRAWeights (a 2-D convolution: x (N, in, H, W) -> (N, out, H_out, W_out)).
     `exact_norm` (DoRA) is False for impls that can only treat the norm as a constant in
     backward; they refuse to train weights with detach_norm=False.
     """
@@ -103,7 +105,11 @@ class Impl:
             return f"impl {self.name!r} supports modes {sorted(self.modes)}, not {mode!r}"
         return self.requires() or ""
 
-    def build(self, weights: LoRAWeights | DoRAWeights | QLoRAWeights, mode: str = "infer") -> Op:
+    def build(
+        self,
+        weights: LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights,
+        mode: str = "infer",
+    ) -> Op:
         """Validate that this impl supports the weights' variant, device, dtype and `mode`;
         build the op."""
         self.check_variant(weights, mode)
@@ -133,7 +139,7 @@ class Impl:
         if variant is None:
             raise TypeError(f"impl {self.name!r} builds on weights, got {type(weights).__name__}")
         mine = ", ".join(i.name for i in IMPLS.values() if i.variant == variant)
-        if "qlora" in (variant, self.variant):
+        if "qlora" in (variant, self.variant) or "conv" in (variant, self.variant):
             raise ValueError(
                 f"impl {self.name!r} computes {self.variant}, but the weights are "
                 f"{type(weights).__name__} ({variant}); pick one of: {mine}"
@@ -181,14 +187,15 @@ def register(impl: AnyImpl, registry: dict[str, AnyImpl] | None = None) -> AnyIm
 
 def impls_table(impls: list[Impl] | None = None) -> str:
     """GitHub-markdown table of impls (default: all registered): name, origin, what it computes
-    (LoRA, DoRA, or QLoRA and the base formats it takes), description, devices, dtypes, modes."""
+    (LoRA, DoRA, Conv2d LoRA, or QLoRA and the base formats it takes), description, devices,
+    dtypes, modes."""
     from tabulate import tabulate
 
     rows = [
         [
             f"`{impl.name}`",
             impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
-            {"lora": "LoRA", "dora": "DoRA"}.get(impl.variant)
+            {"lora": "LoRA", "dora": "DoRA", "conv": "Conv2d LoRA"}.get(impl.variant)
             or "QLoRA: " + ", ".join(f for f in FORMATS if f in impl.formats),
             impl.description,
             ", ".join(sorted(impl.devices)),

@@ -137,6 +137,10 @@ class LayerTensors:
     def device(self) -> torch.device:
         return self.W.device
 
+    def output_shape(self, x: Tensor) -> tuple[int, ...]:
+        """The shape of the layer's output for x: (..., out)."""
+        return (*x.shape[:-1], self.out_features)
+
     def check_input(self, x: Tensor) -> None:
         """Raise unless x is (..., in) with the weights' dtype and device."""
         if not isinstance(x, Tensor):

@@ -33,7 +33,9 @@ def test_dora_impls_run_on_the_dora_cases_only() -> None:
     assert dora_cases <= lora_cases, "LoRA's figures sit beside DoRA's on the same case"
     for case in dora_cases:
         names = [i for c, i in pairs if c == case]
-        want = [n for n, i in IMPLS.items() if i.variant != "qlora"]  # they have their family
+        want = [
+            n for n, i in IMPLS.items() if i.variant in ("lora", "dora")
+        ]  # the others have their families
         later = ("delta_weight", "dora_dense", "peft_dora")  # timed in full only
         assert names == [n for n in want if n not in later], "every other impl, registry order"
         full = [i for c, i in settings("full").case_impls() if str(c) == str(case)]

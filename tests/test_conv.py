@@ -172,3 +172,23 @@ def test_from_conv2d_shares_the_base_and_keeps_its_geometry() -> None:
                                                                          2, (3, 3))  # fmt: skip
     x = torch.randn(1, 4, 9, 9)
     assert conv_reference_forward(w, x).shape == (1, 8, *w.output_size(9, 9))
+
+
+def test_peft_conv_refuses_dilation_saying_why() -> None:
+    """PEFT builds A without the base's dilation (its layer fails on a shape mismatch there):
+    the peer says so rather than run another function."""
+    from lora_kernels import IMPLS
+
+    w = ConvLoRAWeights.random(4, 6, 2, 3, padding=2, dilation=2)
+    with pytest.raises(ValueError, match=r"without the base's dilation.*dilation \(2, 2\)"):
+        IMPLS["peft_conv"].build(w)
+
+
+@pytest.mark.parametrize("name", ["conv_two_step", "conv_merged"])
+def test_a_conv_impl_refuses_linear_weights_and_a_linear_impl_conv_weights(name: str) -> None:
+    from lora_kernels import IMPLS, LoRAWeights
+
+    with pytest.raises(ValueError, match=r"computes conv, but the weights are LoRAWeights"):
+        IMPLS[name].build(LoRAWeights.random(8, 8, 2))
+    with pytest.raises(ValueError, match=r"computes lora, but the weights are ConvLoRAWeights"):
+        IMPLS["two_step"].build(ConvLoRAWeights.random(4, 6, 2))

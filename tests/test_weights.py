@@ -137,6 +137,7 @@ def test_registry_entries_are_complete() -> None:
         "loralib",
         "bnb_base",
         "peft_qlora",
+        "peft_conv",
     }
     for name, impl in IMPLS.items():
         assert impl.name == name

@@ -54,8 +54,8 @@ def chosen_impls(names: list[str] | None, case, mode: str) -> tuple[list[str], l
         return list(dict.fromkeys(["base", *names])), []
     chosen, left = [], []
     for name, impl in IMPLS.items():
-        if impl.origin == "plugin" or impl.variant == "qlora":
-            continue  # QLoRA impls need a quantized base: their family profiles them
+        if impl.origin == "plugin" or impl.variant in ("qlora", "conv"):
+            continue  # they need a quantized base or a convolution: their families profile them
         reason = impl.unavailable_reason(case.device, case.torch_dtype, mode)
         if reason:
             left.append(f"{name}: {reason}")

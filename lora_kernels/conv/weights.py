@@ -85,6 +85,10 @@ class ConvLoRAWeights(LayerTensors):
             sizes.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
         return sizes[0], sizes[1]
 
+    def output_shape(self, x: Tensor) -> tuple[int, ...]:
+        """The shape of the layer's output for x (N, in, H, W): (N, out, H_out, W_out)."""
+        return (x.shape[0], self.out_features, *self.output_size(x.shape[2], x.shape[3]))
+
     def check_input(self, x: Tensor) -> None:
         """Raise unless x is (N, in, H, W) with the weights' dtype and device, large enough for
         one output position."""

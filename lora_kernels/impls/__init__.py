@@ -1,17 +1,21 @@
-"""Importing this package registers every implementation, ours (LoRA, DoRA, then LoRA on a
-quantized base) then the peers, in the order of the tables."""
+"""Importing this package registers every implementation, ours (LoRA, DoRA, LoRA on a
+quantized base, then on a convolution) then the peers, in the order of the tables."""
 
 # isort: off
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
 from lora_kernels.dora import eager as dora_eager, autograd as dora_autograd
 from lora_kernels.quant import impls as quant_impls, triton_nf4
+from lora_kernels.conv import impls as conv_impls
 from lora_kernels.impls import peers
 from lora_kernels.quant import peers as quant_peers
+from lora_kernels.conv import peers as conv_peers
 # isort: on
 
 __all__ = [
     "autograd",
     "compiled",
+    "conv_impls",
+    "conv_peers",
     "cuda_graph",
     "dora_autograd",
     "dora_eager",

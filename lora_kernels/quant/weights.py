@@ -108,6 +108,10 @@ class QLoRAWeights:
     def fmt(self) -> str:
         return self.base.fmt
 
+    def output_shape(self, x: Tensor) -> tuple[int, ...]:
+        """The shape of the layer's output for x: (..., out)."""
+        return (*x.shape[:-1], self.out_features)
+
     def check_input(self, x: Tensor) -> None:
         """Raise unless x is (..., in) in the compute dtype, on the base's device."""
         self.dense_like().check_input(x)
