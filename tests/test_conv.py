@@ -192,3 +192,19 @@ def test_a_conv_impl_refuses_linear_weights_and_a_linear_impl_conv_weights(name:
         IMPLS[name].build(LoRAWeights.random(8, 8, 2))
     with pytest.raises(ValueError, match=r"computes lora, but the weights are ConvLoRAWeights"):
         IMPLS["two_step"].build(ConvLoRAWeights.random(4, 6, 2))
+
+
+def test_conv_autograd_takes_only_the_gradients_asked_for() -> None:
+    """A first layer's x needs no gradient: the lean backward skips dx and still gives dA and
+    dB as the oracle does."""
+    from lora_kernels import IMPLS
+
+    w = ConvLoRAWeights.random(5, 7, 3, 3, stride=2, padding=1).requires_grad_()
+    x = torch.randn(2, 5, 9, 8)
+    y = IMPLS["conv_autograd"].build(w, "train")(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    want = conv_reference_grads(w, x, g)
+    assert x.grad is None
+    assert rel_error(w.A.grad, want.A) < tolerance(torch.float32, "cpu")
+    assert rel_error(w.B.grad, want.B) < tolerance(torch.float32, "cpu")

@@ -11,16 +11,11 @@ from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.registry import Impl, Op, register
 
 
-def _conv(x: Tensor, kernel: Tensor, w: ConvLoRAWeights, bias: Tensor | None = None) -> Tensor:
-    """x convolved with `kernel` at the base convolution's stride, padding and dilation."""
-    return F.conv2d(x, kernel, bias, stride=w.stride, padding=w.padding, dilation=w.dilation)
-
-
 def build_two_step(w: ConvLoRAWeights) -> Op:
     """PEFT's form: the base convolution, A's and B's, and an out-of-place add."""
 
     def op(x: Tensor) -> Tensor:
-        return _conv(x, w.W, w, w.b) + w.scale * F.conv2d(_conv(x, w.A, w), w.B)
+        return w.convolve(x, w.W, w.b) + w.scale * F.conv2d(w.convolve(x, w.A), w.B)
 
     return op
 
@@ -30,8 +25,8 @@ def build_add(w: ConvLoRAWeights) -> Op:
     output-sized sum). The base's output is no input of any backward, so autograd allows it."""
 
     def op(x: Tensor) -> Tensor:
-        y = _conv(x, w.W, w, w.b)
-        return y.add_(F.conv2d(_conv(x, w.A, w), w.B), alpha=w.scale)
+        y = w.convolve(x, w.W, w.b)
+        return y.add_(F.conv2d(w.convolve(x, w.A), w.B), alpha=w.scale)
 
     return op
 
@@ -41,7 +36,7 @@ def build_merged(w: ConvLoRAWeights) -> Op:
     kernel = w.merged_weight()
 
     def op(x: Tensor) -> Tensor:
-        return _conv(x, kernel, w, w.b)
+        return w.convolve(x, kernel, w.b)
 
     return op
 
@@ -55,7 +50,7 @@ def build_stacked(w: ConvLoRAWeights) -> Op:
     bias = None if w.b is None else torch.cat([w.b.detach(), w.b.new_zeros(w.rank)])
 
     def op(x: Tensor) -> Tensor:
-        both = _conv(x, kernel, w, bias)  # (N, out + r, H_out, W_out)
+        both = w.convolve(x, kernel, bias)  # (N, out + r, H_out, W_out)
         y = both[:, :out]  # a view: not contiguous when N > 1 (the bench charges the copy)
         return y.add_(F.conv2d(both[:, out:], w.B), alpha=w.scale)
 

@@ -13,19 +13,14 @@ from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.numerics import Grads, f64
 
 
-def _conv(x: Tensor, kernel: Tensor, w: ConvLoRAWeights, bias: Tensor | None = None) -> Tensor:
-    """x convolved with `kernel` at the base convolution's stride, padding and dilation."""
-    return F.conv2d(x, kernel, bias, stride=w.stride, padding=w.padding, dilation=w.dilation)
-
-
 def conv_reference_forward(w: ConvLoRAWeights, x: Tensor) -> Tensor:
     """y = conv(x, W, b) + s · conv1×1(conv(x, A), B) in float64 on the CPU; x (N, in, H, W)
     -> (N, out, H_out, W_out)."""
     w.check_input(x)
     x64 = f64(x)
     b = None if w.b is None else f64(w.b)
-    xa = _conv(x64, f64(w.A), w)  # (N, r, H_out, W_out)
-    return _conv(x64, f64(w.W), w, b) + w.scale * F.conv2d(xa, f64(w.B))
+    xa = w.convolve(x64, f64(w.A))  # (N, r, H_out, W_out)
+    return w.convolve(x64, f64(w.W), b) + w.scale * F.conv2d(xa, f64(w.B))
 
 
 def conv_reference_grads(w: ConvLoRAWeights, x: Tensor, grad_out: Tensor) -> Grads:
@@ -35,7 +30,7 @@ def conv_reference_grads(w: ConvLoRAWeights, x: Tensor, grad_out: Tensor) -> Gra
     w.check_input(x)
     x64, g = f64(x), f64(grad_out)
     geometry = {"stride": w.stride, "padding": w.padding, "dilation": w.dilation}
-    xa = _conv(x64, f64(w.A), w)
+    xa = w.convolve(x64, f64(w.A))
     if g.shape != (xa.shape[0], w.out_features, *xa.shape[2:]):
         raise ValueError(f"grad_out must have shape {(xa.shape[0], w.out_features, *xa.shape[2:])}"
                          f", got {tuple(g.shape)}")  # fmt: skip

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lora_kernels.weights import LayerTensors, all_finite, check_dtype, scaling
@@ -84,6 +85,11 @@ class ConvLoRAWeights(LayerTensors):
                                  self.dilation, strict=True):  # fmt: skip
             sizes.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
         return sizes[0], sizes[1]
+
+    def convolve(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x convolved with `kernel` at the base convolution's stride, padding and dilation."""
+        return F.conv2d(x, kernel, bias, stride=self.stride, padding=self.padding,
+                        dilation=self.dilation)  # fmt: skip
 
     def output_shape(self, x: Tensor) -> tuple[int, ...]:
         """The shape of the layer's output for x (N, in, H, W): (N, out, H_out, W_out)."""

@@ -5,7 +5,7 @@ quantized base, then on a convolution) then the peers, in the order of the table
 from lora_kernels.impls import eager, stacked, autograd, merged, compiled, cuda_graph, triton_fused
 from lora_kernels.dora import eager as dora_eager, autograd as dora_autograd
 from lora_kernels.quant import impls as quant_impls, triton_nf4
-from lora_kernels.conv import impls as conv_impls
+from lora_kernels.conv import impls as conv_impls, autograd as conv_autograd
 from lora_kernels.impls import peers
 from lora_kernels.quant import peers as quant_peers
 from lora_kernels.conv import peers as conv_peers
@@ -14,6 +14,7 @@ from lora_kernels.conv import peers as conv_peers
 __all__ = [
     "autograd",
     "compiled",
+    "conv_autograd",
     "conv_impls",
     "conv_peers",
     "cuda_graph",
