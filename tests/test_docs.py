@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from browser import CHROMIUM, NO_CHROMIUM, parsed, render
 
+from bench.cli.docs import site_tools_missing
 from bench.cli.docs_blocks import BLOCK, DocsError, documents, regenerate, stale_blocks
 from bench.cli.main import main, parser
 
@@ -29,11 +30,7 @@ SETUP = (
     "install -e '.[dev,peers,plot,triton,models,quant,cluster,docs]' -e examples/toy_plugin && "
     "pytest",
 )
-HAS_MKDOCS = all(
-    __import__("importlib.util").util.find_spec(m) is not None
-    for m in ("mkdocs", "material", "mkdocstrings_handlers")
-)
-NO_MKDOCS = "MkDocs, Material or mkdocstrings is not installed: pip install 'lora-bench[docs]'"
+NO_MKDOCS = site_tools_missing()
 
 
 def test_every_generated_block_is_current() -> None:
@@ -129,7 +126,7 @@ def test_docs_outside_a_checkout_is_refused(tmp_path: Path, capsys: pytest.Captu
     assert "is no lora-bench checkout" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAS_MKDOCS, reason=NO_MKDOCS)
+@pytest.mark.skipif(NO_MKDOCS is not None, reason=str(NO_MKDOCS))
 def test_site_refuses_a_folder_of_other_files(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -143,7 +140,7 @@ def test_site_refuses_a_folder_of_other_files(
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not HAS_MKDOCS:
+    if NO_MKDOCS:
         pytest.skip(NO_MKDOCS)
     out = tmp_path_factory.mktemp("site") / "site"
     assert main(["docs", "--check", "--root", str(ROOT), "--site", str(out)]) == 0, (

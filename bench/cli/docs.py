@@ -48,16 +48,24 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0 if args.site is None else _build(root, Path(args.site))
 
 
+def site_tools_missing() -> str | None:
+    """Why the site cannot be built here (a package of the `docs` extra not installed), or
+    None."""
+    import importlib.util
+
+    for module in ("mkdocs", "material", "mkdocstrings_handlers"):
+        if importlib.util.find_spec(module) is None:
+            return (f"building the site needs MkDocs, Material and mkdocstrings ({module} is "
+                    "not installed): pip install 'lora-bench[docs]'")  # fmt: skip
+    return None
+
+
 def _check_site(site: Path, root: Path) -> None:
     """Refuse, before anything is written: no MkDocs, or a site folder that would take the
     place of something else (mkdocs empties the folder it builds into)."""
-    import importlib.util
-
-    missing = [m for m in ("mkdocs", "material", "mkdocstrings_handlers.python")
-               if importlib.util.find_spec(m.split(".")[0]) is None]  # fmt: skip
+    missing = site_tools_missing()
     if missing:
-        raise ResultError(f"--site needs MkDocs, Material and mkdocstrings ({missing[0]} is not "
-                          "installed): pip install 'lora-bench[docs]'")  # fmt: skip
+        raise ResultError(f"--site: {missing}")
     if site.exists() and not site.is_dir():
         raise ResultError(f"--site {site} is a file; give a folder for the site")
     if site.is_dir() and any(site.iterdir()) and not any((site / m).exists() for m in SITE_MARKS):

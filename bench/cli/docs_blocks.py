@@ -20,12 +20,10 @@ PATH is relative to the checkout's root."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 from bench.report.ab import ab_summary, ab_tables
 from bench.report.base import Table, fmt_bytes, render
@@ -33,7 +31,7 @@ from bench.report.document import commit_line, run_tables
 from bench.report.user_model import verdict_excerpt
 from bench.schema.ab import load_ab
 from bench.schema.io import ResultError, read_json
-from bench.schema.run import Run, load_run
+from bench.schema.run import Run, load_run, parse_run
 
 BLOCK = re.compile(r"(<!-- lora-bench docs: (.*?) -->\n)(.*?)(<!-- /lora-bench docs -->)", re.S)
 Commands = Mapping[str, argparse.ArgumentParser]
@@ -89,9 +87,10 @@ def _references(root: Path, args: str, commands: Commands) -> str:
         raise DocsError(f"references needs a folder of runs, got {folder!r}")
     rows = []
     for file in sorted((root / folder).rglob("*.json")):
-        if _is_ab(file):
+        data = read_json(file, "results file")
+        if isinstance(data, dict) and "lora_bench_ab" in data:
             continue  # an A/B result, not a run: named in the gates' page
-        run = load_run(file)
+        run = parse_run(data, str(file))
         meta, peaks = run.meta, _peaks(run)
         rows.append([f"`{file.relative_to(root)}`", meta.device_name, meta.device,
                      fmt_bytes(meta.cache_bytes), f"{peaks['copy_gbs']:.1f}" if peaks else "-",
@@ -100,11 +99,6 @@ def _references(root: Path, args: str, commands: Commands) -> str:
     headers = ["run", "machine", "device", "last-level cache", "copy GB/s", "profile",
                "threads", "commit", "date"]  # fmt: skip
     return render([Table("Reference runs", headers, rows)], "github")
-
-
-def _is_ab(file: Path) -> bool:
-    data = read_json(file, "results file")
-    return isinstance(data, dict) and "lora_bench_ab" in data
 
 
 def _peaks(run: Run) -> dict | None:
@@ -143,13 +137,15 @@ def _impls(root: Path, args: str, commands: Commands) -> str:
 
 
 def _help(root: Path, args: str, commands: Commands) -> str:
+    import os
+    from unittest import mock  # here, not at import: every lora-bench command imports this module
+
     command = args.strip()
-    sub = commands
-    if command not in sub:
+    if command not in commands:
         raise DocsError(f"help of an unknown command {command!r}; the commands: "
-                        f"{', '.join(sub)}")  # fmt: skip
+                        f"{', '.join(commands)}")  # fmt: skip
     with mock.patch.dict(os.environ, {"COLUMNS": str(HELP_WIDTH)}):
-        text = sub[command].format_help()
+        text = commands[command].format_help()
     return f"```text\n{text.rstrip()}\n```\n"
 
 
@@ -178,16 +174,22 @@ def generate(spec: str, root: Path, commands: Commands) -> str:
     return MAKERS[kind](root, args, commands)
 
 
+def _generate_at(m: re.Match[str], text: str, root: Path, commands: Commands,
+                 where: str) -> tuple[int, str]:  # fmt: skip
+    """The line of the block `m` of `text`, and its text generated now; a block that cannot be
+    generated raises DocsError naming `where` and the line."""
+    line = text.count("\n", 0, m.start()) + 1
+    try:
+        return line, generate(m.group(2), root, commands)
+    except DocsError as err:
+        raise DocsError(f"{where}:{line}: {err}") from None
+
+
 def regenerate(text: str, root: Path, commands: Commands, where: str = "") -> str:
     """`text` with every block's body generated anew."""
 
     def body(m: re.Match[str]) -> str:
-        try:
-            made = generate(m.group(2), root, commands)
-        except DocsError as err:
-            line = text.count("\n", 0, m.start()) + 1
-            raise DocsError(f"{where}:{line}: {err}") from None
-        return m.group(1) + made + m.group(4)
+        return m.group(1) + _generate_at(m, text, root, commands, where)[1] + m.group(4)
 
     return BLOCK.sub(body, text)
 
@@ -198,12 +200,7 @@ def stale_blocks(root: Path, commands: Commands) -> list[Stale]:
     for path in documents(root):
         text = path.read_text(encoding="utf-8")
         for m in BLOCK.finditer(text):
-            where = f"{path.relative_to(root)}"
-            line = text.count("\n", 0, m.start()) + 1
-            try:
-                made = generate(m.group(2), root, commands)
-            except DocsError as err:
-                raise DocsError(f"{where}:{line}: {err}") from None
+            line, made = _generate_at(m, text, root, commands, str(path.relative_to(root)))
             if made != m.group(3):
                 out.append(Stale(path, line, m.group(2)))
     return out
