@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -64,6 +65,20 @@ def check_tensor(name: str, t: object) -> Tensor:
         allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
     return t
+
+
+def seeded_uniform(seed: int, dtype: torch.dtype, device: str | torch.device
+                   ) -> Callable[[tuple[int, ...], float], Tensor]:  # fmt: skip
+    """uniform(shape, bound): tensors uniform in ±bound, drawn in fp32 one after the other
+    from one generator seeded `seed`, then cast to dtype on device (dtype checked here)."""
+    check_dtype(dtype)
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
+        t = (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+        return t.to(device=device, dtype=dtype)
+
+    return uniform
 
 
 def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], meaning: str) -> None:
@@ -234,13 +249,7 @@ class LoRAWeights(LayerTensors):
         """
         rank = check_rank(rank, in_features, out_features)
         scale = scaling(alpha, rank, use_rslora)
-        check_dtype(dtype)
-        gen = torch.Generator().manual_seed(seed)
-
-        def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
-            t = (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
-            return t.to(device=device, dtype=dtype)
-
+        uniform = seeded_uniform(seed, dtype, device)
         bound = 1 / math.sqrt(in_features)
         return cls(
             W=uniform((out_features, in_features), bound),

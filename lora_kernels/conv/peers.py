@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from lora_kernels.conv.weights import ConvLoRAWeights
-from lora_kernels.impls.peers import peer_missing, use_tensor
+from lora_kernels.impls.peers import peer_missing, peft_lora, use_tensor
 from lora_kernels.registry import Impl, Op, register
 
 
@@ -23,20 +23,13 @@ def build_peft_conv(w: ConvLoRAWeights) -> Op:
 
 
 def _peft_layer(w: ConvLoRAWeights) -> nn.Module:
-    from peft import LoraConfig
     from peft.tuners.lora import Conv2d
 
     base = nn.Conv2d(w.in_features, w.out_features, w.kernel_size, stride=w.stride,
                      padding=w.padding, bias=w.b is not None, device="meta")  # fmt: skip
     use_tensor(base, "weight", w.W)
     use_tensor(base, "bias", w.b)
-    alpha = w.scale * w.rank
-    config = LoraConfig(r=w.rank, lora_alpha=alpha)
-    layer = Conv2d(base, "default", config=config, r=w.rank, lora_alpha=alpha)
-    layer.scaling["default"] = w.scale  # exact, whatever rounding alpha / r brought
-    use_tensor(layer.lora_A["default"], "weight", w.A)
-    use_tensor(layer.lora_B["default"], "weight", w.B)
-    return layer
+    return peft_lora(Conv2d, base, w)
 
 
 PEFT_CONV = Impl(

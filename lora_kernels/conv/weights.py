@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lora_kernels.weights import LayerTensors, all_finite, check_dtype, scaling
+from lora_kernels.weights import LayerTensors, all_finite, scaling, seeded_uniform
 
 Pair = tuple[int, int]
 
@@ -147,13 +147,7 @@ class ConvLoRAWeights(LayerTensors):
             raise ValueError(f"rank must be an int >= 1, got {rank!r}")
         kh, kw = _pair("kernel_size", kernel_size, 1)
         scale = scaling(alpha, rank, use_rslora)
-        check_dtype(dtype)
-        gen = torch.Generator().manual_seed(seed)
-
-        def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
-            t = (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
-            return t.to(device=device, dtype=dtype)
-
+        uniform = seeded_uniform(seed, dtype, device)
         bound = 1 / math.sqrt(in_channels * kh * kw)
         return cls(W=uniform((out_channels, in_channels, kh, kw), bound),
                    b=uniform((out_channels,), bound) if bias else None,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.registry import Impl, Op, register
 from lora_kernels.weights import LayerTensors, LoRAWeights
@@ -39,17 +40,24 @@ def base_linear(w: LayerTensors) -> nn.Linear:
     return base
 
 
-def _peft_layer(w: LoRAWeights) -> Any:  # peft.tuners.lora.Linear
+def peft_lora(kind: Any, base: nn.Module, w: LoRAWeights | ConvLoRAWeights) -> Any:
+    """PEFT's LoRA layer `kind` (peft.tuners.lora.Linear, Conv2d) on `base`, its A and B our
+    tensors themselves and its scale exactly ours, whatever rounding alpha / r brought."""
     from peft import LoraConfig
-    from peft.tuners.lora import Linear
 
     alpha = w.scale * w.rank
     config = LoraConfig(r=w.rank, lora_alpha=alpha)
-    layer = Linear(base_linear(w), "default", config=config, r=w.rank, lora_alpha=alpha)
-    layer.scaling["default"] = w.scale  # exact, whatever rounding alpha / r brought
+    layer = kind(base, "default", config=config, r=w.rank, lora_alpha=alpha)
+    layer.scaling["default"] = w.scale
     use_tensor(layer.lora_A["default"], "weight", w.A)
     use_tensor(layer.lora_B["default"], "weight", w.B)
     return layer
+
+
+def _peft_layer(w: LoRAWeights) -> Any:  # peft.tuners.lora.Linear
+    from peft.tuners.lora import Linear
+
+    return peft_lora(Linear, base_linear(w), w)
 
 
 def build_peft(w: LoRAWeights) -> Op:
