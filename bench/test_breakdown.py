@@ -1,5 +1,5 @@
 """Where the time goes: the profiler's breakdown of a few impls' call, forward and training
-step, on the profile's timer cases (one decode and one prefill in quick), beside base's, taken
+step, on the profile's breakdown cases (its timer cases; none in quick), beside base's, taken
 outside any timed round. The results' "Where the time goes" tables show them with the paired
 timing of the same case."""
 
@@ -17,6 +17,6 @@ BREAKDOWN_IMPLS = ["base", "two_step", "addmm", "merged"]
 @pytest.mark.parametrize("mode", ["infer", "train"])
 @pytest.mark.parametrize("impl_name", BREAKDOWN_IMPLS)
 def test_breakdown(
-    benchmark: BenchmarkFixture, harness: Harness, timer_case: Case, impl_name: str, mode: str
+    benchmark: BenchmarkFixture, harness: Harness, breakdown_case: Case, impl_name: str, mode: str
 ) -> None:
-    harness.breakdown(benchmark, timer_case, impl_name, mode)
+    harness.breakdown(benchmark, breakdown_case, impl_name, mode)

@@ -41,6 +41,7 @@ from bench.schema.entries import (
 )
 from bench.schema.run import entry_dict
 from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
+from lora_kernels.conv import ConvLoRAWeights
 from lora_kernels.reference import forward_error, gradient_errors
 
 if TYPE_CHECKING:
@@ -85,7 +86,9 @@ def runnable(impl_name: str, case: Case, mode: str) -> Impl:
     return impl
 
 
-def build_timed(impl: Impl, w: Weights, first_call: Callable[[Op], object], device: str):
+def build_timed(
+    impl: Impl, w: Weights | ConvLoRAWeights, first_call: Callable[[Op], object], device: str
+):
     """Build the op and make its first call (compile, autotune, caches), synchronized.
     Returns (op, build_s): build_s is kept out of the timed rounds and recorded apart."""
     synchronize(device)

@@ -197,6 +197,9 @@ class Settings:
     def timer_cases(self) -> list[Case]:
         return self._select(self.profile.timer_cases(self.devices, self.dtypes))
 
+    def breakdown_cases(self) -> list[Case]:
+        return self._select(self.profile.breakdown_cases(self.devices, self.dtypes))
+
     def dora_cases(self, memory: bool = False) -> list[Case]:
         """The DoRA impls' cases: of the timings, or with `memory` of the memory benchmark."""
         cases = self.profile.dora_memory_cases if memory else self.profile.dora_cases

@@ -9,14 +9,17 @@ thread count are set up when the first of them is collected."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 import torch
 
 from bench.families import probe
 from bench.families.budget import expected_seconds
+from bench.families.conv import conv_jobs
+from bench.families.conv_models import conv_model_jobs
 from bench.families.fused import fused_jobs
 from bench.families.generation import gen_jobs
 from bench.families.lifecycle import life_jobs
@@ -43,10 +46,13 @@ from lora_kernels.presets import PRESETS
 SETTINGS = pytest.StashKey[Settings]()
 STARTED = pytest.StashKey[bool]()
 MODULE = pytest.StashKey[str]()  # the module of the benchmark that ran last
-BENCH_FIXTURES = {
-    "case", "fused_job", "gen_job", "life_job", "memory_case", "model_job", "multi_job",
-    "quant_job", "timer_case", "tp_job",
+# Each family's job fixture and what lists its jobs for a profile and devices.
+JOB_FIXTURES: dict[str, Callable[[str, list[str]], list[Any]]] = {
+    "model_job": model_jobs, "multi_job": multi_jobs, "gen_job": gen_jobs, "life_job": life_jobs,
+    "quant_job": quant_jobs, "fused_job": fused_jobs, "conv_job": conv_jobs,
+    "conv_model_job": conv_model_jobs, "tp_job": tp_jobs,
 }  # fmt: skip
+BENCH_FIXTURES = {"breakdown_case", "case", "memory_case", "timer_case", *JOB_FIXTURES}
 PRESET_TARGETS = ("attn", "all-linear")
 
 
@@ -86,8 +92,9 @@ def case_ids(settings: Settings) -> list[str]:
         *profile.timer_cases(devices, dtypes),
         *profile.dora_cases(devices, dtypes),
     ]
-    families = (model_jobs, multi_jobs, gen_jobs, life_jobs, quant_jobs, fused_jobs, tp_jobs)
-    jobs = [str(j.case) for jobs_of in families for j in jobs_of(profile.name, devices)]
+    jobs = [
+        str(j.case) for jobs_of in JOB_FIXTURES.values() for j in jobs_of(profile.name, devices)
+    ]
     return list(dict.fromkeys([*map(str, cases), *jobs]))
 
 
@@ -131,29 +138,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         elif case in names:
             metafunc.parametrize(case, settings.memory_cases() if memory else settings.cases(),
                                  ids=str)  # fmt: skip
-    if "model_job" in names:
-        models = model_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("model_job", settings.selected(models), ids=str)
-    if "multi_job" in names:
-        multis = multi_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("multi_job", settings.selected(multis), ids=str)
-    if "gen_job" in names:
-        gens = gen_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("gen_job", settings.selected(gens), ids=str)
-    if "life_job" in names:
-        lives = life_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("life_job", settings.selected(lives), ids=str)
-    if "quant_job" in names:
-        quants = quant_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("quant_job", settings.selected(quants), ids=str)
-    if "fused_job" in names:
-        fuseds = fused_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("fused_job", settings.selected(fuseds), ids=str)
-    if "tp_job" in names:
-        tps = tp_jobs(settings.profile.name, settings.devices)
-        metafunc.parametrize("tp_job", settings.selected(tps), ids=str)
+    for fixture, jobs_of in JOB_FIXTURES.items():
+        if fixture in names:
+            jobs = jobs_of(settings.profile.name, settings.devices)
+            metafunc.parametrize(fixture, settings.selected(jobs), ids=str)
     if "timer_case" in names:
         metafunc.parametrize("timer_case", settings.timer_cases(), ids=str)
+    if "breakdown_case" in names:
+        metafunc.parametrize("breakdown_case", settings.breakdown_cases(), ids=str)
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.report.base import MODES_ORDER, Table, fmt_bytes, fmt_ci, render
+from bench.report.conv import conv_model_tables, conv_tables
 from bench.report.dora import dora_tables
 from bench.report.fused import fused_tables
 from bench.report.generation import generation_tables
@@ -53,6 +54,8 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *lifecycle_tables(run),
         *quant_tables(run),
         *fused_tables(run),
+        *conv_tables(run),
+        *conv_model_tables(run),
         *tp_tables(run),
         *user_model_tables(run),
         *profile_tables(run),

@@ -376,6 +376,86 @@ class FusedEntry:
 
 
 @dataclass(frozen=True)
+class ConvEntry:
+    """One Conv2d LoRA impl on one convolution case, its forward or training step timed in
+    pairs with the frozen convolution's; in training the bytes autograd kept for backward
+    (the frozen convolution's beside) and the step's peak."""
+
+    kind: ClassVar[str] = "conv"
+    fullname: str
+    case: str  # "layer N=.. r=.. dtype device"
+    key: str
+    layer: str
+    batch: int
+    rank: int
+    dtype: str
+    device: str
+    impl: str
+    mode: str
+    origin: str  # "ours", "peer" or "plugin"
+    threads: int
+    rel_error: float  # against the float64 oracle, worst of the output and every gradient
+    build_s: float
+    copied_output: bool  # the op's output was strided: the timed work includes its copy
+    flops: int  # forward, with the adapter
+    base_flops: int  # forward, the frozen convolution alone
+    saved_bytes: int
+    frozen_saved_bytes: int
+    peak_bytes: int
+    rounds: Paired
+
+    def __post_init__(self) -> None:
+        finite_error(self)
+        positive("batch, rank and flops", [self.batch, self.rank, self.flops, self.base_flops])
+        if self.mode not in ("infer", "train"):
+            raise ValueError(f"mode must be infer or train, got {self.mode!r}")
+        if self.base_flops > self.flops:
+            raise ValueError(f"base_flops {self.base_flops} exceeds flops {self.flops}: the "
+                             "adapter adds work")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConvModelEntry:
+    """A convolutional model with LoRA on its convolutions (one of our Conv2d impls, or
+    PEFT's): its training step timed in pairs with a full fine-tune step of the same model,
+    the parameters each trains, and the bytes a step keeps for backward."""
+
+    kind: ClassVar[str] = "conv_model"
+    fullname: str
+    case: str  # "model N=.. ..px r=.. dtype device"
+    key: str
+    model: str
+    batch: int
+    size: int
+    rank: int
+    dtype: str
+    device: str
+    variant: str  # one of our Conv2d impls, or "peft"
+    origin: str
+    threads: int
+    rel_error: float  # logits and every A and B gradient against the float64 oracle, worst
+    trainable_params: int
+    full_params: int
+    saved_bytes: int
+    full_saved_bytes: int
+    rounds: Paired  # impl: the LoRA step; base: the full fine-tune step
+
+    def __post_init__(self) -> None:
+        finite_error(self)
+        counts: list[float] = [
+            self.batch,
+            self.size,
+            self.rank,
+            self.trainable_params,
+            self.full_params,
+        ]
+        positive("batch, size, rank and parameter counts", counts)
+        if self.trainable_params >= self.full_params:
+            raise ValueError(f"trainable_params {self.trainable_params} must be below "
+                             f"full_params {self.full_params}: LoRA trains a part")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TPEntry:
     """One split of a tensor-parallel LoRA layer on `world` ranks: its forward or training
     step timed in pairs (on rank 0, every call started on a barrier) with the frozen
@@ -639,6 +719,8 @@ Entry = (
     | LifecycleEntry
     | QuantEntry
     | FusedEntry
+    | ConvEntry
+    | ConvModelEntry
     | TPEntry
     | UserModelEntry
     | UserModelInfo
@@ -657,6 +739,8 @@ ENTRY_KINDS: dict[str, type] = {
         LifecycleEntry,
         QuantEntry,
         FusedEntry,
+        ConvEntry,
+        ConvModelEntry,
         TPEntry,
         UserModelEntry,
         UserModelInfo,

@@ -16,6 +16,8 @@ from pathlib import Path
 from bench.schema.decode import from_dict, parse_entries, positive
 from bench.schema.entries import (
     ENTRY_KINDS,
+    ConvEntry,
+    ConvModelEntry,
     Entry,
     FusedEntry,
     GenerationEntry,
@@ -148,6 +150,12 @@ class Run:
 
     def fused(self) -> list[FusedEntry]:
         return [e for e in self.entries if isinstance(e, FusedEntry)]
+
+    def conv(self) -> list[ConvEntry]:
+        return [e for e in self.entries if isinstance(e, ConvEntry)]
+
+    def conv_model(self) -> list[ConvModelEntry]:
+        return [e for e in self.entries if isinstance(e, ConvModelEntry)]
 
     def tp(self) -> list[TPEntry]:
         return [e for e in self.entries if isinstance(e, TPEntry)]

@@ -1,0 +1,58 @@
+"""The Conv2d LoRA bench's steps for one job: build, check against the float64 oracle (the
+output, and in training the gradients of x, A and B), time in pairs with the frozen
+convolution, count what a step keeps, and record a ConvEntry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from bench.families.conv import CONV_PROFILES, ConvJob
+from bench.harness.cases import DTYPES
+from bench.harness.memory import peak_bytes, saved_bytes
+from bench.harness.runner import Harness, build_timed, charge_copy
+from bench.harness.timing import call_or_step, run_paired
+from bench.schema.entries import ConvEntry
+from lora_kernels import get_impl, tolerance
+from lora_kernels.reference import forward_error, gradient_errors
+
+
+def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> None:
+    case, train = job.case, job.mode == "train"
+    impl = get_impl(job.impl)
+    reason = impl.unavailable_reason(case.device, DTYPES[case.dtype], job.mode)
+    if reason:
+        pytest.skip(reason)
+    benchmark.group = f"conv {case}"
+    w = case.weights().requires_grad_(train)
+    x = case.input(train)
+    grads = None
+    if train:
+        out_shape = w.output_shape(x)
+        grads = torch.randn(out_shape, generator=torch.Generator().manual_seed(1)).to(x)
+    op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
+    errors = {"y": forward_error(op, w, x)}
+    if grads is not None:
+        errors.update(gradient_errors(op, w, x, grads))
+    tol = tolerance(DTYPES[case.dtype], case.device)
+    if not max(errors.values()) <= tol:
+        pytest.fail(f"{job}: rel error {errors} exceeds {tol:g} against the oracle; not timed")
+    op, copied = charge_copy(op, x)  # a strided output pays the copy the next layer would
+    tensors = [x, *w.trainable().values()] if train else []
+    mine = call_or_step(op, x, grads, tensors)
+    base = call_or_step(lambda x: w.convolve(x, w.W, w.b), x, grads, tensors)
+    mine(), base()  # warm
+    budget = harness.settings.budget(CONV_PROFILES[harness.settings.profile.name].budget)
+    rounds = run_paired(benchmark, [(mine, base)], case.device, budget)
+    weights = [t for t in (w.W, w.b, w.A, w.B) if t is not None]
+    saved, peak = (saved_bytes(mine, weights), peak_bytes(mine, case.device, tensors)
+                   ) if train else (0, 0)  # fmt: skip
+    harness.record(benchmark, ConvEntry(
+        fullname=harness.nodeid, **case.fields(), impl=job.impl, mode=job.mode,
+        origin=impl.origin, threads=harness.settings.threads, rel_error=max(errors.values()),
+        build_s=build_s, copied_output=copied, flops=case.flops(),
+        base_flops=case.flops(adapter=False), saved_bytes=saved,
+        frozen_saved_bytes=saved_bytes(base, weights) if train else 0, peak_bytes=peak,
+        rounds=rounds,
+    ))  # fmt: skip
