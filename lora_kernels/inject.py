@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lora_kernels.conv.layer import LoRAConv2d
+from lora_kernels.conv.layer import conv_impl as conv_impl_of
+from lora_kernels.conv.peft import conv_refusal, convert_conv, is_peft_conv
 from lora_kernels.fused.model import FuseError, fuse_modules
 from lora_kernels.layer import LoRALinear
 from lora_kernels.plugins import get_impl
@@ -198,25 +201,31 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
-def _all(model: nn.Module, running: bool = True) -> list[LoRALinear | QLoRALinear]:
-    """Every LoRALinear and QLoRALinear of the model; `running`: only those that run an
-    adapter now (not the layers the active adapter leaves out), as merge and unmerge take."""
-    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, QLoRALinear))
+AnyLayer = LoRALinear | QLoRALinear | LoRAConv2d
+
+
+def _all(model: nn.Module, running: bool = True) -> list[AnyLayer]:
+    """Every LoRALinear, QLoRALinear and LoRAConv2d of the model; `running`: only those that
+    run an adapter now (not the layers the active adapter leaves out), as merge and unmerge
+    take."""
+    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, QLoRALinear, LoRAConv2d))
               and not (running and getattr(m, "adapter_off", False))]  # fmt: skip
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRALinear layer; inject() first")
     return layers
 
 
-def _variant(layer: LoRALinear | QLoRALinear) -> str:
+def _variant(layer: AnyLayer) -> str:
     if isinstance(layer, QLoRALinear):
         return "qlora"
+    if isinstance(layer, LoRAConv2d):
+        return "conv"
     return "dora" if layer.use_dora else "lora"
 
 
 def merge(model: nn.Module) -> None:
-    """Merge every LoRALinear and QLoRALinear of the model (a QLoRA layer requantizes and keeps
-    its merge_error); none is changed if one cannot be merged."""
+    """Merge every LoRALinear, QLoRALinear and LoRAConv2d of the model (a QLoRA layer
+    requantizes and keeps its merge_error); none is changed if one cannot be merged."""
     layers = _all(model)
     merged = [layer for layer in layers if layer.merged]
     if merged:
@@ -225,6 +234,8 @@ def merge(model: nn.Module) -> None:
     for layer in layers:
         if isinstance(layer, LoRALinear):
             layer.merged_weight()  # raises before any weight is written
+        elif isinstance(layer, LoRAConv2d):
+            layer.weights().merged_weight()
     for layer in layers:
         if isinstance(layer, QLoRALinear):
             layer.merge(bases[id(layer)])
@@ -233,8 +244,8 @@ def merge(model: nn.Module) -> None:
 
 
 def unmerge(model: nn.Module) -> None:
-    """Unmerge every LoRALinear and QLoRALinear of the model (a QLoRA layer gets its exact
-    original bytes back)."""
+    """Unmerge every LoRALinear, QLoRALinear and LoRAConv2d of the model (a QLoRA layer gets
+    its exact original bytes back)."""
     layers = _all(model)
     unmerged = [layer for layer in layers if not layer.merged]
     if unmerged:
@@ -244,10 +255,13 @@ def unmerge(model: nn.Module) -> None:
 
 
 def set_impl(model: nn.Module, impl: str) -> None:
-    """Use `impl` for every LoRALinear (or QLoRALinear) of the model; none changes if one
-    cannot take it."""
+    """Use `impl` for every LoRALinear (or QLoRALinear) of the model, or with a Conv2d impl
+    for every LoRAConv2d; none changes if one cannot take it."""
     variant = get_impl(impl).variant
-    layers = _all(model, running=False)
+    layers = [m for m in _all(model, running=False)
+              if isinstance(m, LoRAConv2d) == (variant == "conv")]  # fmt: skip
+    if not layers:
+        raise ValueError(f"impl {impl!r} computes {variant}; the model has no layer it runs")
     wrong = [layer for layer in layers if variant != _variant(layer)]
     if wrong:
         raise ValueError(
@@ -333,15 +347,20 @@ def _adapter_of(layers: dict[str, Any], adapter: str | None) -> str:
 
 
 def _kind(layer: Any, adapter: str) -> str:
-    """The variant the PEFT LoRA layer computes: "qlora" on a bitsandbytes base, "dora", "lora"."""
+    """The variant the PEFT LoRA layer computes: "qlora" on a bitsandbytes base, "conv" on a
+    Conv2d, "dora", "lora"."""
     if is_peft_qlora(layer):
         return "qlora"
+    if is_peft_conv(layer):
+        return "conv"
     return "dora" if is_peft_dora(layer, adapter) else "lora"
 
 
 def _refusal(name: str, layer: Any, adapter: str, model_dtype: torch.dtype | None) -> str | None:
     if is_peft_qlora(layer):
         return qlora_refusal(name, layer, adapter, model_dtype)
+    if is_peft_conv(layer):
+        return conv_refusal(name, layer, adapter)
     return peft_refusal(name, layer, adapter, dora=True)
 
 
@@ -355,16 +374,26 @@ def _model_dtype(model: nn.Module) -> torch.dtype | None:
 
 
 def from_peft(
-    peft_model: nn.Module, impl: str | None = None, *, adapter: str | None = None
-) -> dict[str, LoRALinear | QLoRALinear]:
+    peft_model: nn.Module,
+    impl: str | None = None,
+    *,
+    adapter: str | None = None,
+    conv_impl: str | None = None,
+) -> dict[str, LoRALinear | QLoRALinear | LoRAConv2d]:
     """Put a LoRALinear in place of each LoRA Linear of a PEFT model, with the same base
     weight, A, B, scaling, dropout and DoRA magnitude (the tensors themselves, no copies). A
     merged LoRA layer stays merged. A QLoRA layer (LoRA on bitsandbytes' Linear4bit or
-    Linear8bitLt) becomes a QLoRALinear on the same codes and scales. Returns the new layers
-    by name; the model computes the same function. `impl` must compute the layers' variant;
-    by default two_step for LoRA, dora_factored for DoRA and qlora_lean for QLoRA.
+    Linear8bitLt) becomes a QLoRALinear on the same codes and scales, and a lora.Conv2d a
+    LoRAConv2d run by `conv_impl` (conv_two_step by default). Returns the new layers by name;
+    the model computes the same function. `impl` must compute the layers' variant; by default
+    two_step for LoRA, dora_factored for DoRA and qlora_lean for QLoRA.
 
-    Refused, before anything changes: not a PEFT model, LoRA layers that are not Linear,
+    A model into which PEFT's layers were put without a PeftModel around it (diffusers'
+    `add_adapter`, peft's `inject_adapter_in_model`) converts too.
+
+    Refused, before anything changes: not a PEFT model, LoRA layers other than Linear and
+    Conv2d, a Conv2d with dropout, DoRA, a merged adapter, a grouped, dilated or non-zero-padded
+    base (on the last two PEFT's own layer is not LoRA), a conv_impl that is no Conv2d impl,
     variants other than DoRA, a merged DoRA layer, a merged or DoRA or dropout QLoRA layer,
     lora_bias, disabled adapters, mixed dtypes,
     several adapters unless `adapter` names one (the others are dropped from the converted
@@ -376,10 +405,15 @@ def from_peft(
     from peft import PeftModel
     from peft.tuners.lora import LoraModel
 
-    if not isinstance(peft_model, (PeftModel, LoraModel)):
-        raise TypeError(f"from_peft needs a PEFT model, got {type(peft_model).__name__}")
+    if not isinstance(peft_model, (PeftModel, LoraModel)) and not _peft_lora_layers(peft_model):
+        raise TypeError(
+            "from_peft needs a PEFT model, or a model holding PEFT's LoRA layers (as diffusers' "
+            f"add_adapter makes), got {type(peft_model).__name__}"
+        )
     if impl is not None:
         get_impl(impl)
+    if conv_impl is not None:
+        conv_impl_of(conv_impl)
     layers = _peft_lora_layers(peft_model)
     if not layers:
         raise ValueError("the PEFT model has no LoRA layer (is it a LoRA model?)")
@@ -401,17 +435,22 @@ def from_peft(
         raise ValueError(f"cannot convert: {reasons[0]}{more}")
     kinds = {n: _kind(m, adapter) for n, m in layers.items()}
     if impl is not None:
-        wrong = [n for n, kind in kinds.items() if kind != get_impl(impl).variant]
+        wrong = [n for n, kind in kinds.items()
+                 if kind != "conv" and kind != get_impl(impl).variant]  # fmt: skip
         if wrong:
             raise ValueError(
                 f"impl {impl!r} computes {get_impl(impl).variant}, but {wrong[0]} is "
                 f"{kinds[wrong[0]]} ({len(wrong)} of {len(kinds)} layers); pick an impl of "
                 "their variant, or leave impl unset"
             )
-    new: dict[str, LoRALinear | QLoRALinear] = {}
+    new: dict[str, LoRALinear | QLoRALinear | LoRAConv2d] = {}
     for name, layer in layers.items():
-        qlora = kinds[name] == "qlora"
-        new[name] = (convert_qlora if qlora else _convert)(layer, adapter, impl)
+        if kinds[name] == "conv":
+            new[name] = convert_conv(layer, adapter, conv_impl)
+        else:
+            new[name] = (convert_qlora if kinds[name] == "qlora" else _convert)(
+                layer, adapter, impl
+            )
     for name, layer in new.items():
         _replace(peft_model, name, layer)
     return new

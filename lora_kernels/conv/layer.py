@@ -48,8 +48,9 @@ def conv_impl(name: str) -> str:
 class LoRAConv2d(nn.Module):
     """y = conv(x, W, b) + s · conv1×1(conv(x, A), B) for x (N, in, H, W), the base `conv`
     frozen. A (r, in, kh, kw) takes the base's kernel, stride, padding and dilation and starts
-    kaiming-uniform; B (out, r, 1, 1) starts at zero, so the layer starts as the base. `impl`
-    names a Conv2d impl of the registry."""
+    kaiming-uniform; B (out, r, 1, 1) starts at zero, so the layer starts as the base, unless
+    `adapter=(A, B)` gives those tensors (used as they are, no copy). `impl` names a Conv2d
+    impl of the registry."""
 
     def __init__(
         self,
@@ -59,12 +60,17 @@ class LoRAConv2d(nn.Module):
         alpha: float = 8.0,
         use_rslora: bool = False,
         impl: str = "conv_two_step",
+        adapter: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__()
         A, B, scale = _fresh_adapter(base, rank, alpha, use_rslora, impl)
+        if adapter is not None:
+            A, B = adapter
+            ConvLoRAWeights.from_conv2d(base, A, B, scale)  # shapes, dtypes and devices
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scale = rank, alpha, scale
-        self.lora_A, self.lora_B = nn.Parameter(A), nn.Parameter(B)
+        self.lora_A = A if isinstance(A, nn.Parameter) else nn.Parameter(A)
+        self.lora_B = B if isinstance(B, nn.Parameter) else nn.Parameter(B)
         self.impl = impl
         self.merged = False
         self._folded: Tensor | None = None  # s·B A as merge() added it to W
@@ -106,9 +112,10 @@ class LoRAConv2d(nn.Module):
         """Add s·B A to W (fp32, cast back); W is untouched if that is not finite."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        merged = self.weights().merged_weight()
-        self._folded = merged.float() - self.base.weight.float()
-        self.base.weight.copy_(merged)
+        w = self.weights()
+        delta = w.delta()
+        self.base.weight.copy_(w.merged_weight(delta=delta))  # raises before writing
+        self._folded = delta
         self.merged = True
 
     @torch.no_grad()
