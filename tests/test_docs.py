@@ -27,8 +27,8 @@ SETUP = (
     "python -c 'import torch' 2>/dev/null || python -m pip install torch==2.13.0; python -m pip "
     "install -e '.[dev,peers,plot,triton,models,quant]' && pytest bench --benchmark-only",
     "python -c 'import torch' 2>/dev/null || python -m pip install torch==2.13.0; python -m pip "
-    "install -e '.[dev,peers,plot,triton,models,quant,cluster,docs]' -e examples/toy_plugin && "
-    "pytest",
+    "install -e '.[dev,peers,plot,triton,models,quant,cluster,docs,diffusion]' -e "
+    "examples/toy_plugin && pytest",
 )
 NO_MKDOCS = site_tools_missing()
 
@@ -101,7 +101,7 @@ def test_docs_writes_stale_blocks_and_check_only_lists_them(
         ("run results/none.json", "no run file 'results/none.json'"),
         ("run results/run.json | Nothing", "has no table 'Nothing'; it has: Throughput"),
         ("help nothing", "help of an unknown command 'nothing'"),
-        ("impls extra", "impls takes nothing after it"),
+        ("impls extra", "impls takes a variant or nothing: one of conv, dora, lora, qlora, got"),
         ("ab results/none.json", "no ab results file 'results/none.json'"),
         ("references nowhere", "references needs a folder of runs, got 'nowhere'"),
     ],

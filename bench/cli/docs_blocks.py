@@ -11,7 +11,8 @@ and SPEC is one of:
 - `run PATH` or `run PATH | TITLE | TITLE ...`: the run's tables (those titled so, in the
   run's order), under a line naming the run file, the machine, the commit and the date;
 - `verdict PATH`: `lora-bench model`'s cost and verdict of a committed run, as printed;
-- `impls`: the registry's implementations, ours and the peers (loads torch);
+- `impls` or `impls VARIANT`: the registry's implementations, ours and the peers, or those
+  that compute VARIANT (lora, dora, conv...) (loads torch);
 - `help COMMAND`: `lora-bench COMMAND --help`;
 - `references FOLDER`: every run under the folder, where and when it was made;
 - `ab PATH`: a committed `lora-bench ab` run's summary and tables.
@@ -131,9 +132,13 @@ def _impls(root: Path, args: str, commands: Commands) -> str:
     from lora_kernels import IMPLS  # torch: only where a document has this block
     from lora_kernels.registry import impls_table
 
-    if args.strip():
-        raise DocsError(f"impls takes nothing after it, got {args.strip()!r}")
-    return impls_table([i for i in IMPLS.values() if i.origin != "plugin"]).strip() + "\n"
+    impls = [i for i in IMPLS.values() if i.origin != "plugin"]
+    variants = sorted({i.variant for i in impls})
+    variant = args.strip()
+    if variant and variant not in variants:
+        raise DocsError(f"impls takes a variant or nothing: one of {', '.join(variants)}, got "
+                        f"{variant!r}")  # fmt: skip
+    return impls_table([i for i in impls if i.variant == (variant or i.variant)]).strip() + "\n"
 
 
 def _help(root: Path, args: str, commands: Commands) -> str:

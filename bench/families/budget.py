@@ -37,6 +37,7 @@ QUICK: dict[str, FileBudget] = {
     "bench/test_fused.py": FileBudget(6, 12.0),
     "bench/test_conv.py": FileBudget(20, 27.0),
     "bench/test_conv_models.py": FileBudget(2, 18.0),
+    "bench/test_unet.py": FileBudget(1, 0.5),  # full only on a CPU: one empty-set skip
     "bench/test_tp.py": FileBudget(1, 0.5),  # none on a CPU: collected as one empty-set skip
 }
 
@@ -45,6 +46,7 @@ QUICK: dict[str, FileBudget] = {
 # quick ones (longer budgets, other sizes); measured on the 2-core CPU from one run of the
 # file each: tensor-parallel 36 in 211 s, quantized base 43 in 276 s, fused modules 24 in 75 s.
 FULL_PER_BENCHMARK: dict[str, float] = {
+    "bench/test_unet.py": 9.0,
     "bench/test_breakdown.py": 1.0,
     "bench/test_tp.py": 5.9,
     "bench/test_quant.py": 6.4,

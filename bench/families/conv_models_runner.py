@@ -11,9 +11,11 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bench.families.conv_models import (
     CONV_MODEL_PROFILES,
     CONV_MODEL_TOLERANCE,
+    FLOOR_FACTOR,
     PEFT,
     ConvModelJob,
-    lora_grads,
+    allowed_errors,
+    errors_against,
     models,
     peft_missing,
     train_step,
@@ -23,7 +25,7 @@ from bench.harness.memory import saved_bytes
 from bench.harness.runner import Harness
 from bench.harness.timing import run_paired
 from bench.schema.entries import ConvModelEntry
-from lora_kernels import get_impl, rel_error
+from lora_kernels import get_impl
 
 
 def time_conv_model(harness: Harness, benchmark: BenchmarkFixture, job: ConvModelJob) -> None:
@@ -36,15 +38,13 @@ def time_conv_model(harness: Harness, benchmark: BenchmarkFixture, job: ConvMode
     benchmark.group = f"conv model {case}"
     lora, full, oracle = models(case, job.variant)
     x, labels = case.images()
-    logits, grads = lora_grads(lora, x, labels)
-    want_logits, want = lora_grads(oracle, x.detach().cpu().double(), labels.cpu())
-    errors = {"logits": rel_error(logits, want_logits)}
-    errors |= {k: rel_error(grads[k], g) if k in grads else float("inf") for k, g in want.items()}
-    worst = max(errors, key=lambda k: errors[k])
-    tol = CONV_MODEL_TOLERANCE[case.dtype]
-    if not errors[worst] <= tol or set(grads) != set(want):
-        pytest.fail(f"{job}: rel error {errors[worst]:.3g} ({worst}) against the float64 "
-                    f"oracle exceeds {tol:g}, or other tensors train; not timed")  # fmt: skip
+    errors = errors_against(lora, oracle, x, labels)
+    allowed, floor = allowed_errors(oracle, case, x, labels)
+    worst = max(errors, key=lambda k: errors[k] / allowed.get(k, CONV_MODEL_TOLERANCE[case.dtype]))
+    if not errors[worst] <= allowed.get(worst, 0.0):
+        pytest.fail(f"{job}: rel error {errors[worst]:.3g} of {worst} against the float64 oracle "
+                    f"exceeds {allowed.get(worst, 0.0):.3g} ({FLOOR_FACTOR:g}x the function as "
+                    "written, or the tolerance); not timed")  # fmt: skip
     mine, base = train_step(lora, x, labels), train_step(full, x, labels)
     mine(), base()  # warm: the optimizers' state is made
     budget = harness.settings.budget(CONV_MODEL_PROFILES[harness.settings.profile.name].budget)
@@ -54,7 +54,7 @@ def time_conv_model(harness: Harness, benchmark: BenchmarkFixture, job: ConvMode
     harness.record(benchmark, ConvModelEntry(
         fullname=harness.nodeid, **case.fields(), variant=job.variant,
         origin="peer" if impl is None else impl.origin, threads=harness.settings.threads,
-        rel_error=errors[worst],
+        rel_error=max(errors.values()), floor_error=max(floor.values()),
         trainable_params=sum(p.numel() for p in lora.parameters() if p.requires_grad),
         full_params=sum(p.numel() for p in full.parameters()),
         saved_bytes=saved_bytes(mine, weights), full_saved_bytes=saved_bytes(base, full_weights),

@@ -27,6 +27,7 @@ from bench.families.models import model_jobs
 from bench.families.multi import multi_jobs
 from bench.families.quant import quant_jobs
 from bench.families.tp import tp_jobs
+from bench.families.unet import unet_jobs
 from bench.harness import pages
 from bench.harness.allocator import fix_malloc
 from bench.harness.memory import CpuProbe
@@ -50,7 +51,7 @@ MODULE = pytest.StashKey[str]()  # the module of the benchmark that ran last
 JOB_FIXTURES: dict[str, Callable[[str, list[str]], list[Any]]] = {
     "model_job": model_jobs, "multi_job": multi_jobs, "gen_job": gen_jobs, "life_job": life_jobs,
     "quant_job": quant_jobs, "fused_job": fused_jobs, "conv_job": conv_jobs,
-    "conv_model_job": conv_model_jobs, "tp_job": tp_jobs,
+    "conv_model_job": conv_model_jobs, "unet_job": unet_jobs, "tp_job": tp_jobs,
 }  # fmt: skip
 BENCH_FIXTURES = {"breakdown_case", "case", "memory_case", "timer_case", *JOB_FIXTURES}
 PRESET_TARGETS = ("attn", "all-linear")

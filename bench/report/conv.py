@@ -88,18 +88,20 @@ def conv_model_tables(run: Run) -> list[Table]:
         [e.case, e.variant, e.origin, f"{e.rounds.ratio:.3f} {fmt_ci(e.rounds.ratio_ci)}",
          fmt_seconds(e.rounds.impl_median_s), fmt_seconds(e.rounds.base_median_s),
          f"{e.trainable_params:,} of {e.full_params:,}", fmt_bytes(e.saved_bytes),
-         fmt_bytes(e.full_saved_bytes), f"{e.rel_error:.1e}"]
+         fmt_bytes(e.full_saved_bytes), f"{e.rel_error:.1e}", f"{e.floor_error:.1e}"]
         for e in run.conv_model()
     ]  # fmt: skip
     headers = ["case", "LoRA by", "origin", "LoRA step / full fine-tune step [95% CI]",
                "LoRA step", "full step", "parameters trained", "saved for backward",
-               "full step's", "err"]  # fmt: skip
+               "full step's", "err", "written's err"]  # fmt: skip
     note = (
         "A training step (cross-entropy forward, backward, AdamW) of the model with LoRA on "
         "every convolution (A and B train; batch norm in training mode, its affine and the head "
         "frozen) in paired rounds with a full fine-tune step of the same model (every parameter "
         "trains). saved: bytes autograd kept for one step, each storage once, parameters and "
         "buffers left out. err: logits and every A and B gradient against the LoRA model in "
-        "float64, worst."
+        "float64, worst; written's err: the same of the function as written (plain "
+        "convolutions) in the run's dtype, the floor the check measures from (batch norm's "
+        "backward makes some gradients small differences of large terms)."
     )
     return [Table("Conv models: LoRA against a full fine-tune", headers, rows, note)]

@@ -26,6 +26,7 @@ from bench.report.multi import multi_tables
 from bench.report.profile import profile_tables
 from bench.report.quant import quant_tables
 from bench.report.tp import tp_tables
+from bench.report.unet import unet_tables
 from bench.report.user_model import user_model_tables
 from bench.schema.io import write_together
 from bench.schema.run import Run, dump_run
@@ -56,6 +57,7 @@ def run_tables(run: Run, group_by: str | None = None) -> list[Table]:
         *fused_tables(run),
         *conv_tables(run),
         *conv_model_tables(run),
+        *unet_tables(run),
         *tp_tables(run),
         *user_model_tables(run),
         *profile_tables(run),

@@ -434,6 +434,7 @@ class ConvModelEntry:
     origin: str
     threads: int
     rel_error: float  # logits and every A and B gradient against the float64 oracle, worst
+    floor_error: float  # the most the check allowed, over FLOOR_FACTOR: the written function's
     trainable_params: int
     full_params: int
     saved_bytes: int
@@ -453,6 +454,66 @@ class ConvModelEntry:
         if self.trainable_params >= self.full_params:
             raise ValueError(f"trainable_params {self.trainable_params} must be below "
                              f"full_params {self.full_params}: LoRA trains a part")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UNetEntry:
+    """A diffusion UNet with LoRA on `targets` (PEFT's layers as diffusers puts them, or ours
+    through from_peft): its denoising call or training step timed in pairs with the frozen
+    UNet's."""
+
+    kind: ClassVar[str] = "unet"
+    fullname: str
+    case: str  # "model targets N=.. r=.. dtype device"
+    key: str
+    model: str
+    targets: str  # "attn" or "attn+conv"
+    batch: int
+    rank: int
+    dtype: str
+    device: str
+    variant: str  # "peft", or our "<linear impl>" or "<linear impl>/<conv impl>"
+    mode: str  # "infer" (one denoising call) or "train"
+    origin: str
+    threads: int
+    rel_error: float  # against PEFT's UNet: the prediction, in training every A and B gradient
+    lora_layers: int
+    lora_params: int
+    rounds: Paired
+
+    def __post_init__(self) -> None:
+        finite_error(self)
+        positive("batch, rank, LoRA layers and parameters",
+                 [self.batch, self.rank, self.lora_layers, self.lora_params])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UNetFuseEntry:
+    """Our merge and unmerge of every LoRA layer of a UNet against diffusers' fuse_lora and
+    unfuse_lora: one cycle of each in paired rounds (impl: ours; base: diffusers'), and how far
+    `cycles` cycles moved the base weights (worst relative change)."""
+
+    kind: ClassVar[str] = "unet_fuse"
+    fullname: str
+    case: str
+    key: str
+    model: str
+    targets: str
+    batch: int
+    rank: int
+    dtype: str
+    device: str
+    variant: str
+    threads: int
+    cycles: int
+    drift: float
+    diffusers_drift: float
+    rounds: Paired
+
+    def __post_init__(self) -> None:
+        positive("cycles", [self.cycles])
+        if not (math.isfinite(self.drift) and math.isfinite(self.diffusers_drift)):
+            raise ValueError("drift must be finite: a cycle that breaks the weights fails its job")
 
 
 @dataclass(frozen=True)
@@ -721,6 +782,8 @@ Entry = (
     | FusedEntry
     | ConvEntry
     | ConvModelEntry
+    | UNetEntry
+    | UNetFuseEntry
     | TPEntry
     | UserModelEntry
     | UserModelInfo
@@ -741,6 +804,8 @@ ENTRY_KINDS: dict[str, type] = {
         FusedEntry,
         ConvEntry,
         ConvModelEntry,
+        UNetEntry,
+        UNetFuseEntry,
         TPEntry,
         UserModelEntry,
         UserModelInfo,

@@ -32,6 +32,8 @@ from bench.schema.entries import (
     TimeEntry,
     TimerCheckEntry,
     TPEntry,
+    UNetEntry,
+    UNetFuseEntry,
     UserModelEntry,
     UserModelInfo,
 )
@@ -156,6 +158,12 @@ class Run:
 
     def conv_model(self) -> list[ConvModelEntry]:
         return [e for e in self.entries if isinstance(e, ConvModelEntry)]
+
+    def unet(self) -> list[UNetEntry]:
+        return [e for e in self.entries if isinstance(e, UNetEntry)]
+
+    def unet_fuse(self) -> list[UNetFuseEntry]:
+        return [e for e in self.entries if isinstance(e, UNetFuseEntry)]
 
     def tp(self) -> list[TPEntry]:
         return [e for e in self.entries if isinstance(e, TPEntry)]
