@@ -139,7 +139,7 @@ CONV_PROFILES: dict[str, ConvProfile] = {
         tuple((layer, n, 16) for layer in UNET_LAYERS for n in (1, 2))
         + tuple((layer, 32, 16) for layer in RESNET_LAYERS)
         + (("sdxl.down1", 1, 4), ("sdxl.down1", 1, 64)),
-        Budget(2.0, 7, 61),
+        Budget(4.0, 9, 81),
     ),
 }
 CONV_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
