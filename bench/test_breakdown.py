@@ -1,7 +1,7 @@
 """Where the time goes: the profiler's breakdown of a few impls' call, forward and training
-step, on the profile's breakdown cases (its timer cases; none in quick), beside base's, taken
-outside any timed round. The results' "Where the time goes" tables show them with the paired
-timing of the same case."""
+step, on the profile's breakdown cases (its timer cases; on a CPU none in quick), beside
+base's, taken outside any timed round. The results' "Where the time goes" tables show them
+with the paired timing of the same case."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_entries_round_trip_and_the_tables_judge_the_denoising_target() -> None:
     base = [0.05 + i * 1e-4 for i in range(7)]
     fuse = UNetFuseEntry(fullname="bench/test_unet.py::test_unet", **case.fields(),
                          variant="addmm/conv_add", threads=2, cycles=10, drift=1e-7,
-                         diffusers_drift=4e-7,
+                         diffusers_drift=4e-7, peak_bytes=3 << 20, diffusers_peak_bytes=5 << 20,
                          rounds=Paired(1, [0.8 * b for b in base], base, "sure", 0.02))  # fmt: skip
     entries = [unet_entry(PEFT, "infer", 1.12), unet_entry("addmm/conv_add", "infer", 1.04),
                unet_entry("addmm/conv_add", "train", 1.3), fuse]  # fmt: skip
@@ -113,10 +113,8 @@ def test_entries_round_trip_and_the_tables_judge_the_denoising_target() -> None:
     layers, fused = unet_tables(back)
     assert [r[-1] for r in layers.rows] == [
         "≤ 1.05: missed by 6.7% or more", "≤ 1.05: met", ""]  # fmt: skip
-    assert fused.rows[0][2] == "0.800 [0.800, 0.800]" and fused.rows[0][6:] == [
-        "1.0e-07",
-        "4.0e-07",
-    ]
+    assert fused.rows[0][2] == "0.800 [0.800, 0.800]"
+    assert fused.rows[0][5:] == ["3.0 MiB", "5.0 MiB", 10, "1.0e-07", "4.0e-07"]
     fields = {f.name: getattr(fuse, f.name) for f in dataclasses.fields(fuse)}
     with pytest.raises(ValueError, match="drift must be finite"):
         UNetFuseEntry(**{**fields, "drift": float("nan")})

@@ -173,6 +173,7 @@ def test_conv_model_entries_round_trip_and_the_table() -> None:
     (table,) = conv_model_tables(back)
     assert table.rows[0][3] == "0.900 [0.900, 0.900]"
     assert table.rows[0][6] == "287,384 of 11,689,512"
+    assert table.rows[0][-1] == "≤ 0.80: missed by 12.5% or more"
     fields = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
     with pytest.raises(ValueError, match="must be below full_params"):
         ConvModelEntry(**{**fields, "trainable_params": 11_689_512})

@@ -30,6 +30,7 @@ from bench.families.unet import (
     train_step,
 )
 from bench.harness.cases import DTYPES
+from bench.harness.memory import peak_bytes
 from bench.harness.runner import Harness
 from bench.harness.timing import run_paired
 from bench.schema.entries import UNetEntry, UNetFuseEntry
@@ -161,10 +162,12 @@ def time_fuse(harness: Harness, benchmark: BenchmarkFixture, job: UNetJob, b: Bu
         our_cycle()
         their_cycle()
     ours_drift, their_drift = drift(ours, before), drift(theirs, before)
+    peak, their_peak = peak_bytes(our_cycle, case.device), peak_bytes(their_cycle, case.device)
     budget = harness.settings.budget(UNET_PROFILES[harness.settings.profile.name].budget)
     rounds = run_paired(benchmark, [(our_cycle, their_cycle)], case.device, budget)
     harness.record(benchmark, UNetFuseEntry(
         fullname=harness.nodeid, **case.fields(), variant=job.variant,
         threads=harness.settings.threads, cycles=CYCLES, drift=ours_drift,
-        diffusers_drift=their_drift, rounds=rounds,
+        diffusers_drift=their_drift, peak_bytes=peak, diffusers_peak_bytes=their_peak,
+        rounds=rounds,
     ))  # fmt: skip

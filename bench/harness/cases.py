@@ -174,7 +174,8 @@ class Profile:
     budget: Budget  # when each benchmark's paired rounds stop
     memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as grid
     timer_grid: tuple[tuple[str, int, int], ...] = ()  # cases of the independent timer check
-    breakdown_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as timer_grid
+    # the profiler's breakdown on a CPU (CUDA takes timer_grid); None: same as timer_grid
+    breakdown_grid: tuple[tuple[str, int, int], ...] | None = None
     cuda_grid: tuple[tuple[str, int, int], ...] = ()  # more cases on CUDA: long prefill
     dora_grid: tuple[tuple[str, int, int], ...] = ()  # cases the DoRA impls run (time, memory)
     dora_memory_grid: tuple[tuple[str, int, int], ...] | None = None  # None: same as dora_grid
@@ -195,8 +196,11 @@ class Profile:
         return _expand(self.timer_grid, devices, dtypes)
 
     def breakdown_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
-        grid = self.timer_grid if self.breakdown_grid is None else self.breakdown_grid
-        return _expand(grid, devices, dtypes)
+        if self.breakdown_grid is None:
+            return _expand(self.timer_grid, devices, dtypes)
+        cuda = [d for d in devices if d == "cuda"]
+        cpu = [d for d in devices if d != "cuda"]
+        return _expand(self.breakdown_grid, cpu, dtypes) + _expand(self.timer_grid, cuda, dtypes)
 
     def dora_cases(self, devices: list[str], dtypes: dict[str, list[str]]) -> list[Case]:
         return _expand(self.dora_grid, devices, dtypes)
@@ -237,7 +241,8 @@ PROFILES: dict[str, Profile] = {
         # Memory at the prefill only: at one token every impl holds the same weights.
         memory_grid=(QUICK_PREFILL,),
         timer_grid=QUICK_GRID,
-        # The profiler's breakdown runs in full: its 14 s paid for the Conv2d family's cases.
+        # On a CPU the profiler's breakdown runs in full: its 14 s paid for the Conv2d family's
+        # cases. A GPU run keeps it at the timer cases.
         breakdown_grid=(),
         cuda_grid=(("llama3-8b.q_proj", 4096, 16), ("llama3-8b.down_proj", 8192, 16)),
         dora_grid=QUICK_GRID,

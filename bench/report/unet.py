@@ -4,7 +4,7 @@ unfuse_lora with the drift cycles leave."""
 
 from __future__ import annotations
 
-from bench.report.base import Table, fmt_ci, fmt_seconds
+from bench.report.base import Table, fmt_bytes, fmt_ci, fmt_seconds
 from bench.report.conv import verdict
 from bench.schema.run import Run
 
@@ -42,17 +42,20 @@ def unet_tables(run: Run) -> list[Table]:
     tables = [Table("UNet: LoRA against the frozen UNet", headers, rows, note)]
     fuse = [
         [e.case, e.variant, f"{e.rounds.ratio:.3f} {fmt_ci(e.rounds.ratio_ci)}",
-         fmt_seconds(e.rounds.impl_median_s), fmt_seconds(e.rounds.base_median_s), e.cycles,
+         fmt_seconds(e.rounds.impl_median_s), fmt_seconds(e.rounds.base_median_s),
+         fmt_bytes(e.peak_bytes), fmt_bytes(e.diffusers_peak_bytes), e.cycles,
          f"{e.drift:.1e}", f"{e.diffusers_drift:.1e}"]
         for e in run.unet_fuse()
     ]  # fmt: skip
     tables.append(Table(
         "UNet: fuse and unfuse",
         ["case", "ours by", "our cycle / diffusers' [95% CI]", "our merge + unmerge",
-         "fuse_lora + unfuse_lora", "cycles", "our drift", "diffusers' drift"], fuse,
+         "fuse_lora + unfuse_lora", "our peak", "diffusers' peak", "cycles", "our drift",
+         "diffusers' drift"], fuse,
         "One cycle, every LoRA layer merged into its weight and taken out again: ours "
         "(lora_kernels.merge and unmerge) in paired rounds with diffusers' fuse_lora and "
-        "unfuse_lora on the same UNet. drift: the worst relative change of any base weight "
-        "after that many cycles (fp rounding; ours takes out exactly what it folded in).",
+        "unfuse_lora on the same UNet. peak: bytes allocated over one cycle above what was "
+        "held. drift: the worst relative change of any base weight after that many cycles (fp "
+        "rounding; ours takes out exactly what it folded in).",
     ))  # fmt: skip
     return tables

@@ -508,6 +508,8 @@ class UNetFuseEntry:
     cycles: int
     drift: float
     diffusers_drift: float
+    peak_bytes: int  # allocated over one cycle above what was held: ours
+    diffusers_peak_bytes: int
     rounds: Paired
 
     def __post_init__(self) -> None:
