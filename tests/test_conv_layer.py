@@ -82,6 +82,27 @@ def test_merge_then_unmerge_gives_the_base_back() -> None:
         layer.unmerge()
 
 
+def test_a_merged_layer_follows_its_adapter_keeps_no_kernel_copy_and_refuses_to_train() -> None:
+    layer = adapted()
+    x = torch.randn(1, 6, 8, 8)
+    W = layer.base.weight.detach().clone()
+    layer.merge()
+    assert layer._folded is not None
+    assert sum(t.numel() for t in layer._folded[:2]) < W.numel()  # A and B, not s·B A
+    with torch.no_grad():
+        layer.lora_B.mul_(2)  # changed while merged: W follows
+        assert (
+            rel_error(
+                layer(x), conv_reference_forward(dataclasses.replace(layer.weights(), W=W), x)
+            )
+            < 1e-5
+        )
+    with pytest.raises(RuntimeError, match="this LoRAConv2d is merged"):
+        layer(x).sum().backward()
+    layer.unmerge()
+    assert rel_error(layer.base.weight, W) < 1e-6
+
+
 def test_a_layer_refuses_what_it_cannot_adapt_and_leaves_it_unfrozen() -> None:
     grouped = nn.Conv2d(4, 8, 3, groups=2)
     with pytest.raises(ValueError, match="groups=1, got a convolution with groups=2"):

@@ -3,6 +3,7 @@ each convolution of a model."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -10,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from lora_kernels.conv.weights import ConvLoRAWeights
+from lora_kernels.layer import MergedCannotTrain
 from lora_kernels.plugins import get_impl
 from lora_kernels.registry import Op
-from lora_kernels.weights import all_finite, scaling
+from lora_kernels.weights import scaling
 
 
 def _fresh_adapter(
@@ -73,7 +75,7 @@ class LoRAConv2d(nn.Module):
         self.lora_B = B if isinstance(B, nn.Parameter) else nn.Parameter(B)
         self.impl = impl
         self.merged = False
-        self._folded: Tensor | None = None  # s·B A as merge() added it to W
+        self._folded: tuple[Tensor, Tensor, float, tuple] | None = None  # A, B, s, key merged
         self._ops: dict[str, tuple[tuple, Op]] = {}
 
     @property
@@ -102,32 +104,54 @@ class LoRAConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
-            return self.base(x)
+            if self._folded is not None and self._folded[3] != self._adapter_key():
+                self._refold()  # the adapter changed since merge(): W follows it
+            y = self.base(x)
+            A, B = self.lora_A, self.lora_B
+            if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+                return MergedCannotTrain.apply(y, A, B, "LoRAConv2d")
+            return y
         self.weights().check_input(x)
         needs_grad = self.lora_A.requires_grad or self.lora_B.requires_grad or x.requires_grad
         return self._op("train" if needs_grad and torch.is_grad_enabled() else "infer")(x)
 
+    def _adapter_key(self) -> tuple:
+        A, B = self.lora_A, self.lora_B
+        return id(A), A._version, id(B), B._version, self.scale
+
     @torch.no_grad()
     def merge(self) -> None:
-        """Add s·B A to W (fp32, cast back); W is untouched if that is not finite."""
+        """Add s·B A to W (fp32, cast back); W is untouched if that is not finite. A copy of
+        A and B is kept (r·(in·kh·kw + out) values, not a kernel), so unmerge() takes out what
+        was added even if they change meanwhile; a merged forward follows such a change."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
         w = self.weights()
-        delta = w.delta()
-        self.base.weight.copy_(w.merged_weight(delta=delta))  # raises before writing
-        self._folded = delta
+        self.base.weight.copy_(w.merged_weight())  # raises before writing
+        self._folded = (w.A.detach().clone(), w.B.detach().clone(), w.scale, self._adapter_key())
         self.merged = True
+
+    def _unfolded(self) -> Tensor:
+        """W without what merge() added; ValueError if that is not finite."""
+        if not self.merged or self._folded is None:
+            raise ValueError("unmerge() called on a layer that is not merged; merge() first")
+        A, B, scale, _ = self._folded
+        return dataclasses.replace(self.weights(), A=A, B=B, scale=scale).merged_weight(sign=-1.0)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Take out of W what merge() added, even if A or B changed since."""
-        if not self.merged or self._folded is None:
-            raise ValueError("unmerge() called on a layer that is not merged; merge() first")
-        W = (self.base.weight.float() - self._folded).to(self.base.weight.dtype)
-        if not all_finite(W):
-            raise ValueError("unmerging gives a non-finite kernel; W is left merged")
-        self.base.weight.copy_(W)
+        self.base.weight.copy_(self._unfolded())
         self._folded, self.merged = None, False
+
+    @torch.no_grad()
+    def _refold(self) -> None:
+        """Replace the folded adapter with the current one, computed in full before W is
+        written."""
+        original = dataclasses.replace(self.weights(), W=self._unfolded())
+        self.base.weight.copy_(original.merged_weight())
+        w = self.weights()
+        self._folded = (w.A.detach().clone(), w.B.detach().clone(), w.scale, self._adapter_key())
 
     def extra_repr(self) -> str:
         return (f"r={self.rank}, alpha={self.alpha}, scale={self.scale:.4g}, impl={self.impl}, "

@@ -118,12 +118,11 @@ class ConvLoRAWeights(LayerTensors):
             B = self.B[:, :, 0, 0].float()
             return torch.einsum("or,rikl->oikl", B, self.A.float()).mul_(self.scale)
 
-    def merged_weight(self, sign: float = 1.0, delta: Tensor | None = None) -> Tensor:
-        """W + sign · s · B A as a kernel (out, in, kh, kw), computed in fp32 (from `delta`,
-        s · B A, when given) and cast to W's dtype; ValueError when it is not finite."""
+    def merged_weight(self, sign: float = 1.0) -> Tensor:
+        """W + sign · s · B A as a kernel (out, in, kh, kw), computed in fp32 and cast to W's
+        dtype; ValueError when it is not finite."""
         with torch.no_grad():
-            delta = self.delta() if delta is None else delta
-            merged = (self.W.float() + sign * delta).to(self.W.dtype)
+            merged = (self.W.float() + sign * self.delta()).to(self.W.dtype)
             if not all_finite(merged):
                 raise ValueError("merging gives a non-finite kernel (NaN or inf in W, A or B, or "
                                  f"overflow in {self.W.dtype})")  # fmt: skip
