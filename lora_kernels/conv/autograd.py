@@ -1,7 +1,7 @@
 """conv_autograd: Conv2d LoRA as one autograd.Function. The forward adds B's output into the
-base's in place and keeps x and xa = conv(x, A), nothing output-sized; the backward takes dA
-and A's share of dx in one convolution backward, the base's share in another, and dB as one
-contraction, with no copy of W (which, at 1280 channels, is 59 MB)."""
+base's in place and keeps x and xa = conv(x, A), nothing output-sized; the backward takes
+B's two gradients (for xa, and dB) in one convolution backward, dA and A's share of dx in a
+second, the base's share of dx in a third, with no copy of W (59 MB at 1280 channels)."""
 
 from __future__ import annotations
 
@@ -29,24 +29,31 @@ class _ConvLoRA(torch.autograd.Function):
         x, xa, A, B = ctx.saved_tensors
         w = ctx.w
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
-        ga = w.scale * torch.einsum("nohw,or->nrhw", g, B[:, :, 0, 0])  # (N, r, H_out, W_out)
-        dx = dA = dB = None
-        if need_x or need_a:
-            dx, dA = _conv_backward(ga, x, A, w, need_x, need_a)
-        if dx is not None:  # the base's share, added to A's
-            dx.add_(_conv_backward(g, x, w.W.detach(), w, True, False)[0])
-        if need_b:
-            dB = w.scale * torch.einsum("nohw,nrhw->or", g, xa)[:, :, None, None]
+        # B's 1×1: x's A convolution's gradient (ga, before s) and dB in one backward
+        ga, dB = _conv_backward(g, xa, B, POINT, need_x or need_a, need_b)
+        if dB is not None:
+            dB.mul_(w.scale)
+        dx = dA = None
+        if ga is not None:
+            geometry = (w.stride, w.padding, w.dilation)
+            dx, dA = _conv_backward(ga.mul_(w.scale), x, A, geometry, need_x, need_a)
+            if dx is not None:  # the base's share, added to A's
+                dx.add_(_conv_backward(g, x, w.W.detach(), geometry, True, False)[0])
         return dx, dA, dB, None
 
 
+Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
+POINT: Geometry = ((1, 1), (0, 0), (1, 1))  # a 1×1 convolution's
+
+
 def _conv_backward(
-    g: Tensor, x: Tensor, kernel: Tensor, w: ConvLoRAWeights, need_x: bool, need_kernel: bool
+    g: Tensor, x: Tensor, kernel: Tensor, geometry: Geometry, need_x: bool, need_kernel: bool
 ) -> tuple[Any, Any]:
-    """(dx, dkernel) of conv(x, kernel) at w's geometry for the upstream gradient g, each only
+    """(dx, dkernel) of conv(x, kernel) at `geometry` for the upstream gradient g, each only
     where asked (None where not): one convolution backward for both."""
+    stride, padding, dilation = geometry
     dx, dk, _ = torch.ops.aten.convolution_backward(
-        g, x, kernel, None, list(w.stride), list(w.padding), list(w.dilation), False, [0, 0], 1,
+        g, x, kernel, None, list(stride), list(padding), list(dilation), False, [0, 0], 1,
         [need_x, need_kernel, False],
     )  # fmt: skip
     return dx, dk
