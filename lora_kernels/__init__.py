@@ -12,6 +12,7 @@ from lora_kernels.adapters import (
     set_adapter,
 )
 from lora_kernels.conv import ConvLoRAWeights, conv_reference_forward, conv_reference_grads
+from lora_kernels.conv.layer import LoRAConv2d, inject_conv
 from lora_kernels.dora import DoRAWeights
 from lora_kernels.fused import FUSED_IMPLS, FusedImpl, MLPWeights, QKVWeights, module_reference
 from lora_kernels.fused.model import (
@@ -69,6 +70,7 @@ __all__ = [
     "FusedImpl",
     "Grads",
     "Impl",
+    "LoRAConv2d",
     "LoRALinear",
     "LoRAWeights",
     "MLPWeights",
@@ -98,6 +100,7 @@ __all__ = [
     "get_preset",
     "hotswap_adapter",
     "inject",
+    "inject_conv",
     "linear_total",
     "load_adapter",
     "load_plugins",
