@@ -156,10 +156,9 @@ def float64_oracle(lora: nn.Module, names: list[str]) -> nn.Module:
     """A float64 CPU copy of `lora` whose LoRAConv2d layers are OracleConv."""
     oracle = copy.deepcopy(lora)
     for name in names:
-        parent, _, child = name.rpartition(".")
         layer = lora.get_submodule(name)
         assert isinstance(layer, LoRAConv2d)
-        setattr(oracle.get_submodule(parent) if parent else oracle, child, OracleConv(layer))
+        oracle.set_submodule(name, OracleConv(layer))
     return oracle.to("cpu", torch.float64)
 
 
@@ -168,14 +167,15 @@ def peft_model(ours: nn.Module, names: list[str]) -> nn.Module:
     and scale."""
     from peft import LoraConfig, get_peft_model
 
-    layers = {n: ours.get_submodule(n) for n in names}
+    layers: dict[str, LoRAConv2d] = {}
+    for name in names:
+        layer = ours.get_submodule(name)
+        assert isinstance(layer, LoRAConv2d)
+        layers[name] = layer
     base = copy.deepcopy(ours)
     for name, layer in layers.items():  # back to plain convolutions
-        parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child,
-                copy.deepcopy(layer.base))  # fmt: skip
+        base.set_submodule(name, copy.deepcopy(layer.base))
     first = next(iter(layers.values()))
-    assert isinstance(first, LoRAConv2d)
     config = LoraConfig(r=first.rank, lora_alpha=first.alpha, target_modules=names)
     model = get_peft_model(base, config)
     with torch.no_grad():

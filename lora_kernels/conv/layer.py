@@ -188,9 +188,6 @@ def inject_conv(
         raise ValueError("cannot put LoRA on these convolutions (nothing changed): "
                          + "; ".join(refusals))  # fmt: skip
     for name in wanted:
-        parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name] if parent_name else model
-        conv = modules[name]
-        setattr(parent, child, LoRAConv2d(conv, rank, alpha=alpha, use_rslora=use_rslora,
-                                          impl=impl))  # fmt: skip
+        layer = LoRAConv2d(modules[name], rank, alpha=alpha, use_rslora=use_rslora, impl=impl)
+        model.set_submodule(name, layer)
     return wanted
