@@ -1,8 +1,8 @@
 """The writers of the crash-consistency kit, each in a loop: `python tests/crash_writers.py
 WRITER FOLDER` writes version a, then b, then a ... of its output into FOLDER until it is
-killed, printing "ready" once set up and "temporary" each time a write has made its
-temporary. Each step of a write (fsync, rename) is stretched by a random pause, so that a
-SIGKILL lands inside writes as often as between them."""
+killed, printing "ready" once set up, "temporary" each time a write has made its temporary
+and "written" each time a write is done. Each step of a write (fsync, rename) is stretched
+by a random pause, so that a SIGKILL lands inside writes as often as between them."""
 
 from __future__ import annotations
 
@@ -94,23 +94,17 @@ def sweep_results(folder: Path, name: str) -> None:
 
 
 def trace(folder: Path, name: str) -> None:
-    """A profile's trace, gzipped: a small profile taken once, written as version a or b."""
-    from bench.harness.profiling import write_trace
-
-    write_trace(TRACES[name], folder / "trace.json.gz")
-
-
-TRACES: dict[str, object] = {}
-
-
-def profiles() -> None:
+    """A profile's trace, gzipped: a small profile (8x8 for a, 16x16 for b), taken afresh for
+    each write, since a profile's trace can be exported only once."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    for name, n in (("a", 8), ("b", 16)):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            torch.mm(torch.randn(n, n), torch.randn(n, n))
-        TRACES[name] = prof
+    from bench.harness.profiling import write_trace
+
+    n = 8 if name == "a" else 16
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.mm(torch.randn(n, n), torch.randn(n, n))
+    write_trace(prof, folder / "trace.json.gz")
 
 
 def save_adapter_loop(folder: Path) -> None:
@@ -154,12 +148,11 @@ def main(writer: str, folder: Path) -> None:
         save_adapter_loop(folder)
         return
     inputs(folder)
-    if writer == "trace":
-        profiles()
     write = WRITERS[writer]
     print("ready", flush=True)
     for k in range(10**6):
         write(folder, "ab"[k % 2])
+        print("written", flush=True)
 
 
 if __name__ == "__main__":
