@@ -10,7 +10,9 @@ gradient (where the impl has it), and a row of W + s·B A that is zero. QLoRA im
 QLoRAWeights, the formats they take on the device in turn from shape to shape (4-bit ones
 with `in` rounded up to whole blocks), checked against the oracle on the dequantized base.
 Conv2d LoRA impls get ConvLoRAWeights on CONV_SHAPES: kernels 1 to 5, stride, padding and
-dilation, r above in, channels-last and non-contiguous x, and a batch of none.
+dilation, r above in, channels-last and non-contiguous x, and a batch of none; Conv2d DoRA
+impls ConvDoRAWeights on the same shapes, the exact norm gradient and a zero channel as for
+DoRA.
 `lora-bench verify NAME` prints the table; the tests run the same checks.
 """
 
@@ -20,10 +22,12 @@ import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from tabulate import tabulate
 
+from lora_kernels.conv.dora_weights import ConvDoRAWeights
 from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.dora.weights import DoRAWeights
 from lora_kernels.quant.formats import FOUR_BIT, format_unavailable
@@ -113,18 +117,25 @@ class ConvShape:
                 f"p={self.padding} d={self.dilation} ->{self.out_c} r={self.rank}")  # fmt: skip
 
     def make(self, dtype: torch.dtype, device: str, seed: int, impl: Impl | None = None,
-             zero_rows: bool = True) -> tuple[ConvLoRAWeights, torch.Tensor]:  # fmt: skip
-        """Seeded weights and x in this shape's layout."""
+             zero_rows: bool = True) -> tuple[ConvLoRAWeights | ConvDoRAWeights,
+                                              torch.Tensor]:  # fmt: skip
+        """Seeded weights and x in this shape's layout; for a Conv2d DoRA impl, DoRA on them as
+        Shape.make does it (the exact norm gradient on odd seeds, a zero channel on multiples
+        of 3)."""
         w = ConvLoRAWeights.random(self.in_c, self.out_c, self.rank, self.k, stride=self.stride,
                                    padding=self.padding, dilation=self.dilation, bias=self.bias,
                                    seed=seed, dtype=dtype, device=device)  # fmt: skip
+        d = None
+        if impl is not None and impl.variant == "conv_dora":
+            exact = impl.exact_norm and seed % 2 == 1
+            d = _conv_dora(w, seed, exact, zero_row=zero_rows and seed % 3 == 0)
         gen = torch.Generator().manual_seed(seed + 1)
         width = 2 * self.hw[1] if self.layout == "strided" else self.hw[1]
         x = torch.randn(self.n, self.in_c, self.hw[0], width, generator=gen)
         x = x.to(device=device, dtype=dtype)
         if self.layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        return w, x[..., ::2] if self.layout == "strided" else x
+        return w if d is None else d, x[..., ::2] if self.layout == "strided" else x
 
 
 CONV_SHAPES = (
@@ -138,15 +149,27 @@ CONV_SHAPES = (
     ConvShape("a batch of none", 0, 4, 4, (5, 5), 3, 2, True, padding=1),
 )
 
-Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights | ConvDoRAWeights
 Shapes = tuple[Shape | ConvShape, ...]
 
 
 def _dora(w: LoRAWeights, seed: int, exact: bool, zero_row: bool) -> DoRAWeights:
     """DoRA on w: m random around the row norms; the exact norm gradient when `exact`; with
-    `zero_row`, W's and B's last rows zeroed, so that row of W + s·B A is zero and its output
-    must be the bias alone."""
-    d = DoRAWeights.with_random_m(w, seed, detach_norm=not exact)
+    `zero_row`, a zero row of W + s·B A (see _zeroed)."""
+    return _zeroed(DoRAWeights.with_random_m(w, seed, detach_norm=not exact), zero_row)
+
+
+def _conv_dora(w: ConvLoRAWeights, seed: int, exact: bool, zero_row: bool) -> ConvDoRAWeights:
+    """_dora's for a convolution: m random around the output channels' norms."""
+    return _zeroed(ConvDoRAWeights.with_random_m(w, seed, detach_norm=not exact), zero_row)
+
+
+AnyDoRA = TypeVar("AnyDoRA", DoRAWeights, ConvDoRAWeights)
+
+
+def _zeroed(d: AnyDoRA, zero_row: bool) -> AnyDoRA:
+    """With `zero_row`, d with W's and B's last rows zeroed, so that row (channel) of
+    W + s·B A is zero and its output must be the bias alone; else d."""
     if not zero_row:
         return d
     W, B = d.W.clone(), d.B.clone()
@@ -263,7 +286,7 @@ def run_checks(
         bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= tol}
         if bad and not failure:
             dims = shape.dims
-            if impl.variant == "dora" and zero_rows and seed % 3 == 0:
+            if impl.variant in ("dora", "conv_dora") and zero_rows and seed % 3 == 0:
                 dims += " (with a zero row of W + s·B A)"
             failure = f"{shape.label} {dims}: rel errors {bad} above {tol:g}"
         if not same and not untouched:
@@ -325,7 +348,8 @@ def verify(
     Compiling impls get the edge shapes only: each new shape costs a compile; Conv2d LoRA
     impls get CONV_SHAPES."""
     if shapes is None:
-        shapes = CONV_SHAPES if impl.variant == "conv" else EDGE_SHAPES if impl.compiles else SHAPES
+        conv = impl.variant in ("conv", "conv_dora")
+        shapes = CONV_SHAPES if conv else EDGE_SHAPES if impl.compiles else SHAPES
     wanted = DEVICES if devices == "all" else (devices,)
     results, skipped = [], []
     for device in (d for d in DEVICES if d in wanted and d in impl.devices):

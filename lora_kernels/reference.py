@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from lora_kernels.conv.dora_reference import conv_dora_reference_forward, conv_dora_reference_grads
+from lora_kernels.conv.dora_weights import ConvDoRAWeights
 from lora_kernels.conv.reference import conv_reference_forward, conv_reference_grads
 from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.dora.reference import dora_reference_forward, dora_reference_grads
@@ -21,7 +23,7 @@ from lora_kernels.numerics import (  # re-exported: the bench imports them from 
 from lora_kernels.quant.weights import QLoRAWeights
 from lora_kernels.weights import LoRAWeights
 
-Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights
+Weights = LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights | ConvDoRAWeights
 
 __all__ = [
     "TOLERANCES",
@@ -45,12 +47,15 @@ def _lora(weights: Weights, x: Tensor) -> LoRAWeights:
 
 def reference_forward(weights: Weights, x: Tensor) -> Tensor:
     """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in float64 on the CPU; x: (..., in) -> (..., out).
-    DoRAWeights get DoRA's oracle (`dora_reference_forward`); QLoRAWeights LoRA's on their
+    DoRAWeights get DoRA's oracle (`dora_reference_forward`), Conv2d weights theirs;
+    QLoRAWeights LoRA's on their
     dequantized base (the format's error is not the impl's)."""
     if weights.variant == "dora":
         return dora_reference_forward(weights, x)  # type: ignore[arg-type]
     if weights.variant == "conv":
         return conv_reference_forward(weights, x)  # type: ignore[arg-type]
+    if weights.variant == "conv_dora":
+        return conv_dora_reference_forward(weights, x)  # type: ignore[arg-type]
     weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     x64 = f64(x)
@@ -68,6 +73,8 @@ def reference_grads(weights: Weights, x: Tensor, grad_out: Tensor) -> Grads:
         return dora_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
     if weights.variant == "conv":
         return conv_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
+    if weights.variant == "conv_dora":
+        return conv_dora_reference_grads(weights, x, grad_out)  # type: ignore[arg-type]
     weights = _lora(weights, x)
     W, A, B = (f64(t) for t in (weights.W, weights.A, weights.B))
     s = weights.scale

@@ -14,6 +14,7 @@ from lora_kernels.quant.formats import FORMATS
 from lora_kernels.weights import SUPPORTED_DTYPES, LayerTensors, LoRAWeights, dtype_name
 
 if TYPE_CHECKING:
+    from lora_kernels.conv.dora_weights import ConvDoRAWeights
     from lora_kernels.conv.weights import ConvLoRAWeights
     from lora_kernels.dora.weights import DoRAWeights
     from lora_kernels.quant.weights import QLoRAWeights
@@ -24,7 +25,8 @@ DEVICES = ("cpu", "cuda")
 ALL_DEVICES = frozenset(DEVICES)
 ALL_DTYPES = frozenset(SUPPORTED_DTYPES)
 ORIGINS = ("ours", "peer", "plugin")
-VARIANTS = ("lora", "dora", "qlora", "conv")
+VARIANTS = ("lora", "dora", "qlora", "conv", "conv_dora")
+OWN_INPUTS = ("qlora", "conv", "conv_dora")  # variants whose weights no other variant takes
 
 
 def _subset(name: str, value: object, allowed: tuple, impl: str) -> None:
@@ -46,7 +48,8 @@ class Impl:
     `origin` is "ours", "peer" or "plugin"; `source` names the package or module it came from.
     `variant` is the function computed: "lora" builds on LoRAWeights, "dora" on DoRAWeights,
     "qlora" on QLoRAWeights (a quantized base), of one of the impl's `formats`, "conv" on
-    ConvLoRAWeights (a 2-D convolution: x (N, in, H, W) -> (N, out, H_out, W_out)).
+    ConvLoRAWeights (a 2-D convolution: x (N, in, H, W) -> (N, out, H_out, W_out)),
+    "conv_dora" on ConvDoRAWeights (DoRA on that convolution).
     `exact_norm` (DoRA) is False for impls that can only treat the norm as a constant in
     backward; they refuse to train weights with detach_norm=False.
     """
@@ -107,7 +110,7 @@ class Impl:
 
     def build(
         self,
-        weights: LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights,
+        weights: LoRAWeights | DoRAWeights | QLoRAWeights | ConvLoRAWeights | ConvDoRAWeights,
         mode: str = "infer",
     ) -> Op:
         """Validate that this impl supports the weights' variant, device, dtype and `mode`;
@@ -139,7 +142,7 @@ class Impl:
         if variant is None:
             raise TypeError(f"impl {self.name!r} builds on weights, got {type(weights).__name__}")
         mine = ", ".join(i.name for i in IMPLS.values() if i.variant == variant)
-        if "qlora" in (variant, self.variant) or "conv" in (variant, self.variant):
+        if variant in OWN_INPUTS or self.variant in OWN_INPUTS:
             raise ValueError(
                 f"impl {self.name!r} computes {self.variant}, but the weights are "
                 f"{type(weights).__name__} ({variant}); pick one of: {mine}"
@@ -185,9 +188,12 @@ def register(impl: AnyImpl, registry: dict[str, AnyImpl] | None = None) -> AnyIm
     return impl
 
 
+LABELS = {"lora": "LoRA", "dora": "DoRA", "conv": "Conv2d LoRA", "conv_dora": "Conv2d DoRA"}
+
+
 def impls_table(impls: list[Impl] | None = None) -> str:
     """GitHub-markdown table of impls (default: all registered): name, origin, what it computes
-    (LoRA, DoRA, Conv2d LoRA, or QLoRA and the base formats it takes), description, devices,
+    (LoRA, DoRA, Conv2d LoRA or DoRA, or QLoRA and the base formats it takes), description, devices,
     dtypes, modes."""
     from tabulate import tabulate
 
@@ -195,7 +201,7 @@ def impls_table(impls: list[Impl] | None = None) -> str:
         [
             f"`{impl.name}`",
             impl.origin if impl.origin == "ours" else f"{impl.origin}: {impl.source}",
-            {"lora": "LoRA", "dora": "DoRA", "conv": "Conv2d LoRA"}.get(impl.variant)
+            LABELS.get(impl.variant)
             or "QLoRA: " + ", ".join(f for f in FORMATS if f in impl.formats),
             impl.description,
             ", ".join(sorted(impl.devices)),

@@ -16,7 +16,7 @@ from bench.families.conv import CONV_LAYERS, ConvCase, conv_jobs
 from bench.families.conv_runner import time_conv
 from bench.report.conv import conv_tables, verdict
 from bench.schema.entries import ConvEntry, Paired
-from bench.schema.run import Run, dump_run, parse_run
+from bench.schema.run import ImplInfo, Run, dump_run, parse_run
 from lora_kernels import IMPLS, Impl
 from lora_kernels.conv import ConvLoRAWeights, conv_reference_forward
 from lora_kernels.registry import register
@@ -103,6 +103,34 @@ def test_entries_round_trip_and_the_tables_judge_the_targets() -> None:
     assert rows["best unmerged forward"][6] == "peft_conv 1.090"
     assert rows["merged forward"][5] == "met"
     assert rows["best training step"][5].startswith("missed by")
+
+
+def test_dora_rows_get_their_own_table_and_never_meet_a_lora_target() -> None:
+    """A Conv2d DoRA impl computes another function: its rows go to "Conv2d DoRA layers", and
+    the LoRA targets take the best of the LoRA impls only, however fast DoRA was."""
+    meta = make_run().meta
+    infos = [ImplInfo(n, i.origin, i.source, i.description, i.variant) for n, i in IMPLS.items()]
+    meta = dataclasses.replace(meta, impls=infos)
+    entries = [conv_entry("conv_add", "infer", 1.04), conv_entry("conv_dora", "infer", 1.01),
+               conv_entry("peft_conv_dora", "infer", 1.3, origin="peer")]  # fmt: skip
+    layers, dora, targets = conv_tables(Run(meta, {}, {}, entries))
+    assert [r[2] for r in layers.rows] == ["conv_add"]
+    assert dora.title == "Conv2d DoRA layers" and [r[2] for r in dora.rows] == [
+        "conv_dora", "peft_conv_dora"]  # fmt: skip
+    assert [r[2] for r in targets.rows] == ["conv_add"] and targets.rows[0][6] == ""
+
+
+def test_full_times_conv_dora_at_the_target_only_and_quick_not_at_all() -> None:
+    def dora_cases(profile: str) -> set[str]:
+        return {str(j.case) for j in conv_jobs(profile, ["cpu"])
+                if IMPLS[j.impl].variant == "conv_dora"}  # fmt: skip
+
+    assert dora_cases("full") == {"sdxl.down1 N=1 r=16 fp32 cpu"}
+    assert dora_cases("quick") == set()
+    case = ConvCase("toy", 2, 4, "fp32", "cpu")
+    assert case.weights("conv_dora").variant == "conv_dora"
+    with pytest.raises(ValueError, match="variant must be 'conv' or 'conv_dora', got 'dora'"):
+        case.weights("dora")
 
 
 def test_a_verdict_needs_the_whole_ci_on_one_side() -> None:

@@ -83,6 +83,7 @@ def test_the_converted_model_merges_unmerges_and_switches_impls() -> None:
     (nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), {}, "down pads with 'reflect'"),
     (nn.Conv2d(8, 8, 3, padding=1, groups=2), {}, r"down is a grouped convolution \(groups=2\)"),
     (None, {"lora_dropout": 0.1}, "has lora_dropout=0.1; LoRAConv2d has no dropout"),
+    (None, {"use_dora": True}, r"conv uses a LoRA variant \(DoraConv2dVariant\) on a Conv2d"),
 ])  # fmt: skip
 @pytest.mark.filterwarnings("ignore:LoRA adapter added to ConvNd layer with groups > 1")
 def test_what_peft_takes_but_lora_conv_cannot_be_is_refused_unchanged(

@@ -101,7 +101,10 @@ def test_docs_writes_stale_blocks_and_check_only_lists_them(
         ("run results/none.json", "no run file 'results/none.json'"),
         ("run results/run.json | Nothing", "has no table 'Nothing'; it has: Throughput"),
         ("help nothing", "help of an unknown command 'nothing'"),
-        ("impls extra", "impls takes a variant or nothing: one of conv, dora, lora, qlora, got"),
+        (
+            "impls extra",
+            "impls takes a variant or nothing: one of conv, conv_dora, dora, lora, qlora, got",
+        ),
         ("ab results/none.json", "no ab results file 'results/none.json'"),
         ("references nowhere", "references needs a folder of runs, got 'nowhere'"),
     ],

@@ -26,12 +26,12 @@ def test_conformance(name: str, dtype: str, mode: str) -> None:
     if reason:
         pytest.skip(reason)  # CUDA-only impls run this on a CUDA machine
     shapes = EDGE_SHAPES[:2] if impl.compiles else SHAPES  # each new shape costs a compile
-    if impl.variant == "conv":  # PEFT's A has no dilation: test_peft_conv_refuses_dilation
-        shapes = tuple(s for s in CONV_SHAPES if name != "peft_conv" or s.dilation == 1)
+    if impl.variant in ("conv", "conv_dora"):  # PEFT's A has no dilation: see test_conv_peft
+        shapes = tuple(s for s in CONV_SHAPES if impl.origin != "peer" or s.dilation == 1)
     if dtype != "fp32":
         shapes = shapes[:6]  # tiny shapes: this CPU has no native half-precision matmul
     # PEFT's DoRA divides by a zero norm (NaN); test_peft_dora_zero_row pins that down
-    zero_rows = name != "peft_dora"
+    zero_rows = name not in ("peft_dora", "peft_conv_dora")
     checks = run_checks(impl, "cpu", DTYPES[dtype], mode, shapes, zero_rows=zero_rows)
     failed = [r for r in checks if not r.passed]
     assert not failed, [f"{r.check}: {r.failure}" for r in failed]

@@ -1,17 +1,22 @@
 """Conv2d LoRA layers at the real shapes of diffusion UNets (SD 1.5, SDXL) and of ResNet-50:
 each registered Conv2d impl's forward and training step timed in pairs with the frozen
-convolution's, with the bytes a step keeps for backward and its peak."""
+convolution's, with the bytes a step keeps for backward and its peak; the Conv2d DoRA impls
+the same way at the cases a profile names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench.harness.cases import DTYPES, Keyed
 from bench.harness.rounds import Budget
 from lora_kernels import IMPLS
-from lora_kernels.conv import ConvLoRAWeights
+from lora_kernels.conv.weights import ConvLoRAWeights
+
+if TYPE_CHECKING:
+    from lora_kernels.conv.dora_weights import ConvDoRAWeights
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,21 @@ class ConvCase(Keyed):
     def spec(self) -> ConvLayer:
         return CONV_LAYERS[self.layer]
 
-    def weights(self) -> ConvLoRAWeights:
-        """Seeded random weights of the layer's shape, B non-zero."""
+    def weights(self, variant: str = "conv") -> ConvLoRAWeights | ConvDoRAWeights:
+        """Seeded random weights of the layer's shape, B non-zero; variant "conv_dora" adds a
+        seeded magnitude, every channel's away from its norm (a trained adapter's)."""
         s = self.spec
-        return ConvLoRAWeights.random(s.in_channels, s.out_channels, self.rank, s.kernel,
-                                      stride=s.stride, padding=s.padding, bias=s.bias, seed=7,
-                                      dtype=DTYPES[self.dtype], device=self.device)  # fmt: skip
+        w = ConvLoRAWeights.random(s.in_channels, s.out_channels, self.rank, s.kernel,
+                                   stride=s.stride, padding=s.padding, bias=s.bias, seed=7,
+                                   dtype=DTYPES[self.dtype], device=self.device)  # fmt: skip
+        if variant == "conv":
+            return w
+        if variant != "conv_dora":
+            raise ValueError(f"variant must be 'conv' or 'conv_dora', got {variant!r}")
+        # imported here: kernels from before Conv2d DoRA (ab's base side) lack the module
+        from lora_kernels.conv.dora_weights import ConvDoRAWeights
+
+        return ConvDoRAWeights.with_random_m(w, seed=7)
 
     def input(self, train: bool) -> torch.Tensor:
         """x (batch, in, size, size), seeded; requiring grad in training (a layer inside a
@@ -109,11 +123,13 @@ class ConvJob:
 
 @dataclass(frozen=True)
 class ConvProfile:
-    """A profile's (layer, batch, rank) cases on a CPU and on CUDA, and its rounds."""
+    """A profile's (layer, batch, rank) cases on a CPU and on CUDA, and its rounds; the Conv2d
+    DoRA impls run at those of its cases that are in `dora_cases` too."""
 
     cases: tuple[tuple[str, int, int], ...]
     cuda_cases: tuple[tuple[str, int, int], ...]
     budget: Budget
+    dora_cases: tuple[tuple[str, int, int], ...] = ()
 
 
 UNET_LAYERS = ("sd15.down0", "sd15.down1", "sd15.down2", "sd15.mid", "sdxl.down0",
@@ -123,7 +139,7 @@ RESNET_LAYERS = ("resnet50.stem", "resnet50.layer1.3x3", "resnet50.layer1.expand
 TARGET = ("sdxl.down1", 1, 16)  # where the issue's targets are set: SDXL's 640 channels at 64×64
 
 CONV_PROFILES: dict[str, ConvProfile] = {
-    "tiny": ConvProfile((("toy", 2, 4),), (("toy", 2, 4),), Budget(0.2, 3, 5)),
+    "tiny": ConvProfile((("toy", 2, 4),), (("toy", 2, 4),), Budget(0.2, 3, 5), (("toy", 2, 4),)),
     # SD 1.5's smallest map (the UNet's middle, 8×8) and its largest (64×64), one image.
     "quick": ConvProfile(
         (("sd15.mid", 1, 16), ("sd15.down0", 1, 16)),
@@ -131,7 +147,7 @@ CONV_PROFILES: dict[str, ConvProfile] = {
         Budget(0.6, 7, 31),
     ),
     # Every UNet layer at batch 1 and 2, ResNet-50's at 8 (32 on CUDA), and ranks 4 and 64 at
-    # the target's layer.
+    # the target's layer; DoRA at the target's layer.
     "full": ConvProfile(
         tuple((layer, n, 16) for layer in UNET_LAYERS for n in (1, 2))
         + tuple((layer, 8, 16) for layer in RESNET_LAYERS)
@@ -140,14 +156,16 @@ CONV_PROFILES: dict[str, ConvProfile] = {
         + tuple((layer, 32, 16) for layer in RESNET_LAYERS)
         + (("sdxl.down1", 1, 4), ("sdxl.down1", 1, 64)),
         Budget(4.0, 9, 81),
+        (TARGET,),
     ),
 }
 CONV_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
 
 
-def conv_impls(mode: str) -> list[str]:
-    """The registered Conv2d impls (ours, peers, plugins) that run `mode`."""
-    return [name for name, impl in IMPLS.items() if impl.variant == "conv" and mode in impl.modes]
+def conv_impls(mode: str, variants: tuple[str, ...] = ("conv",)) -> list[str]:
+    """The registered Conv2d impls (ours, peers, plugins) of `variants` that run `mode`."""
+    return [name for name, impl in IMPLS.items() if impl.variant in variants
+            and mode in impl.modes]  # fmt: skip
 
 
 def conv_jobs(profile: str, devices: list[str]) -> list[ConvJob]:
@@ -156,6 +174,8 @@ def conv_jobs(profile: str, devices: list[str]) -> list[ConvJob]:
     for device in devices:
         for layer, batch, rank in spec.cuda_cases if device == "cuda" else spec.cases:
             case = ConvCase(layer, batch, rank, CONV_DTYPES[device], device)
+            dora = (layer, batch, rank) in spec.dora_cases
+            variants = ("conv", "conv_dora") if dora else ("conv",)
             jobs += [ConvJob(case, name, mode) for mode in ("infer", "train")
-                     for name in conv_impls(mode)]  # fmt: skip
+                     for name in conv_impls(mode, variants)]  # fmt: skip
     return jobs

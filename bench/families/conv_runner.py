@@ -1,6 +1,6 @@
-"""The Conv2d LoRA bench's steps for one job: build, check against the float64 oracle (the
-output, and in training the gradients of x, A and B), time in pairs with the frozen
-convolution, count what a step keeps, and record a ConvEntry."""
+"""The Conv2d LoRA (and DoRA) bench's steps for one job: build, check against the float64
+oracle (the output, and in training the gradients of x, A and B, and DoRA's m), time in
+pairs with the frozen convolution, count what a step keeps, and record a ConvEntry."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> No
     if reason:
         pytest.skip(reason)
     benchmark.group = f"conv {case}"
-    w = case.weights().requires_grad_(train)
+    w = case.weights(impl.variant).requires_grad_(train)
     x = case.input(train)
     grads = None
     if train:
@@ -45,7 +45,7 @@ def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> No
     mine(), base()  # warm
     budget = harness.settings.budget(CONV_PROFILES[harness.settings.profile.name].budget)
     rounds = run_paired(benchmark, [(mine, base)], case.device, budget)
-    weights = [t for t in (w.W, w.b, w.A, w.B) if t is not None]
+    weights = [t for t in w._named().values() if t is not None]
     saved, peak = (saved_bytes(mine, weights), peak_bytes(mine, case.device, tensors)
                    ) if train else (0, 0)  # fmt: skip
     harness.record(benchmark, ConvEntry(

@@ -44,7 +44,7 @@ from lora_kernels import IMPLS, Impl, LoRAWeights, Op, get_impl, tolerance
 from lora_kernels.reference import forward_error, gradient_errors
 
 if TYPE_CHECKING:  # the ab gate's base side runs this on older kernels: import no new ones
-    from lora_kernels.conv import ConvLoRAWeights
+    from lora_kernels.conv import ConvDoRAWeights, ConvLoRAWeights
     from lora_kernels.dora import DoRAWeights
 
 Weights: TypeAlias = "LoRAWeights | DoRAWeights"
@@ -87,7 +87,10 @@ def runnable(impl_name: str, case: Case, mode: str) -> Impl:
 
 
 def build_timed(
-    impl: Impl, w: Weights | ConvLoRAWeights, first_call: Callable[[Op], object], device: str
+    impl: Impl,
+    w: Weights | ConvLoRAWeights | ConvDoRAWeights,
+    first_call: Callable[[Op], object],
+    device: str,
 ):
     """Build the op and make its first call (compile, autotune, caches), synchronized.
     Returns (op, build_s): build_s is kept out of the timed rounds and recorded apart."""

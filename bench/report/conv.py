@@ -48,9 +48,12 @@ def target_rows(entries: list[ConvEntry]) -> list[list[object]]:
     return rows
 
 
-def conv_tables(run: Run) -> list[Table]:
-    entries = run.conv()
-    rows: list[list[object]] = [
+HEADERS = ["case", "mode", "impl", "origin", "impl / frozen conv [95% CI]", "per call",
+           "adapter FLOPs", "saved for backward", "frozen conv's", "peak", "err"]  # fmt: skip
+
+
+def layer_rows(entries: list[ConvEntry]) -> list[list[object]]:
+    return [
         [e.case, e.mode, e.impl + (" (copy)" if e.copied_output else ""), e.origin,
          f"{e.rounds.ratio:.3f} {fmt_ci(e.rounds.ratio_ci)}", fmt_seconds(e.rounds.impl_median_s),
          f"{e.flops / e.base_flops - 1:.1%}",
@@ -59,8 +62,11 @@ def conv_tables(run: Run) -> list[Table]:
          fmt_bytes(e.peak_bytes) if e.mode == "train" else "", f"{e.rel_error:.1e}"]
         for e in entries
     ]  # fmt: skip
-    headers = ["case", "mode", "impl", "origin", "impl / frozen conv [95% CI]", "per call",
-               "adapter FLOPs", "saved for backward", "frozen conv's", "peak", "err"]  # fmt: skip
+
+
+def conv_tables(run: Run) -> list[Table]:
+    entries = [e for e in run.conv() if run.variant(e.impl) != "conv_dora"]
+    dora = [e for e in run.conv() if run.variant(e.impl) == "conv_dora"]
     note = (
         "Paired rounds against the frozen convolution (the same W, b, stride and padding, no "
         "adapter): train is forward then backward with the gradients of x (and of A and B for "
@@ -71,7 +77,14 @@ def conv_tables(run: Run) -> list[Table]:
         "weights left out (x included); peak: bytes allocated over one step above what was "
         "held. err: against the float64 oracle, worst of the output and every gradient."
     )
-    tables = [Table("Conv2d LoRA layers", headers, rows, note)]
+    tables = [Table("Conv2d LoRA layers", HEADERS, layer_rows(entries), note)]
+    if dora:
+        tables.append(Table("Conv2d DoRA layers", HEADERS, layer_rows(dora), (
+            "DoRA on the same convolutions, as PEFT defines it: y = (m / ‖W + s·B A‖) ⊙ "
+            "conv(x, W + s·B A) + b, the norm per output channel over (in, kh, kw), with a "
+            "seeded m away from the norm (a trained adapter's). Columns as in Conv2d LoRA "
+            "layers; in training m's gradient is taken too, and the norm is a constant in "
+            "backward (PEFT's way).")))  # fmt: skip
     targets = target_rows(entries)
     if targets:
         tables.append(Table(

@@ -63,7 +63,7 @@ class ImplInfo:
     origin: str  # "ours", "peer" or "plugin"
     source: str
     description: str
-    variant: str = "lora"  # the function it computes: "lora" or "dora"
+    variant: str = "lora"  # the function it computes: a registry variant ("lora", "dora", ...)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,8 @@ class Run:
         return known or ImplInfo(impl, "plugin", "", "")
 
     def variant(self, impl: str) -> str:
-        """The function the impl computes, "lora" or "dora", as the run recorded it."""
+        """The function the impl computes (a registry variant: "lora", "dora", "conv", ...), as
+        the run recorded it."""
         return self.impl_info(impl).variant
 
     def impl_rank(self, impl: str) -> int:

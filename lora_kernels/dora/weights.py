@@ -12,8 +12,36 @@ from lora_kernels.dora.norm import magnitude_scale, sq_norms
 from lora_kernels.weights import LayerTensors, LoRAWeights, all_finite, check_tensor
 
 
+class MagnitudeTensors(LayerTensors):
+    """What DoRA adds to a layer's tensors, linear or convolution: a magnitude m (out,) that
+    trains with A and B, and whether the norm is a constant in backward (detach_norm)."""
+
+    m: Tensor
+    detach_norm: bool
+
+    def _check_magnitude(self) -> None:
+        """m is a finite (out,) tensor beside the others; detach_norm a bool."""
+        check_tensor("m", self.m)
+        if tuple(self.m.shape) != (self.out_features,):
+            raise ValueError(
+                f"m must have shape (out,) = ({self.out_features},), got {tuple(self.m.shape)}"
+            )
+        self._check_one_place()
+        if not isinstance(self.detach_norm, bool):
+            raise TypeError(f"detach_norm must be a bool, got {self.detach_norm!r}")
+        if self.m.device.type != "meta" and not all_finite(self.m):
+            raise ValueError("m holds non-finite values (NaN or inf); the magnitude must be finite")
+
+    def _named(self) -> dict[str, Tensor | None]:
+        return {**super()._named(), "m": self.m}
+
+    def trainable(self) -> dict[str, Tensor]:
+        """The tensors that train, by name: A, B and m."""
+        return {"A": self.A, "B": self.B, "m": self.m}
+
+
 @dataclass(frozen=True)
-class DoRAWeights(LayerTensors):
+class DoRAWeights(MagnitudeTensors):
     """W (out, in), b (out,) or None, A (r, in), B (out, r), the scale s and the magnitude m (out,).
 
     DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353) computes, with V = W + s·B A,
@@ -34,23 +62,7 @@ class DoRAWeights(LayerTensors):
 
     def __post_init__(self) -> None:
         LoRAWeights(self.W, self.b, self.A, self.B, self.scale)  # everything but m
-        check_tensor("m", self.m)
-        if tuple(self.m.shape) != (self.out_features,):
-            raise ValueError(
-                f"m must have shape (out,) = ({self.out_features},), got {tuple(self.m.shape)}"
-            )
-        self._check_one_place()
-        if not isinstance(self.detach_norm, bool):
-            raise TypeError(f"detach_norm must be a bool, got {self.detach_norm!r}")
-        if self.m.device.type != "meta" and not all_finite(self.m):
-            raise ValueError("m holds non-finite values (NaN or inf); the magnitude must be finite")
-
-    def _named(self) -> dict[str, Tensor | None]:
-        return {**super()._named(), "m": self.m}
-
-    def trainable(self) -> dict[str, Tensor]:
-        """The tensors that train, by name: A, B and m."""
-        return {"A": self.A, "B": self.B, "m": self.m}
+        self._check_magnitude()
 
     @property
     def rank(self) -> int:
