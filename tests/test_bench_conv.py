@@ -9,11 +9,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.nn.functional as F
 from runs import make_run
 
 from bench.families.conv import CONV_LAYERS, ConvCase, conv_jobs
-from bench.families.conv_runner import time_conv
+from bench.families.conv_runner import frozen, time_conv
 from bench.report.conv import conv_tables, verdict
 from bench.schema.entries import ConvEntry, Paired
 from bench.schema.run import ImplInfo, Run, dump_run, parse_run
@@ -72,8 +73,8 @@ def test_the_frozen_side_is_the_convolution_without_its_adapter() -> None:
 
 
 def conv_entry(impl: str, mode: str, ratio: float, ci: tuple[float, float] | None = None,
-               origin: str = "ours") -> ConvEntry:  # fmt: skip
-    case = ConvCase("sdxl.down1", 1, 16, "fp32", "cpu")
+               origin: str = "ours", layout: str = "nchw") -> ConvEntry:  # fmt: skip
+    case = ConvCase("sdxl.down1", 1, 16, "fp32", "cpu", layout)
     base = [0.08 + i * 1e-4 for i in range(9)]
     rounds = Paired(1, [ratio * b for b in base], base, "sure", 0.02)
     if ci is not None:
@@ -131,6 +132,63 @@ def test_full_times_conv_dora_at_the_target_only_and_quick_not_at_all() -> None:
     assert case.weights("conv_dora").variant == "conv_dora"
     with pytest.raises(ValueError, match="variant must be 'conv' or 'conv_dora', got 'dora'"):
         case.weights("dora")
+
+
+def test_a_channels_last_case_lays_out_everything_but_the_frozen_side() -> None:
+    """nhwc: x, W, A, B and the upstream gradient channels-last; the frozen convolution the
+    ratio is taken against stays in the default layout, on copies, computing the same."""
+    case = ConvCase("toy", 2, 4, "fp32", "cpu", layout="nhwc")
+    assert str(case) == "toy N=2 r=4 fp32 nhwc cpu"
+    assert str(dataclasses.replace(case, layout="nchw")) == "toy N=2 r=4 fp32 cpu"
+    w, x = case.weights(), case.input(train=True)
+    cl = torch.channels_last
+    assert all(t.is_contiguous(memory_format=cl) for t in (w.W, w.A, w.B, x))
+    assert not w.W.is_contiguous() and case.weights("conv_dora").A.is_contiguous(memory_format=cl)
+    work, kernel = frozen(w, x, None)
+    assert kernel.is_contiguous() and torch.equal(kernel, w.W)
+    y = work()
+    assert y.is_contiguous() and torch.allclose(y, w.convolve(x, w.W, w.b), atol=1e-6)
+    with pytest.raises(ValueError, match=r"layout must be one of \('nchw', 'nhwc'\), got 'cl'"):
+        ConvCase("toy", 2, 4, "fp32", "cpu", layout="cl")
+
+
+def test_channels_last_runs_where_profiles_name_it() -> None:
+    def nhwc(profile: str, device: str) -> set[str]:
+        return {str(j.case) for j in conv_jobs(profile, [device]) if j.case.layout == "nhwc"}
+
+    assert nhwc("quick", "cpu") == set()
+    assert nhwc("quick", "cuda") == {"sdxl.down1 N=1 r=16 bf16 nhwc cuda"}
+    assert nhwc("full", "cpu") == {"sdxl.down1 N=1 r=16 fp32 nhwc cpu",
+                                   "sd15.down0 N=1 r=16 fp32 nhwc cpu",
+                                   "sd15.mid N=1 r=16 fp32 nhwc cpu",
+                                   "resnet50.layer1.3x3 N=8 r=16 fp32 nhwc cpu"}  # fmt: skip
+    jobs = [j for j in conv_jobs("full", ["cpu"]) if j.case.layout == "nhwc"]
+    assert {IMPLS[j.impl].variant for j in jobs} == {"conv"}  # DoRA in NCHW only
+
+
+def test_the_layout_table_judges_each_impl_on_both_cis() -> None:
+    nchw = [conv_entry("conv_add", "infer", 1.10, ci=(1.08, 1.12)),
+            conv_entry("conv_two_step", "infer", 1.10, ci=(1.08, 1.12)),
+            conv_entry("peft_conv", "infer", 1.10, ci=(1.08, 1.12), origin="peer")]  # fmt: skip
+    nhwc = [
+        dataclasses.replace(conv_entry(e.impl, "infer", r, ci=ci, origin=e.origin), layout="nhwc")
+        for e, r, ci in zip(
+            nchw, (0.90, 1.09, 1.30), ((0.88, 0.95), (1.05, 1.15), (1.25, 1.35)), strict=True
+        )
+    ]
+    run = Run(make_run().meta, {}, {}, nchw + nhwc)
+    back = parse_run(json.loads(dump_run(run)), "test")
+    assert [e.layout for e in back.conv()] == ["nchw"] * 3 + ["nhwc"] * 3
+    tables = {t.title: t for t in conv_tables(back)}
+    wins = {r[2]: r[5] for r in tables["Conv2d LoRA: channels-last against NCHW"].rows}
+    assert wins == {"conv_add": "channels-last", "conv_two_step": "not resolved: the CIs overlap",
+                    "peft_conv": "NCHW"}  # fmt: skip
+    targets = tables["Conv2d LoRA targets"].rows  # NCHW's alone: channels-last's 0.90 is not
+    assert [(r[0], r[3]) for r in targets] == [
+        ("sdxl.down1 N=1 r=16 fp32 cpu", "1.100 [1.080, 1.120]")
+    ]
+    with pytest.raises(ValueError, match="layout must be nchw or nhwc, got 'cl'"):
+        dataclasses.replace(nchw[0], layout="cl")
 
 
 def test_a_verdict_needs_the_whole_ci_on_one_side() -> None:

@@ -5,6 +5,7 @@ the same way at the cases a profile names."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,25 +54,38 @@ CONV_LAYERS: dict[str, ConvLayer] = {
 }
 
 
+LAYOUTS = ("nchw", "nhwc")
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+
+
 @dataclass(frozen=True)
 class ConvCase(Keyed):
-    """The convolution `layer` on a batch of `batch` maps, LoRA of rank `rank`."""
+    """The convolution `layer` on a batch of `batch` maps, LoRA of rank `rank`; `layout` "nhwc"
+    holds x, W, A and B channels-last (torch.channels_last), "nchw" in the default layout."""
 
     layer: str
     batch: int
     rank: int
     dtype: str
     device: str
+    layout: str = "nchw"
 
     def __post_init__(self) -> None:
         if self.layer not in CONV_LAYERS:
             raise ValueError(f"unknown conv layer {self.layer!r}; known: {', '.join(CONV_LAYERS)}")
         if self.batch < 1 or self.rank < 1:
             raise ValueError(f"batch and rank must be >= 1, got {self.batch} and {self.rank}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
     @property
     def key(self) -> str:
-        return f"{self.layer} N={self.batch} r={self.rank} {self.dtype}"
+        nhwc = " nhwc" if self.layout == "nhwc" else ""
+        return f"{self.layer} N={self.batch} r={self.rank} {self.dtype}{nhwc}"
+
+    def laid_out(self, t: torch.Tensor) -> torch.Tensor:
+        """t (4-D) in the case's layout."""
+        return t.contiguous(memory_format=MEMORY_FORMATS[self.layout])
 
     @property
     def spec(self) -> ConvLayer:
@@ -84,6 +98,8 @@ class ConvCase(Keyed):
         w = ConvLoRAWeights.random(s.in_channels, s.out_channels, self.rank, s.kernel,
                                    stride=s.stride, padding=s.padding, bias=s.bias, seed=7,
                                    dtype=DTYPES[self.dtype], device=self.device)  # fmt: skip
+        w = dataclasses.replace(w, W=self.laid_out(w.W), A=self.laid_out(w.A),
+                                B=self.laid_out(w.B))  # fmt: skip
         if variant == "conv":
             return w
         if variant != "conv_dora":
@@ -94,12 +110,13 @@ class ConvCase(Keyed):
         return ConvDoRAWeights.with_random_m(w, seed=7)
 
     def input(self, train: bool) -> torch.Tensor:
-        """x (batch, in, size, size), seeded; requiring grad in training (a layer inside a
-        network passes its input's gradient on)."""
+        """x (batch, in, size, size) in the case's layout, seeded; requiring grad in training
+        (a layer inside a network passes its input's gradient on)."""
         s = self.spec
         gen = torch.Generator().manual_seed(self.batch)
         x = torch.randn(self.batch, s.in_channels, s.size, s.size, generator=gen)
-        return x.to(device=self.device, dtype=DTYPES[self.dtype]).requires_grad_(train)
+        x = x.to(device=self.device, dtype=DTYPES[self.dtype])
+        return self.laid_out(x).requires_grad_(train)
 
     def flops(self, adapter: bool = True) -> int:
         """Forward FLOPs: 2·N·H_out·W_out·(in·k²·out + r·(in·k² + out)); adapter=False counts
@@ -124,12 +141,14 @@ class ConvJob:
 @dataclass(frozen=True)
 class ConvProfile:
     """A profile's (layer, batch, rank) cases on a CPU and on CUDA, and its rounds; the Conv2d
-    DoRA impls run at those of its cases that are in `dora_cases` too."""
+    DoRA impls run at those of its cases that are in `dora_cases` too, and the Conv2d LoRA
+    impls run again channels-last at those in `nhwc_cases`."""
 
     cases: tuple[tuple[str, int, int], ...]
     cuda_cases: tuple[tuple[str, int, int], ...]
     budget: Budget
     dora_cases: tuple[tuple[str, int, int], ...] = ()
+    nhwc_cases: tuple[tuple[str, int, int], ...] = ()
 
 
 UNET_LAYERS = ("sd15.down0", "sd15.down1", "sd15.down2", "sd15.mid", "sdxl.down0",
@@ -139,15 +158,20 @@ RESNET_LAYERS = ("resnet50.stem", "resnet50.layer1.3x3", "resnet50.layer1.expand
 TARGET = ("sdxl.down1", 1, 16)  # where the issue's targets are set: SDXL's 640 channels at 64×64
 
 CONV_PROFILES: dict[str, ConvProfile] = {
-    "tiny": ConvProfile((("toy", 2, 4),), (("toy", 2, 4),), Budget(0.2, 3, 5), (("toy", 2, 4),)),
-    # SD 1.5's smallest map (the UNet's middle, 8×8) and its largest (64×64), one image.
+    "tiny": ConvProfile(
+        (("toy", 2, 4),), (("toy", 2, 4),), Budget(0.2, 3, 5), (("toy", 2, 4),), (("toy", 2, 4),)
+    ),
+    # SD 1.5's smallest map (the UNet's middle, 8×8) and its largest (64×64), one image; on
+    # CUDA the target's layer channels-last too.
     "quick": ConvProfile(
         (("sd15.mid", 1, 16), ("sd15.down0", 1, 16)),
         (("sd15.mid", 1, 16), ("sdxl.down0", 2, 16), TARGET),
         Budget(0.6, 7, 31),
+        nhwc_cases=(TARGET,),
     ),
     # Every UNet layer at batch 1 and 2, ResNet-50's at 8 (32 on CUDA), and ranks 4 and 64 at
-    # the target's layer; DoRA at the target's layer.
+    # the target's layer; DoRA at the target's layer; channels-last at the target's layer, at
+    # SD 1.5's largest and smallest maps and at ResNet-50's first 3×3.
     "full": ConvProfile(
         tuple((layer, n, 16) for layer in UNET_LAYERS for n in (1, 2))
         + tuple((layer, 8, 16) for layer in RESNET_LAYERS)
@@ -157,6 +181,13 @@ CONV_PROFILES: dict[str, ConvProfile] = {
         + (("sdxl.down1", 1, 4), ("sdxl.down1", 1, 64)),
         Budget(4.0, 9, 81),
         (TARGET,),
+        (
+            TARGET,
+            ("sd15.down0", 1, 16),
+            ("sd15.mid", 1, 16),
+            ("resnet50.layer1.3x3", 8, 16),
+            ("resnet50.layer1.3x3", 32, 16),
+        ),
     ),
 }
 CONV_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
@@ -178,4 +209,8 @@ def conv_jobs(profile: str, devices: list[str]) -> list[ConvJob]:
             variants = ("conv", "conv_dora") if dora else ("conv",)
             jobs += [ConvJob(case, name, mode) for mode in ("infer", "train")
                      for name in conv_impls(mode, variants)]  # fmt: skip
+            if (layer, batch, rank) in spec.nhwc_cases:
+                nhwc = dataclasses.replace(case, layout="nhwc")
+                jobs += [ConvJob(nhwc, name, mode) for mode in ("infer", "train")
+                         for name in conv_impls(mode)]  # fmt: skip
     return jobs

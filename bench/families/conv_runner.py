@@ -4,18 +4,37 @@ pairs with the frozen convolution, count what a step keeps, and record a ConvEnt
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
+from torch import Tensor
 
-from bench.families.conv import CONV_PROFILES, ConvJob
+from bench.families.conv import CONV_PROFILES, MEMORY_FORMATS, ConvJob
 from bench.harness.cases import DTYPES
 from bench.harness.memory import peak_bytes, saved_bytes
 from bench.harness.runner import Harness, build_timed, charge_copy
-from bench.harness.timing import call_or_step, run_paired
+from bench.harness.timing import Work, call_or_step, run_paired
 from bench.schema.entries import ConvEntry
 from lora_kernels import get_impl, tolerance
 from lora_kernels.reference import forward_error, gradient_errors
+
+if TYPE_CHECKING:
+    from lora_kernels.conv import ConvDoRAWeights, ConvLoRAWeights
+
+
+def frozen(
+    w: ConvLoRAWeights | ConvDoRAWeights, x: Tensor, grads: Tensor | None
+) -> tuple[Work, Tensor]:
+    """The frozen convolution's call or step (the gradient of x alone) and the kernel it runs,
+    in the default layout (NCHW) whatever the case's: an nhwc case's ratio is channels-last
+    LoRA against the model as it runs now. Copies of x, W and the upstream gradient where the
+    case's are channels-last."""
+    fx, W = x.detach().contiguous().requires_grad_(x.requires_grad), w.W.contiguous()
+    fg = None if grads is None else grads.contiguous()
+    work = call_or_step(lambda t: w.convolve(t, W, w.b), fx, fg, [fx] if fg is not None else [])
+    return work, W
 
 
 def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> None:
@@ -30,7 +49,8 @@ def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> No
     grads = None
     if train:
         out_shape = w.output_shape(x)
-        grads = torch.randn(out_shape, generator=torch.Generator().manual_seed(1)).to(x)
+        grads = case.laid_out(torch.randn(out_shape, generator=torch.Generator().manual_seed(1))
+                              .to(x))  # fmt: skip
     op, build_s = build_timed(impl, w, lambda op: op(x), case.device)
     errors = {"y": forward_error(op, w, x)}
     if grads is not None:
@@ -38,10 +58,10 @@ def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> No
     tol = tolerance(DTYPES[case.dtype], case.device)
     if not max(errors.values()) <= tol:
         pytest.fail(f"{job}: rel error {errors} exceeds {tol:g} against the oracle; not timed")
-    op, copied = charge_copy(op, x)  # a strided output pays the copy the next layer would
+    op, copied = charge_copy(op, x, MEMORY_FORMATS[case.layout])  # what the next layer pays
     tensors = [x, *w.trainable().values()] if train else []
     mine = call_or_step(op, x, grads, tensors)
-    base = call_or_step(lambda x: w.convolve(x, w.W, w.b), x, grads, tensors)
+    base, kernel = frozen(w, x, grads)
     mine(), base()  # warm
     budget = harness.settings.budget(CONV_PROFILES[harness.settings.profile.name].budget)
     rounds = run_paired(benchmark, [(mine, base)], case.device, budget)
@@ -53,6 +73,7 @@ def time_conv(harness: Harness, benchmark: BenchmarkFixture, job: ConvJob) -> No
         origin=impl.origin, threads=harness.settings.threads, rel_error=max(errors.values()),
         build_s=build_s, copied_output=copied, flops=case.flops(),
         base_flops=case.flops(adapter=False), saved_bytes=saved,
-        frozen_saved_bytes=saved_bytes(base, weights) if train else 0, peak_bytes=peak,
+        frozen_saved_bytes=saved_bytes(base, [*weights, kernel]) if train else 0,
+        peak_bytes=peak,
         rounds=rounds,
     ))  # fmt: skip

@@ -102,17 +102,20 @@ def build_timed(
     return op, time.perf_counter() - start
 
 
-def contiguous(op: Op) -> Op:
-    """op followed by the copy of its output to contiguous memory."""
-    return lambda x: op(x).contiguous()
+def contiguous(op: Op, memory_format: torch.memory_format = torch.contiguous_format) -> Op:
+    """op followed by the copy of its output to dense memory in `memory_format`."""
+    return lambda x: op(x).contiguous(memory_format=memory_format)
 
 
-def charge_copy(op: Op, x: Tensor) -> tuple[Op, bool]:
-    """op, or when its output is not contiguous, op followed by the copy to contiguous memory
-    that the next op needing it would pay; and whether the copy was added."""
-    if op(x).is_contiguous():
+def charge_copy(
+    op: Op, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> tuple[Op, bool]:
+    """op, or when its output is not dense in `memory_format` (the default layout; a
+    channels-last model's torch.channels_last), op followed by the copy to it that the next
+    op needing it would pay; and whether the copy was added."""
+    if op(x).is_contiguous(memory_format=memory_format):
         return op, False
-    return contiguous(op), True
+    return contiguous(op, memory_format), True
 
 
 def assert_equivalent(impl: Impl, case: Case, errors: dict[str, float]) -> float:

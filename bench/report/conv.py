@@ -30,6 +30,7 @@ def verdict(ci: tuple[float, float], target: float) -> str:
 
 def target_rows(entries: list[ConvEntry]) -> list[list[object]]:
     rows: list[list[object]] = []
+    entries = [e for e in entries if e.layout == "nchw"]  # the targets are set in NCHW
     cases = sorted({e.case for e in entries if (e.layer, e.rank) == (TARGET_LAYER, TARGET_RANK)})
     for case in cases:
         for what, mode, kind, target in TARGETS:
@@ -64,6 +65,24 @@ def layer_rows(entries: list[ConvEntry]) -> list[list[object]]:
     ]  # fmt: skip
 
 
+def layout_rows(entries: list[ConvEntry]) -> list[list[object]]:
+    """Each impl and mode run in both layouts: its two ratios (both against the frozen conv
+    in NCHW) and which layout wins, judged on the two CIs."""
+    nchw = {(e.layer, e.batch, e.rank, e.dtype, e.device, e.impl, e.mode): e for e in entries
+            if e.layout == "nchw"}  # fmt: skip
+    rows: list[list[object]] = []
+    for e in (e for e in entries if e.layout == "nhwc"):
+        d = nchw.get((e.layer, e.batch, e.rank, e.dtype, e.device, e.impl, e.mode))
+        if d is None:
+            continue
+        (lo, hi), (d_lo, d_hi) = e.rounds.ratio_ci, d.rounds.ratio_ci
+        won = ("channels-last" if hi < d_lo else "NCHW" if lo > d_hi
+               else "not resolved: the CIs overlap")  # fmt: skip
+        rows.append([d.case, e.mode, e.impl, f"{d.rounds.ratio:.3f} {fmt_ci(d.rounds.ratio_ci)}",
+                     f"{e.rounds.ratio:.3f} {fmt_ci(e.rounds.ratio_ci)}", won])  # fmt: skip
+    return rows
+
+
 def conv_tables(run: Run) -> list[Table]:
     entries = [e for e in run.conv() if run.variant(e.impl) != "conv_dora"]
     dora = [e for e in run.conv() if run.variant(e.impl) == "conv_dora"]
@@ -75,9 +94,20 @@ def conv_tables(run: Run) -> list[Table]:
         "call). (copy): the impl returns a strided view, and the copy the next layer would pay "
         "is timed with it. saved: bytes autograd kept for one step, each storage once, the "
         "weights left out (x included); peak: bytes allocated over one step above what was "
-        "held. err: against the float64 oracle, worst of the output and every gradient."
+        "held. err: against the float64 oracle, worst of the output and every gradient. nhwc: "
+        "the impl on channels-last x, W, A and B (and upstream gradient), against the frozen "
+        "convolution in the default layout (NCHW), the model as it runs now."
     )
     tables = [Table("Conv2d LoRA layers", HEADERS, layer_rows(entries), note)]
+    layouts = layout_rows(entries)
+    if layouts:
+        tables.append(Table(
+            "Conv2d LoRA: channels-last against NCHW", ["case", "mode", "impl",
+            "NCHW / frozen conv [95% CI]", "channels-last / frozen conv", "wins"], layouts,
+            "The same impl on the same case in both layouts, each ratio in paired rounds with "
+            "the frozen convolution in NCHW. wins: channels-last where its whole CI is below "
+            "NCHW's, NCHW where it is above, else not resolved.",
+        ))  # fmt: skip
     if dora:
         tables.append(Table("Conv2d DoRA layers", HEADERS, layer_rows(dora), (
             "DoRA on the same convolutions, as PEFT defines it: y = (m / ‖W + s·B A‖) ⊙ "

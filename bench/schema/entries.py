@@ -403,12 +403,15 @@ class ConvEntry:
     frozen_saved_bytes: int
     peak_bytes: int
     rounds: Paired
+    layout: str = "nchw"  # "nhwc": the impl ran channels-last, the frozen conv still NCHW
 
     def __post_init__(self) -> None:
         finite_error(self)
         positive("batch, rank and flops", [self.batch, self.rank, self.flops, self.base_flops])
         if self.mode not in ("infer", "train"):
             raise ValueError(f"mode must be infer or train, got {self.mode!r}")
+        if self.layout not in ("nchw", "nhwc"):
+            raise ValueError(f"layout must be nchw or nhwc, got {self.layout!r}")
         if self.base_flops > self.flops:
             raise ValueError(f"base_flops {self.base_flops} exceeds flops {self.flops}: the "
                              "adapter adds work")  # fmt: skip
