@@ -23,7 +23,7 @@ from lora_kernels.layer import LoRALinear
 from lora_kernels.plugins import get_impl
 from lora_kernels.quant.layer import QLoRALinear
 from lora_kernels.quant.peft import convert_qlora, is_peft_qlora, qlora_refusal
-from lora_kernels.weights import all_finite
+from lora_kernels.weights import all_finite, merge_stays_finite
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -231,16 +231,21 @@ def merge(model: nn.Module) -> None:
     if merged:
         raise ValueError(f"{len(merged)} of {len(layers)} LoRA layers are merged already")
     bases = {id(m): m.merged_base() for m in layers if isinstance(m, QLoRALinear)}
-    for layer in layers:
-        if isinstance(layer, LoRALinear):
-            layer.merged_weight()  # raises before any weight is written
-        elif isinstance(layer, LoRAConv2d):
+    for layer in layers:  # each raises before any weight is written
+        if isinstance(layer, LoRALinear) and (layer.use_dora or not _merges_finite(layer)):
+            layer.merged_weight()  # DoRA: a zero factor refuses too
+        elif isinstance(layer, LoRAConv2d) and not _merges_finite(layer):
             layer.weights().merged_weight()
     for layer in layers:
         if isinstance(layer, QLoRALinear):
             layer.merge(bases[id(layer)])
         else:
             layer.merge()
+
+
+def _merges_finite(layer: LoRALinear | LoRAConv2d) -> bool:
+    w = layer.weights()
+    return merge_stays_finite(w.W, w.A, w.B, w.scale)
 
 
 def unmerge(model: nn.Module) -> None:

@@ -23,6 +23,7 @@ from lora_kernels.weights import (
     check_dtype,
     check_rank,
     check_tensor,
+    merge_stays_finite,
     scaling,
 )
 
@@ -356,8 +357,14 @@ class LoRALinear(nn.Module):
         or lora_B change meanwhile; a merged forward follows such a change."""
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
-        merged, factor = self._merged()
-        self.base.weight.copy_(merged)
+        W, (A, B) = self.base.weight, self._lora
+        factor = None
+        if (not self.use_dora and W.dtype == torch.float32
+                and merge_stays_finite(W, A, B, self.scale)):  # fmt: skip
+            W.addmm_(B, A, alpha=self.scale)  # merged_weight's values, written in place
+        else:
+            merged, factor = self._merged()
+            W.copy_(merged)
         self._remember_fold(factor)
         self.merged = True
 

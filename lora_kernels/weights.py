@@ -36,6 +36,26 @@ def scaling(alpha: float, rank: int, use_rslora: bool = False) -> float:
     return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
+@torch.no_grad()
+def merge_stays_finite(W: Tensor, A: Tensor, B: Tensor, scale: float) -> bool:
+    """True when W + s·B A (contracting r) is surely finite in W's dtype, from a bound that
+    reads W once: every element is at most max|W| + |s|·r·max|B|·max|A|, held against half
+    the dtype's largest value. False (a NaN or inf among them too) leaves a caller to the
+    exact check. A linear's A is (r, in), a convolution's (r, in, kh, kw)."""
+    if W.numel() == 0:
+        return True
+    adapter = abs(scale) * A.shape[0] * _abs_max(A) * _abs_max(B)
+    return bool(_abs_max(W) + adapter < torch.finfo(W.dtype).max / 2)
+
+
+def _abs_max(t: Tensor) -> Tensor:
+    """max |t| as an fp32 scalar (NaN if t holds one; 0 when empty), without a |t| copy."""
+    if t.numel() == 0:
+        return torch.zeros((), device=t.device)
+    lo, hi = torch.aminmax(t.detach())
+    return torch.maximum(-lo, hi).float()
+
+
 def all_finite(t: Tensor) -> bool:
     """True when t holds no NaN or inf. min and max propagate NaN and show ±inf, and unlike
     isfinite(t).all() they need no tensor-sized temporaries."""

@@ -138,6 +138,7 @@ def test_registry_entries_are_complete() -> None:
         "bnb_base",
         "peft_qlora",
         "peft_conv",
+        "peft_conv_dora",
     }
     for name, impl in IMPLS.items():
         assert impl.name == name
@@ -156,3 +157,44 @@ def test_unsupported_dtype() -> None:
         ValueError, match=r"supports dtypes \['torch.float32'\], not torch.bfloat16"
     ):
         fp32_only.build(half)
+
+
+def test_merge_stays_finite_is_a_bound_no_overflow_passes() -> None:
+    """merge() writes W + s·B A in place where this bound holds, so it must never hold where
+    the sum overflows; NaN and inf fail it (the exact check then refuses)."""
+    from lora_kernels.weights import merge_stays_finite
+
+    w = LoRAWeights.random(16, 8, 4, seed=1)
+    assert merge_stays_finite(w.W, w.A, w.B, w.scale)
+    for bad in (float("nan"), float("inf")):
+        W = w.W.clone()
+        W[0, 0] = bad
+        assert not merge_stays_finite(W, w.A, w.B, w.scale)
+    half = LoRAWeights.random(16, 8, 4, seed=1, dtype=torch.float16)
+    W = half.W.clone()
+    W[0, 0] = 6e4  # fp16's largest is 65504
+    assert not merge_stays_finite(W, half.A, half.B, 1.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # wherever the bound holds, the exact sum is finite
+        scale = float(10 ** torch.empty(1).uniform_(0, 4, generator=gen))
+        W = (torch.randn(8, 8, generator=gen) * 3e4).half()
+        A, B = torch.randn(2, 8, generator=gen).half(), torch.randn(8, 2, generator=gen).half()
+        if merge_stays_finite(W, A, B, scale):
+            assert torch.isfinite(torch.addmm(W.float(), B.float(), A.float(), alpha=scale)
+                                  .half()).all()  # fmt: skip
+
+
+def test_an_in_place_merge_writes_the_merged_weight_s_values() -> None:
+    from lora_kernels import LoRAConv2d, LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(12, 10, 4)
+    torch.nn.init.normal_(layer.lora_B)
+    want = layer.merged_weight()
+    layer.merge()
+    assert torch.equal(layer.base.weight, want)
+    conv = LoRAConv2d(torch.nn.Conv2d(3, 5, 3), 2)
+    torch.nn.init.normal_(conv.lora_B)
+    want = conv.weights().merged_weight()
+    conv.merge()
+    assert torch.equal(conv.base.weight, want)

@@ -14,7 +14,7 @@ from lora_kernels.conv.weights import ConvLoRAWeights
 from lora_kernels.layer import MergedCannotTrain
 from lora_kernels.plugins import get_impl
 from lora_kernels.registry import Op
-from lora_kernels.weights import scaling
+from lora_kernels.weights import merge_stays_finite, scaling
 
 
 def _fresh_adapter(
@@ -127,7 +127,10 @@ class LoRAConv2d(nn.Module):
         if self.merged:
             raise ValueError("merge() called on a layer that is already merged; unmerge() first")
         w = self.weights()
-        self.base.weight.copy_(w.merged_weight())  # raises before writing
+        if merge_stays_finite(w.W, w.A, w.B, w.scale):  # W + s·B A added in place: the
+            self.base.weight.add_(w.delta())  # merged kernel's values (fp32 sum, cast)
+        else:
+            self.base.weight.copy_(w.merged_weight())  # raises before writing
         self._folded = (w.A.detach().clone(), w.B.detach().clone(), w.scale, self._adapter_key())
         self.merged = True
 
