@@ -22,6 +22,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     from bench.families import user_model as um
     from bench.families import user_request as uq
     from bench.families import user_runner as ur
+    from bench.families import user_unet
     from bench.harness.allocator import fix_malloc
     from bench.harness.session import configure_torch, physical_cores
     from bench.report.base import render
@@ -39,17 +40,25 @@ def cmd_model(args: argparse.Namespace) -> int:
         adapters=args.adapters, compile=args.compile, base_dtype=args.base_dtype,
         seconds=args.seconds, threads=args.threads or physical_cores(),
     )  # fmt: skip
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
     try:
-        prepared = uq.prepare(request)
+        source = user_unet.unet_source(args.model)
+        if source is not None:  # a diffusers UNet folder, or a UNet preset
+            user_unet.check_request(request)
+            configure_torch(request.threads)
+            run = user_unet.measure(request, source, fix_malloc(), say)
+            label = source.label
+        else:
+            prepared = uq.prepare(request)
+            configure_torch(request.threads)
+            run = ur.run_prepared(prepared, fix_malloc(), say)
+            label = prepared.source.label
     except um.UserInputError as err:
         raise ResultError(str(err)) from None
-    configure_torch(request.threads)
-    allocator = fix_malloc()
-    try:
-        run = ur.run_prepared(prepared, allocator, lambda line: print(line, flush=True))
-    except um.UserInputError as err:
-        raise ResultError(str(err)) from None
-    stem = output_stem(args, prepared.source.label, run.meta.device)
+    stem = output_stem(args, label, run.meta.device)
     write_results(stem.with_suffix(".json"), run)
     tables = [t for t in user_model_tables(run) if t.title in VERDICT_TABLES]
     sys.stdout.write("\n" + render(tables, "plain") + "\n")
@@ -63,19 +72,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model",
         help="a model folder (config.json, with *.safetensors weights when "
-        "present), a config.json, a preset, or a Hub id (needs the network)",
+        "present), a config.json, a preset, or a Hub id (needs the network); or a diffusers "
+        "UNet2DConditionModel folder (a pipeline folder: its unet/) or a UNet preset (sd15, "
+        "sd15-cpu), extra diffusion",
     )
     a = p.add_argument_group("the adapter: a PEFT folder, or one described")
     a.add_argument("--adapter", metavar="DIR", help="a PEFT adapter folder (adapter_config.json "
-                   "and adapter_model.safetensors)")  # fmt: skip
+                   "and adapter_model.safetensors); for a UNet a diffusers LoRA file or its "
+                   "folder (diffusers' or kohya's layout)")  # fmt: skip
     a.add_argument("--rank", type=positive_int, help="rank r (default 16)")
     a.add_argument("--alpha", type=positive_number, help="alpha (default 2 x rank)")
-    a.add_argument("--targets", help="module names, comma-separated, or all-linear (default)")
+    a.add_argument("--targets", help="module names, comma-separated, or all-linear (default); "
+                   "for a UNet attn (default), attn+conv, or module names")  # fmt: skip
     a.add_argument("--dora", action="store_true", help="DoRA (a magnitude per row)")
     a.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(r)")
     m = p.add_argument_group("what to measure")
     m.add_argument("--mode", choices=["generate", "train", "all"], default="all",
-                   help="generation, a training step, or both (default)")  # fmt: skip
+                   help="generation (a UNet: a denoising call), a training step, or both "
+                   "(default)")  # fmt: skip
     m.add_argument("--batch", type=positive_int, default=1, help="sequences (default 1)")
     m.add_argument("--prompt-tokens", type=positive_int, default=128,
                    help="generation's prompt (default 128)")  # fmt: skip

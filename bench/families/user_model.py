@@ -27,12 +27,16 @@ FIT_SHARE = 0.9  # of the free memory a run may plan to use
 
 
 def quiet_libraries() -> None:
-    """Keep transformers' and PEFT's progress bars, deprecation notices and advice off the
-    command's output; errors still show."""
+    """Keep transformers', diffusers' and PEFT's progress bars, deprecation notices and advice
+    off the command's output; errors still show."""
     import importlib.util
     import logging
     import warnings
 
+    if importlib.util.find_spec("diffusers") is not None:
+        import diffusers
+
+        diffusers.utils.logging.set_verbosity_error()
     if importlib.util.find_spec("transformers") is None:
         return  # the run refuses, saying which extra to install
     import transformers

@@ -55,7 +55,7 @@ def cost_table(run: Run) -> Table:
                "frozen model"]  # fmt: skip
     rows: list[list[object]] = []
     names = {"prefill": "prompt (time to first token)", "decode": "output token",
-             "train": "training step"}  # fmt: skip
+             "denoise": "denoising step", "train": "training step"}  # fmt: skip
     for phase, label in names.items():
         entries = phases.get(phase)
         if not entries:
@@ -125,7 +125,9 @@ def _choice(run: Run, label: str, entries: dict[str, UserModelEntry], phase: str
     """One verdict row: the fastest variant of the phase against PEFT's (`reference`)."""
     peft = entries.get(reference)
     best = min(entries.values(), key=lambda e: e.ratio_to_base)
-    what = "per output token" if phase == "decode" else "per training step"
+    what = {"decode": "per output token", "denoise": "per denoising step"}.get(
+        phase, "per training step"
+    )
     if peft is None:
         return [label, best.variant, "PEFT was not timed", _cost(best)]
     if best.variant == reference:
@@ -157,12 +159,15 @@ def verdict_table(run: Run) -> Table:
     rows: list[list[object]] = []
     if "decode" in phases:
         rows.append(_choice(run, "one adapter served", phases["decode"], "decode", seconds))
+    if "denoise" in phases:
+        rows.append(_choice(run, "one adapter served (denoising)", phases["denoise"], "denoise",
+                            seconds))  # fmt: skip
     mixed = by_phase(run, mixed=True).get("decode")
     if mixed:
         n = next(iter(mixed.values())).adapters
         rows.append(_choice(run, f"{n} adapters served in one batch", mixed, "decode", seconds,
                             PEFT_MIXED))  # fmt: skip
-    else:
+    elif info is None or info.model_kind != "unet":  # a UNet is measured one adapter a call
         rows.append(["many adapters served", "-", "not measured: add --adapters N", "-"])
     if "train" in phases:
         row = _choice(run, "training", phases["train"], "train", seconds)
@@ -221,17 +226,26 @@ def generation_table(run: Run, mixed: bool = False) -> Table:
     return Table(f"Your model: {n} adapters in one batch", headers, rows, note)
 
 
-def training_table(run: Run) -> Table:
-    steps = by_phase(run).get("train", {})
+def step_table(run: Run, phase: str) -> Table:
+    """Each variant's call of `phase` ("train", or a UNet's "denoise") against the frozen
+    model's and PEFT's."""
+    steps = by_phase(run).get(phase, {})
     headers = ["variant", "step ms", "x frozen", "95% CI", "against peft", "peak",
                "trainable", "err vs peft"]  # fmt: skip
     rows = [[name, f"{1e3 * e.per_step_s:.2f}", f"{e.ratio_to_base:.3f}",
              fmt_ci(e.rounds.ratio_ci), _vs_peft(run, e, steps.get(PEFT)), fmt_bytes(e.peak_bytes),
              f"{e.trainable:,}", f"{e.rel_error:.1e}"] for name, e in steps.items()]  # fmt: skip
     methods = "; ".join(sorted({e.memory_method for e in steps.values()}))
-    note = ("A step: forward, cross-entropy, backward and AdamW on the adapter, timed in pairs "
-            "with the frozen model's forward and backward. err: logits and LoRA gradients "
-            f"against PEFT's. Peak: {methods}.")  # fmt: skip
+    if phase == "denoise":
+        note = ("A denoising call of the UNet (latents, a timestep, text states) without "
+                "autograd, timed in pairs with the frozen UNet's. fused: diffusers' fuse_lora; "
+                "merged: ours, merge(); linear/conv: our impls of the unmerged layers. err: the "
+                f"noise prediction against PEFT's. Peak: {methods}.")  # fmt: skip
+        return Table("Your model: denoising step", headers, rows, note)
+    note = ("A step: forward, the loss (cross-entropy; a UNet's noise-prediction MSE), "
+            "backward and AdamW on the adapter, timed in pairs with the frozen model's forward "
+            "and backward. err: the output and the LoRA gradients against PEFT's. Peak: "
+            f"{methods}.")  # fmt: skip
     return Table("Your model: training step", headers, rows, note)
 
 
@@ -243,7 +257,8 @@ def lifecycle_table(info: UserModelInfo) -> Table:
     note = (
         "load: the adapter folder read onto a model that holds LoRA layers (PEFT's "
         "load_adapter; ours lora_kernels.load_adapter). merge: into a copy of the weights "
-        "(PEFT's merge_and_unload; ours lora_kernels.merge). Median of the repeats."
+        "(PEFT's merge_and_unload, or on a UNet diffusers' fuse_lora; ours "
+        "lora_kernels.merge). Median of the repeats."
     )
     return Table("Your model: adapter load and merge", ["op", "by", "median", "repeats"], rows,
                  note)  # fmt: skip
@@ -281,7 +296,8 @@ def user_model_tables(run: Run) -> list[Table]:
         return []
     info = run.user_model_info()
     tables = [cost_table(run), verdict_table(run), generation_table(run),
-              generation_table(run, mixed=True), training_table(run)]  # fmt: skip
+              generation_table(run, mixed=True), step_table(run, "denoise"),
+              step_table(run, "train")]  # fmt: skip
     if info is not None:
         tables += [lifecycle_table(info), facts_table(info)]
     return [t for t in tables if t.rows]

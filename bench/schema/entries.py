@@ -638,15 +638,16 @@ class LifecycleEntry:
         return q3 - q1
 
 
-USER_PHASES = ("prefill", "decode", "train")  # what a UserModelEntry times
+USER_PHASES = ("prefill", "decode", "train", "denoise")  # what a UserModelEntry times
 
 
 @dataclass(frozen=True)
 class UserModelEntry(PairedSteps):
     """One variant on the user's own model and adapter (`lora-bench model`), one phase timed
     in pairs with the frozen model (the same model with no adapter, compiled alike): prefill
-    (time to first token), decode (time per output token = median / steps) or train (a step:
-    forward, backward and AdamW on the adapter)."""
+    (time to first token), decode (time per output token = median / steps), train (a step:
+    forward, backward and AdamW on the adapter) or, for a diffusion UNet, denoise (one call;
+    its tokens are the latent positions, N·h·w)."""
 
     kind: ClassVar[str] = "user_model"
     fullname: str
@@ -721,6 +722,7 @@ class UserModelInfo:
     notes: list[str]
     load_s: dict[str, list[float]]  # variant -> seconds of each adapter load
     merge_s: dict[str, list[float]]  # variant -> seconds of each merge
+    model_kind: str = "causal-lm"  # or "unet": a diffusers UNet2DConditionModel
 
     def __post_init__(self) -> None:
         positive("blocks", [self.blocks, self.total_blocks, self.seconds])
@@ -728,6 +730,8 @@ class UserModelInfo:
             raise ValueError(f"blocks {self.blocks} > total_blocks {self.total_blocks}")
         for name, times in (*self.load_s.items(), *self.merge_s.items()):
             positive_seconds(f"seconds of {name}", times)
+        if self.model_kind not in ("causal-lm", "unet"):
+            raise ValueError(f"model_kind must be causal-lm or unet, got {self.model_kind!r}")
 
 
 # The parts of a call a profile splits its time into (bench.harness.breakdown), in table order.
