@@ -5,6 +5,7 @@ described by rank, alpha and targets; PEFT's model of it, and of several for a m
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,10 @@ def peft_model(base: nn.Module, spec: AdapterSpec) -> nn.Module:
 
     copy_ = models.shared_copy(base)
     if spec.folder is not None:
-        peft = PeftModel.from_pretrained(copy_, spec.folder, autocast_adapter_dtype=False)
+        with warnings.catch_warnings():  # peft >= 0.22 warns of the keys of blocks that
+            # --blocks left out; check_adapter has matched the adapter to the model already
+            warnings.filterwarnings("ignore", "Found unexpected adapter keys", UserWarning)
+            peft = PeftModel.from_pretrained(copy_, spec.folder, autocast_adapter_dtype=False)
     else:
         torch.manual_seed(1)
         peft = get_peft_model(copy_, _described(spec, base), autocast_adapter_dtype=False)
