@@ -41,6 +41,7 @@ from bench.harness.session import command_infos, command_meta
 from bench.schema.entries import Paired, UserModelEntry, UserModelInfo
 from bench.schema.run import Run
 from lora_kernels import from_peft, merge, rel_error
+from lora_kernels.conv.peft import is_peft_conv
 
 UNET_CLASS = "UNet2DConditionModel"
 TEXT_TOKENS = 77  # CLIP's context: what the UNet's cross-attention reads
@@ -485,8 +486,7 @@ def measure(r: Request, source: UNetSource, allocator: str, say: Say) -> Run:
                      "checks against PEFT's compare the frozen function")  # fmt: skip
     lora = [n for n, _ in peft.named_modules() if n.endswith(".lora_A")]
     trainable = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n)
-    convs = any(type(mod).__name__ == "Conv2d" and hasattr(mod, "lora_A")
-                for mod in peft.modules())  # fmt: skip
+    convs = any(is_peft_conv(mod) for mod in peft.modules())
     names = {phase: tuple(n if convs else n.partition("/")[0] for n in variants)
              for phase, variants in (("denoise", DENOISE), ("train", TRAIN))}  # fmt: skip
     if r.mode in ("generate", "all"):

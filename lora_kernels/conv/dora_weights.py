@@ -42,6 +42,7 @@ class ConvDoRAWeights(MagnitudeTensors):
                                self.padding, self.dilation)  # everything but m  # fmt: skip
         for name in ("stride", "padding", "dilation"):  # as pairs
             object.__setattr__(self, name, getattr(conv, name))
+        object.__setattr__(self, "_conv", conv)  # `lora`, built and checked once
         self._check_magnitude()
 
     @property
@@ -50,13 +51,14 @@ class ConvDoRAWeights(MagnitudeTensors):
 
     @property
     def kernel_size(self) -> Pair:
-        return self.W.shape[2], self.W.shape[3]
+        return self.lora.kernel_size
 
     @property
     def lora(self) -> ConvLoRAWeights:
-        """The same tensors without m: the Conv2d LoRA layer this one decomposes."""
-        return ConvLoRAWeights(self.W, self.b, self.A, self.B, self.scale, self.stride,
-                               self.padding, self.dilation)  # fmt: skip
+        """The same tensors without m: the Conv2d LoRA layer this one decomposes (made and
+        checked once, in __post_init__: convolve and the frozen side call it per step)."""
+        conv: ConvLoRAWeights = self.__dict__["_conv"]
+        return conv
 
     def convolve(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
         """x convolved with `kernel` at the base convolution's stride, padding and dilation."""
