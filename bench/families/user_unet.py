@@ -121,6 +121,8 @@ def check_request(r: Request) -> None:
     if r.adapter is not None and any(v is not None for v in described):
         raise UserInputError("--adapter FILE gives the adapter; --rank, --alpha, --targets and "
                              "--rslora describe one instead: give one or the other")  # fmt: skip
+    if r.adapter is not None:
+        adapter_file(Path(r.adapter))  # a missing file, before any UNet is built
     if r.targets is not None:
         names = [t.strip() for t in r.targets.split(",") if t.strip()]
         if not names:
